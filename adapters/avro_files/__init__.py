@@ -1,0 +1,1 @@
+"""Avro object container files in an outbox folder: the embedded default fabric."""

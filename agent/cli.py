@@ -1,0 +1,214 @@
+"""The ``outpost`` command: a thin shell around ``Agent``."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import config as config_module
+from .contracts import ConfigError
+
+CONFIG_OPTION = click.option(
+    "-c", "--config", "config_path", type=click.Path(path_type=Path), show_default=True,
+    default=lambda: os.environ.get("OUTPOST_CONFIG", "outpost.yaml"),
+    help="The YAML config file (default: $OUTPOST_CONFIG or ./outpost.yaml).")
+
+
+def _load(config_path: Path):
+    try:
+        return config_module.load(config_path)
+    except ConfigError as exc:
+        click.echo(f"{config_path}: {len(exc.problems)} problem(s) in the configuration:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(2)
+
+
+def _setup_logging(cfg, level=None):
+    from .logs import setup
+    setup(level or cfg.log.level, cfg.log.format, str(cfg.log.file) if cfg.log.file else None, cfg.secrets)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Outpost: capture legacy ERP/PSA changes as canonical Avro events for the fabric."""
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--once", is_flag=True, help="Capture every route once, deliver, and exit.")
+def run(config_path, once):
+    """Run the agent in the foreground until SIGTERM/SIGINT."""
+    from .runtime import Agent
+    cfg = _load(config_path)
+    _setup_logging(cfg)
+    agent = Agent(cfg)
+    if once:
+        agent.build()
+        agent.start(capture=False)
+        agent.run_pass()
+        delivered = agent.deliver_all()
+        agent.stop()
+        sys.exit(0 if delivered else 1)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop_event.set())
+    agent.start()
+    agent.wait()
+    agent.stop()
+
+
+@main.command()
+@CONFIG_OPTION
+def check(config_path):
+    """Validate the config, connect to every source, the broker and the registry."""
+    from .checks import run_checks
+    cfg = _load(config_path)
+    _setup_logging(cfg, "ERROR")
+    click.echo(f"config: ok ({len(cfg.routes)} route(s))")
+    failed = False
+    for subject, problems in run_checks(cfg):
+        failed |= bool(problems)
+        click.echo(f"{subject}: " + ("ok" if not problems else "PROBLEMS"))
+        for problem in problems:
+            click.echo(f"  - {problem}")
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(config_path, as_json):
+    """Per route: last capture, queue depth, oldest queued age, last publish, errors."""
+    from .status import collect, render
+    cfg = _load(config_path)
+    report = collect(cfg)
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
+
+
+@main.group()
+def queue():
+    """The exception queue: records and events that could not be published."""
+
+
+@queue.command("list")
+@CONFIG_OPTION
+@click.option("--status", "state", default="open", type=click.Choice(["open", "retried", "discarded"]))
+@click.option("--route", default=None)
+def queue_list(config_path, state, route):
+    """List parked entries."""
+    from .queue import DurableQueue
+    cfg = _load(config_path)
+    items = DurableQueue(cfg.state_dir).exceptions(state, route)
+    if not items:
+        click.echo(f"no {state} exceptions")
+    for item in items:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["created_at"]))
+        click.echo(f"{item['id']:>6}  {when}  {item['route']:<16} {item['stage']:<8} "
+                   f"{item['entity'] or '-'} {item['key'] or '-'}: {item['reason']}")
+
+
+@queue.command("show")
+@CONFIG_OPTION
+@click.argument("exception_id", type=int)
+def queue_show(config_path, exception_id):
+    """Show one entry with its full context (source row, mapping, every failed rule)."""
+    from .queue import DurableQueue
+    cfg = _load(config_path)
+    item = DurableQueue(cfg.state_dir).exception(exception_id)
+    if item is None:
+        raise click.ClickException(f"no exception {exception_id}")
+    if item.get("body") is not None:
+        item["body"] = f"<{len(item['body'])} bytes of Avro>"
+    click.echo(json.dumps(item, indent=2, default=str))
+
+
+@queue.command("retry")
+@CONFIG_OPTION
+@click.argument("exception_ids", type=int, nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every open entry.")
+def queue_retry(config_path, exception_ids, retry_all):
+    """Map again (after master data was fixed) and re-queue; the running agent sends them."""
+    from .pipeline import retry_exception
+    from .queue import DurableQueue
+    from .runtime import make_translator
+    from .schemas import SchemaCatalog
+    cfg = _load(config_path)
+    store = DurableQueue(cfg.state_dir)
+    catalog = SchemaCatalog.load(cfg.schema_dir)
+    ids = [i["id"] for i in store.exceptions("open", limit=10**9)] if retry_all else list(exception_ids)
+    failed = 0
+    for exception_id in ids:
+        item = store.exception(exception_id)
+        if item is None or item["status"] != "open":
+            click.echo(f"{exception_id}: not an open exception")
+            failed += 1
+            continue
+        translator = make_translator(cfg, catalog, item["route"]) if item["route"] in cfg.routes else None
+        ok, what = retry_exception(store, item, translator)
+        failed += not ok
+        click.echo(f"{exception_id}: {what}")
+    sys.exit(1 if failed else 0)
+
+
+@queue.command("discard")
+@CONFIG_OPTION
+@click.argument("exception_ids", type=int, nargs=-1, required=True)
+def queue_discard(config_path, exception_ids):
+    """Mark entries as discarded (kept for audit, never sent)."""
+    from .queue import DurableQueue
+    cfg = _load(config_path)
+    store = DurableQueue(cfg.state_dir)
+    for exception_id in exception_ids:
+        click.echo(f"{exception_id}: " + ("discarded" if store.discard_exception(exception_id) else "not open"))
+
+
+@main.group()
+def schemas():
+    """The canonical Avro schemas."""
+
+
+@schemas.command("list")
+@click.option("--schema-dir", type=click.Path(path_type=Path), default=None)
+def schemas_list(schema_dir):
+    """List entities with their version, key and fingerprint."""
+    from .schemas import SchemaCatalog
+    catalog = SchemaCatalog.load(schema_dir)
+    for name in catalog.names():
+        entity = catalog.entity(name)
+        click.echo(f"{name:<18} v{entity.version}  key={entity.key_field:<18} {entity.fingerprint[:16]}")
+
+
+@schemas.command("check")
+@click.option("--schema-dir", type=click.Path(path_type=Path), default=None)
+def schemas_check(schema_dir):
+    """Check every schema is BACKWARD compatible with its last released version."""
+    from .schemas import SchemaCatalog
+    catalog = SchemaCatalog.load(schema_dir)
+    failed = False
+    for name in catalog.names():
+        problems = catalog.check_backward(name)
+        failed |= bool(problems)
+        click.echo(f"{name}: " + ("compatible" if not problems else "INCOMPATIBLE"))
+        for problem in problems:
+            click.echo(f"  - {problem}")
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("outpost-demo"),
+              show_default=True, help="Where the demo keeps its database, state and outbox.")
+def demo(directory):
+    """Seed a demo SQLite 'legacy ERP', capture it into Avro files, show the events."""
+    from .demo import run_demo
+    logging.basicConfig(level=logging.WARNING)
+    run_demo(directory)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Configuration: one YAML file, validated once at start, then read-only.
+
+Every problem is collected and reported together (key path, what was expected, what was
+found) so that an engineer fixes the file in one pass. Secrets are never written in the
+file: ``${ENV_VAR}`` and ``${file:/path}`` references are resolved here, and every
+resolved value is remembered so the log filter can redact it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from .contracts import ConfigError
+from .registry import describe_error, validate_options
+from .units import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+_REFERENCE = re.compile(r"\$\{(file:)?([^}]+)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldRule(_Strict):
+    """How one canonical field is filled: from a column, or a constant."""
+
+    column: Optional[str] = None
+    const: Any = None
+    lookup: Optional[str] = None                       # name of a table in ``lookups``
+    convert: list[str] = Field(default_factory=list)   # e.g. [strip, upper]
+    default: Any = None                                # used when the column is NULL/empty
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        if isinstance(value, str):                     # "name: CUST_NAME" means a column
+            return {"column": value}
+        if isinstance(value, dict) and isinstance(value.get("convert"), str):
+            value = {**value, "convert": [value["convert"]]}
+        return value
+
+    @model_validator(mode="after")
+    def _one_origin(self):
+        if (self.column is None) == ("const" not in self.model_fields_set):
+            raise ValueError("give exactly one of 'column' or 'const'")
+        return self
+
+
+class MappingConfig(_Strict):
+    entity: str
+    fields: dict[str, FieldRule]
+    source_timezone: str = "UTC"     # zone of naive timestamps in the source
+
+
+class Schedule(_Strict):
+    every: Optional[Duration] = None
+    cron: Optional[str] = None       # crontab expression, e.g. "*/5 * * * *"
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'every' or 'cron'")
+        return self
+
+
+class RouteConfig(_Strict):
+    source: str
+    sink: str
+    mapping: str
+    capture: dict[str, Any] = Field(default_factory=dict)   # adapter-specific (table, cursor...)
+    schedule: Schedule = Schedule(every=10.0)
+
+
+class QueueConfig(_Strict):
+    max_bytes: Size = parse_size("2GiB")          # disk quota; capture pauses beyond it
+    dedup_retention: Duration = parse_duration("7d")
+    delivery_batch: int = Field(default=500, ge=1, le=100_000)
+
+
+class HttpConfig(_Strict):
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    token: Optional[str] = None
+
+
+class LogConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    file: Optional[Path] = None
+
+
+class FabricConfig(_Strict):
+    kafka: dict[str, Any] = Field(default_factory=dict)           # librdkafka properties, as-is
+    schema_registry: dict[str, Any] = Field(default_factory=dict)  # SchemaRegistryClient conf
+    topic_template: str = "outpost.{entity}"
+    auto_register: bool = True
+    create_topics: bool = False
+    topic_partitions: int = Field(default=3, ge=1)
+
+
+class Config(_Strict):
+    state_dir: Path = Path("./state")
+    schema_dir: Optional[Path] = None
+    shutdown_timeout: Duration = 30.0
+    log: LogConfig = LogConfig()
+    http: HttpConfig = HttpConfig()
+    queue: QueueConfig = QueueConfig()
+    fabric: FabricConfig = FabricConfig()
+    lookups: dict[str, dict[str, Union[str, int, None]]] = Field(default_factory=dict)
+    mappings: dict[str, MappingConfig] = Field(default_factory=dict)
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+
+    # filled by load(): every value that came from ${...}, for log redaction
+    secrets: frozenset[str] = frozenset()
+
+    def source_options(self, route_name: str) -> dict[str, Any]:
+        """What a route's source adapter receives: its source section plus the route's capture."""
+        route = self.routes[route_name]
+        section = {k: v for k, v in self.sources[route.source].items() if k != "type"}
+        return {**section, **route.capture}
+
+    def sink_options(self, sink_name: str) -> dict[str, Any]:
+        return {k: v for k, v in self.sinks[sink_name].items() if k != "type"}
+
+
+def resolve_references(value: Any, path: str, problems: list[str], secrets: set[str]) -> Any:
+    """Replace ${ENV} and ${file:/path} in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: resolve_references(v, f"{path}.{k}" if path else str(k), problems, secrets)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_references(v, f"{path}[{i}]", problems, secrets) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match) -> str:
+        is_file, name = match.group(1), match.group(2).strip()
+        if is_file:
+            try:
+                found = Path(name).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                problems.append(f"{path}: expected a readable secret file, found {name!r} ({exc.strerror})")
+                return ""
+        elif name in os.environ:
+            found = os.environ[name]
+        else:
+            problems.append(f"{path}: expected environment variable {name} to be set, found it unset")
+            return ""
+        if found:
+            secrets.add(found)
+        return found
+
+    return _REFERENCE.sub(substitute, value)
+
+
+def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
+    """Validate a parsed YAML document. Raises ConfigError listing every problem."""
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError([f"(top level): expected a mapping of sections, found {type(document).__name__}"])
+    problems: list[str] = []
+    secrets: set[str] = set()
+    resolved = resolve_references(document, "", problems, secrets)
+    config = None
+    try:
+        config = Config.model_validate({**resolved, "secrets": frozenset(secrets)})
+    except ValidationError as exc:
+        problems.extend(describe_error("", e) for e in exc.errors())
+        # Drop what is broken and validate the rest, so cross-references and adapter
+        # options are reported in the same pass.
+        config = _validate_without(resolved, [e["loc"] for e in exc.errors()], secrets)
+    if config is not None:
+        if base_dir is not None and not config.state_dir.is_absolute():
+            config = config.model_copy(update={"state_dir": (base_dir / config.state_dir).resolve()})
+        problems.extend(cross_check(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _validate_without(document: dict, locations, secrets) -> Optional[Config]:
+    pruned = {k: (dict(v) if isinstance(v, dict) else v) for k, v in document.items()}
+    for loc in locations:
+        if len(loc) >= 2 and isinstance(pruned.get(loc[0]), dict):
+            pruned[loc[0]].pop(loc[1], None)
+        else:
+            pruned.pop(loc[0], None)
+    try:
+        return Config.model_validate({**pruned, "secrets": frozenset(secrets)})
+    except ValidationError:
+        return None
+
+
+def load(path: Path) -> Config:
+    """Read and validate a config file; relative paths are relative to the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    return parse(document, base_dir=path.resolve().parent)
+
+
+def cross_check(config: Config) -> list[str]:
+    """References between sections, mappings against schemas, adapter options."""
+    from .mapping import check_mapping
+    from .schemas import SchemaCatalog
+
+    problems: list[str] = []
+    try:
+        catalog = SchemaCatalog.load(config.schema_dir)
+    except Exception as exc:      # a broken schema folder is one more problem to report
+        return [f"schema_dir: expected readable canonical schemas, found an error: {exc}"]
+
+    for name, mapping in config.mappings.items():
+        problems.extend(check_mapping(f"mappings.{name}", mapping, catalog, config.lookups))
+    for kind, section in (("source", config.sources), ("sink", config.sinks)):
+        for name, options in section.items():
+            if "type" not in options:
+                problems.append(f"{kind}s.{name}.type: expected an adapter name, found nothing")
+    for name, route in config.routes.items():
+        where = f"routes.{name}"
+        for attr, section in (("source", config.sources), ("sink", config.sinks), ("mapping", config.mappings)):
+            ref = getattr(route, attr)
+            if ref not in section:
+                known = ", ".join(sorted(section)) or "none defined"
+                problems.append(f"{where}.{attr}: expected one of {known}, found {ref!r}")
+        if route.source in config.sources and "type" in config.sources[route.source]:
+            problems.extend(validate_options("source", config.sources[route.source]["type"],
+                                             config.source_options(name), where))
+    for name, options in config.sinks.items():
+        if "type" in options:
+            problems.extend(validate_options("sink", options["type"], config.sink_options(name), f"sinks.{name}"))
+    return problems

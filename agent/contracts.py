@@ -1,0 +1,157 @@
+"""The small contracts between the core and the adapters.
+
+Adapters import this module (and nothing else from ``agent`` but ``agent.schemas``);
+the core never imports ``adapters``: it looks adapters up by their config name.
+
+Exception tree::
+
+    OutpostError
+    ├── ConfigError          bad configuration; lists every problem at once
+    ├── TransientError       retry later (broker/database unreachable, timeouts);
+    │                        anything unknown is treated as transient
+    └── TerminalError        retrying the same input cannot succeed (schema rejected,
+                             constraint violated); the input goes to the exception queue
+"""
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+__all__ = [
+    "OutpostError", "ConfigError", "TransientError", "TerminalError",
+    "SourceRecord", "SourceBatch", "QueuedEvent", "DeliveryReport",
+    "AdapterContext", "Source", "Sink", "OPERATIONS",
+]
+
+OPERATIONS = ("create", "update", "delete", "snapshot")
+
+
+class OutpostError(Exception):
+    """Base of every error Outpost raises on purpose."""
+
+
+class ConfigError(OutpostError):
+    """A configuration is invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class TransientError(OutpostError):
+    """The other side is unavailable; the same work can succeed later."""
+
+
+class TerminalError(OutpostError):
+    """This input can never succeed as it is; park it in the exception queue."""
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One captured change, before mapping.
+
+    ``position`` must be deterministic: capturing the same change again (after a crash
+    or a re-snapshot) yields the same position, so the derived ``event_id`` is the same.
+    """
+
+    object: str                       # table or file name the change came from
+    operation: str                    # one of OPERATIONS
+    position: str                     # e.g. "pk=42@2026-11-27T10:00:00" or "file:sha:line"
+    after: Optional[Mapping[str, Any]] = None
+    before: Optional[Mapping[str, Any]] = None
+    occurred_at: Optional[datetime] = None   # when the change happened at the source (UTC)
+
+
+@dataclass
+class SourceBatch:
+    """Records plus the checkpoint that covers them (committed atomically with them)."""
+
+    records: list[SourceRecord]
+    checkpoint: Any                   # JSON-serialisable; handed back to ``Source.batches``
+    progress: Optional[dict] = None   # free-form progress for status (snapshot %, rows read)
+
+
+@dataclass
+class QueuedEvent:
+    """An encoded canonical event as it sits in the durable queue."""
+
+    seq: int
+    event_id: str
+    route: str
+    entity: str                       # e.g. "Customer"
+    key: str                          # business key; the Kafka message key
+    schema_fingerprint: str           # hex of the writer schema's fingerprint
+    body: bytes                       # Avro binary, schemaless (no header)
+    correlation_id: str
+    operation: str
+    enqueued_at: float                # unix time
+    occurred_at: Optional[float] = None
+
+
+@dataclass
+class DeliveryReport:
+    """What a sink did with a batch. Events in neither set stay queued (transient)."""
+
+    delivered: set[str] = field(default_factory=set)          # event ids acked
+    rejected: dict[str, str] = field(default_factory=dict)     # event id -> terminal reason
+    transient_error: Optional[str] = None                      # why the rest is still queued
+
+
+@dataclass
+class AdapterContext:
+    """What the core hands to an adapter. Adapters do their own I/O with it."""
+
+    name: str                         # the source or sink name in the config
+    state_dir: Path
+    schemas: Any                      # agent.schemas.SchemaCatalog
+    fabric: Mapping[str, Any] = field(default_factory=dict)   # the config's ``fabric`` section
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("outpost"))
+
+
+class Source(abc.ABC):
+    """Captures changes. One instance per route (a route reads one object)."""
+
+    def __init__(self, options: Mapping[str, Any], context: AdapterContext):
+        self.options = options
+        self.context = context
+
+    def open(self) -> None:
+        """Connect. Raise TransientError if the source is unreachable."""
+
+    @abc.abstractmethod
+    def batches(self, checkpoint: Any) -> Iterator[SourceBatch]:
+        """Yield batches from ``checkpoint`` (None = never run) until caught up.
+
+        The caller commits each batch's events and checkpoint in one transaction, then
+        resumes the generator; the next batch must start right after that checkpoint.
+        """
+
+    def close(self) -> None:
+        """Release connections. Must be safe to call twice."""
+
+
+class Sink(abc.ABC):
+    """Delivers queued events. A successful return of ``write`` is the ack."""
+
+    def __init__(self, options: Mapping[str, Any], context: AdapterContext):
+        self.options = options
+        self.context = context
+
+    def open(self) -> None:
+        """Connect. Raise TransientError if the destination is unreachable."""
+
+    @abc.abstractmethod
+    def write(self, events: Sequence[QueuedEvent]) -> DeliveryReport:
+        """Deliver in order; return only when every event has a definite outcome or
+        the destination is unreachable (then set ``transient_error``)."""
+
+    def check(self) -> list[str]:
+        """Connectivity and compatibility problems, for ``outpost check``."""
+        return []
+
+    def close(self) -> None:
+        """Flush and release. Must be safe to call twice."""

@@ -1,0 +1,64 @@
+"""Logging setup: human-readable or JSON lines, and secrets redacted from every line."""
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import sys
+from typing import Iterable, Optional
+
+REDACTED = "***"
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces every known secret value in the formatted message (and its arguments)."""
+
+    def __init__(self, secrets: Iterable[str]):
+        super().__init__()
+        # longest first, so a secret containing another is replaced whole
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg = self.redact(record.getMessage())
+            record.args = None
+            if record.exc_info:
+                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        for attr in ("event_id", "correlation_id", "route"):
+            if hasattr(record, attr):
+                entry[attr] = getattr(record, attr)
+        if record.exc_text or record.exc_info:
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup(level: str = "INFO", fmt: str = "text", file: Optional[str] = None, secrets: Iterable[str] = ()) -> None:
+    handler: logging.Handler
+    if file:
+        handler = logging.handlers.RotatingFileHandler(file, maxBytes=20 << 20, backupCount=5, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("apscheduler", "httpx", "httpx2", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,254 @@
+"""Declarative mapping from a source row to a canonical entity, and validation gates.
+
+Pure code: a row (dict) goes in, a canonical payload and a list of problems come out.
+The entity's schema drives type coercion (money is always ``Decimal`` quantised to the
+schema's scale, never a float) and the gates (required fields, ISO 4217 currency,
+non-negative amounts, known codes). A row with any problem is never published: the
+caller sends it to the exception queue with the row, the mapping and every problem.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any, Callable, Mapping, Optional
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+__all__ = ["Problem", "EntityMapping", "check_mapping", "CONVERSIONS", "CODE_RULES"]
+
+# Schema rules that mean "must be one of the values of the lookup table of that name".
+CODE_RULES = ("legal_entity", "tax_jurisdiction", "service_line")
+
+_TRUE = {"1", "y", "yes", "true", "t", "on"}
+_FALSE = {"0", "n", "no", "false", "f", "off", ""}
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    rule: str
+    message: str
+    column: Optional[str] = None
+    value: Any = None
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["value"] = None if self.value is None else str(self.value)
+        return out
+
+
+def _strip(v):
+    return v.strip() if isinstance(v, str) else v
+
+
+def _upper(v):
+    return v.upper() if isinstance(v, str) else v
+
+
+def _lower(v):
+    return v.lower() if isinstance(v, str) else v
+
+
+def _blank_to_none(v):
+    return None if isinstance(v, str) and not v.strip() else v
+
+
+def _text(v):
+    return v if v is None else str(v)
+
+
+CONVERSIONS: dict[str, Callable[[Any], Any]] = {
+    "strip": _strip, "upper": _upper, "lower": _lower, "blank_to_none": _blank_to_none, "str": _text,
+}
+
+
+@lru_cache(maxsize=None)
+def _is_iso4217(code: str) -> bool:
+    import pycountry   # imported lazily: its database costs ~20 MB of memory
+    return pycountry.currencies.get(alpha_3=code) is not None
+
+
+def _to_decimal(value, scale: int, precision: int) -> Decimal:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an amount")
+    if isinstance(value, float):
+        # Legacy schemas keep money in doubles: take the shortest decimal that the double
+        # stands for (repr), then round half-even to the schema's scale.
+        number = Decimal(repr(value)).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
+    else:
+        try:
+            number = Decimal(value.strip() if isinstance(value, str) else value)
+        except (InvalidOperation, TypeError):
+            raise ValueError(f"expected a decimal amount, found {value!r}") from None
+        if not number.is_finite():
+            raise ValueError(f"expected a finite amount, found {value!r}")
+        exact = number.quantize(Decimal(1).scaleb(-scale))
+        if exact != number:
+            raise ValueError(f"has more than {scale} decimal places")
+        number = exact
+    if len(number.as_tuple().digits) > precision:
+        raise ValueError(f"does not fit decimal({precision},{scale})")
+    return number
+
+
+def _to_utc(value, zone: dt.tzinfo) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if not isinstance(value, dt.datetime):
+        raise ValueError(f"expected a timestamp, found {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=zone)
+    return value.astimezone(dt.timezone.utc)
+
+
+def _to_date(value) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        return dt.date.fromisoformat(value.strip()[:10])
+    raise ValueError(f"expected a date, found {value!r}")
+
+
+def _to_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected a yes/no value, found {value!r}")
+
+
+def _to_int(value) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected a whole number, found {value!r}")
+    return int(value)
+
+
+def coerce(spec, value, zone: dt.tzinfo):
+    """Convert a source value to what the schema field holds (raises ValueError)."""
+    kind = spec.avro_type
+    if kind == "decimal":
+        return _to_decimal(value, spec.scale or 0, spec.precision or 38)
+    if kind == "timestamp":
+        return _to_utc(value, zone)
+    if kind == "date":
+        return _to_date(value)
+    if kind == "boolean":
+        return _to_bool(value)
+    if kind in ("int", "long"):
+        return _to_int(value)
+    if kind == "string":
+        return value if isinstance(value, str) else str(value)
+    return value
+
+
+class EntityMapping:
+    """A compiled mapping: ``apply(row)`` returns ``(payload, problems)``."""
+
+    def __init__(self, name: str, config, entity_schema, lookups: Mapping[str, Mapping[str, Any]]):
+        self.name = name
+        self.config = config
+        self.schema = entity_schema
+        self.lookups = lookups
+        self.zone = ZoneInfo(config.source_timezone)
+        self._specs = {f.name: f for f in entity_schema.fields}
+        # canonical code sets, for rules on fields that are not looked up themselves
+        self._known_codes = {rule: {str(v) for v in lookups[rule].values()}
+                             for rule in CODE_RULES if rule in lookups}
+
+    @property
+    def entity(self) -> str:
+        return self.schema.entity
+
+    def describe(self) -> dict:
+        """The mapping as data, for the exception queue's context."""
+        return {"name": self.name, "entity": self.entity,
+                "fields": {k: v.model_dump(exclude_defaults=True) for k, v in self.config.fields.items()}}
+
+    def apply(self, row: Optional[Mapping[str, Any]]) -> tuple[Optional[dict], list[Problem]]:
+        if row is None:
+            return None, []
+        payload: dict[str, Any] = {}
+        problems: list[Problem] = []
+        for spec in self.schema.fields:
+            rule = self.config.fields.get(spec.name)
+            value = self._raw_value(rule, row) if rule else None
+            column = rule.column if rule else None
+            try:
+                if rule is not None:
+                    for name in rule.convert:
+                        value = CONVERSIONS[name](value)
+                    if rule.lookup is not None and value is not None and value != "":
+                        table = self.lookups[rule.lookup]
+                        if str(value) not in table:
+                            problems.append(Problem(spec.name, rule.lookup, f"unknown {rule.lookup} code {value!r}",
+                                                    column, value))
+                            continue
+                        value = table[str(value)]
+                    if (value is None or value == "") and rule.default is not None:
+                        value = rule.default
+                if value is None or (value == "" and spec.avro_type != "string"):
+                    if not spec.nullable:
+                        problems.append(Problem(spec.name, "required", "is required but missing", column, value))
+                    payload[spec.name] = None
+                    continue
+                value = coerce(spec, value, self.zone)
+            except (ValueError, TypeError, OverflowError) as exc:
+                problems.append(Problem(spec.name, "type", f"{exc}", column, value))
+                continue
+            problems.extend(self._gates(spec, value, column))
+            payload[spec.name] = value
+        return payload, problems
+
+    @staticmethod
+    def _raw_value(rule, row):
+        if rule.column is None:
+            return rule.const
+        return row.get(rule.column)
+
+    def _gates(self, spec, value, column) -> list[Problem]:
+        found = []
+        for rule in spec.rules:
+            if rule == "iso4217" and not (isinstance(value, str) and _is_iso4217(value)):
+                found.append(Problem(spec.name, rule, f"{value!r} is not an ISO 4217 currency code", column, value))
+            elif rule == "non_negative" and value < 0:
+                found.append(Problem(spec.name, rule, "must not be negative", column, value))
+            elif rule in self._known_codes and str(value) not in self._known_codes[rule]:
+                found.append(Problem(spec.name, rule, f"unknown {rule} code {value!r}", column, value))
+        return found
+
+
+def check_mapping(where: str, config, catalog, lookups: Mapping[str, Any]) -> list[str]:
+    """Config-time problems of one mapping (unknown entity, field, lookup, conversion)."""
+    try:
+        schema = catalog.entity(config.entity)
+    except KeyError as exc:
+        return [f"{where}.entity: {exc.args[0]}"]
+    problems = []
+    known = {f.name: f for f in schema.fields}
+    for field_name, rule in config.fields.items():
+        if field_name not in known:
+            problems.append(f"{where}.fields.{field_name}: expected a field of {schema.entity} "
+                            f"({', '.join(known)}), found {field_name!r}")
+        if rule.lookup is not None and rule.lookup not in lookups:
+            problems.append(f"{where}.fields.{field_name}.lookup: expected one of "
+                            f"{', '.join(sorted(lookups)) or 'no lookups defined'}, found {rule.lookup!r}")
+        for name in rule.convert:
+            if name not in CONVERSIONS:
+                problems.append(f"{where}.fields.{field_name}.convert: expected one of "
+                                f"{', '.join(CONVERSIONS)}, found {name!r}")
+    for spec in schema.fields:
+        if not spec.nullable and spec.name not in config.fields:
+            problems.append(f"{where}.fields.{spec.name}: required by {schema.entity}, found no rule for it")
+    try:
+        ZoneInfo(config.source_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"{where}.source_timezone: expected an IANA time zone, found {config.source_timezone!r}")
+    return problems

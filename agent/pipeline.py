@@ -1,0 +1,242 @@
+"""Routes: ``Source -> DurableQueue -> Sink``.
+
+Capture (``RouteCapture.run_once``) maps each source record to a canonical event, encodes
+it once, and commits the events, the rejected records and the source checkpoint in one
+queue transaction (invariant 1); the source is resumed only after that commit
+(invariant 2). Delivery (``SinkDelivery``) sends queued events in order and removes only
+what the sink confirmed (invariant 3); the queue ignores ids it already holds
+(invariant 4); only rejected events leave the order, into the exception queue
+(invariant 5). See ``agent.queue`` for the storage side of each invariant.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from typing import Optional
+
+from tenacity import wait_exponential_jitter
+
+from .contracts import DeliveryReport, SourceBatch, SourceRecord, TerminalError, TransientError
+from .events import envelope
+from .queue import DurableQueue
+
+log = logging.getLogger("outpost.pipeline")
+
+
+def _row_context(record: SourceRecord) -> dict:
+    return {"object": record.object, "position": record.position, "operation": record.operation,
+            "before": record.before, "after": record.after,
+            "occurred_at": record.occurred_at.isoformat() if record.occurred_at else None}
+
+
+class Translator:
+    """Pure: source records -> (queue rows, exception entries). No I/O."""
+
+    def __init__(self, route: str, sink: str, system: str, mapping):
+        self.route, self.sink, self.system, self.mapping = route, sink, system, mapping
+        self.schema = mapping.schema
+
+    def translate(self, records, captured_at: Optional[dt.datetime] = None) -> tuple[list[dict], list[dict]]:
+        captured_at = captured_at or dt.datetime.now(dt.timezone.utc)
+        events, failures = [], []
+        for record in records:
+            try:
+                events.append(self.event_row(record, captured_at))
+            except TerminalError as exc:
+                failures.append(self.failure(record, exc))
+        return events, failures
+
+    def event_row(self, record: SourceRecord, captured_at: dt.datetime) -> dict:
+        after, after_problems = self.mapping.apply(record.after)
+        before, before_problems = self.mapping.apply(record.before)
+        # The before image of a delete is what must identify the entity; a bad before
+        # image of an update is informative only and must not block the change.
+        problems = after_problems if record.after is not None else before_problems
+        if problems:
+            raise _MappingFailed(problems)
+        image = after if after is not None else before
+        key = image.get(self.schema.key_field) if image else None
+        if key in (None, ""):
+            raise TerminalError(f"no business key ({self.schema.key_field}) in the mapped record")
+        event = envelope(record, system=self.system, key=str(key), before=before if not before_problems else None,
+                         after=after, schema_version=self.schema.version, captured_at=captured_at)
+        meta = event["metadata"]
+        return {"event_id": meta["event_id"], "route": self.route, "sink": self.sink, "entity": self.schema.entity,
+                "key": str(key), "operation": record.operation, "schema_fingerprint": self.schema.fingerprint,
+                "body": self.schema.encode(event), "correlation_id": meta["correlation_id"],
+                "occurred_at": record.occurred_at.timestamp() if record.occurred_at else None}
+
+    def failure(self, record: SourceRecord, exc: TerminalError) -> dict:
+        problems = [p.as_dict() for p in exc.problems] if isinstance(exc, _MappingFailed) else []
+        reason = "; ".join(f"{p['field']}: {p['message']}" for p in problems) if problems else str(exc)
+        return {"stage": "mapping", "reason": reason, "entity": self.schema.entity, "sink": self.sink,
+                "operation": record.operation,
+                "context": {"record": _row_context(record), "mapping": self.mapping.describe(),
+                            "problems": problems, "system": self.system}}
+
+
+def retry_exception(queue: DurableQueue, item: dict, translator: Optional[Translator]) -> tuple[bool, str]:
+    """Re-queue a parked event; a mapping failure is mapped again with today's config
+    (fixed master data, lookups). Returns (requeued, what happened)."""
+    if item["stage"] != "mapping":
+        return queue.requeue_exception(item["id"]), "re-queued for delivery"
+    if translator is None:
+        return False, f"route {item['route']} is no longer configured"
+    raw = item["context"]["record"]
+    record = SourceRecord(object=raw["object"], operation=raw["operation"], position=raw["position"],
+                          after=raw["after"], before=raw["before"],
+                          occurred_at=dt.datetime.fromisoformat(raw["occurred_at"]) if raw["occurred_at"] else None)
+    events, failures = translator.translate([record])
+    if failures:
+        queue.refresh_exception(item["id"], failures[0]["reason"], failures[0]["context"])
+        return False, f"still failing: {failures[0]['reason']}"
+    return queue.requeue_exception(item["id"], events[0]), "mapped again and queued for delivery"
+
+
+class _MappingFailed(TerminalError):
+    def __init__(self, problems):
+        self.problems = problems
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+
+
+class RouteCapture:
+    """Runs one capture pass of a route (called by the scheduler, never concurrently)."""
+
+    def __init__(self, name: str, source, translator: Translator, queue: DurableQueue, stop: threading.Event,
+                 on_enqueue=lambda: None):
+        self.name, self.source, self.translator, self.queue = name, source, translator, queue
+        self.stop, self.on_enqueue = stop, on_enqueue
+        self._opened = False
+
+    def run_once(self) -> int:
+        if self.queue.over_quota():
+            self.queue.update_status(self.name, backpressure=True, capture_state="paused: queue quota reached")
+            log.warning("route %s: capture paused, the local queue reached its quota", self.name)
+            return 0
+        added = 0
+        try:
+            if not self._opened:
+                self.source.open()
+                self._opened = True
+            batches = self.source.batches(self.queue.checkpoint(self.name))
+            try:
+                for batch in batches:
+                    added += self._commit(batch)
+                    if self.stop.is_set() or self.queue.over_quota():
+                        break
+            finally:
+                batches.close()
+        except TransientError as exc:
+            self._source_error(exc, transient=True)
+        except Exception as exc:   # unknown errors are transient: retried on the next run
+            log.exception("route %s: capture failed", self.name)
+            self._source_error(exc, transient=True)
+        else:
+            self.queue.update_status(self.name, capture_state="ok", source_error=None, backpressure=False,
+                                     last_capture_run_at=time.time())
+        return added
+
+    def _commit(self, batch: SourceBatch) -> int:
+        events, failures = self.translator.translate(batch.records)
+        for failure in failures:
+            log.warning("route %s: %s record at %s rejected by mapping: %s", self.name,
+                        failure["operation"], failure["context"]["record"]["position"], failure["reason"])
+        status = {"last_capture_at": time.time()} if batch.records else {}
+        if batch.progress:
+            status["progress"] = batch.progress
+        added = self.queue.commit_capture(self.name, events, failures, batch.checkpoint, status)
+        if added:
+            self.on_enqueue()
+        return added
+
+    def _source_error(self, exc: Exception, transient: bool) -> None:
+        self._opened = False
+        try:
+            self.source.close()
+        except Exception:
+            log.debug("route %s: closing the source after an error failed", self.name, exc_info=True)
+        log.warning("route %s: source unavailable, will retry on the next run: %s", self.name, exc)
+        self.queue.update_status(self.name, capture_state="retrying", source_error=str(exc)[:500],
+                                 source_error_at=time.time())
+
+    def close(self) -> None:
+        self._opened = False
+        self.source.close()
+
+
+class SinkDelivery(threading.Thread):
+    """Drains one sink's queue in order; backs off while the sink is unreachable."""
+
+    def __init__(self, name: str, sink, queue: DurableQueue, stop: threading.Event, batch_size: int = 500,
+                 max_backoff: float = 30.0):
+        super().__init__(name=f"deliver-{name}", daemon=True)
+        self.sink_name, self.sink, self.queue, self.stop = name, sink, queue, stop
+        self.batch_size = batch_size
+        self.wakeup = threading.Event()
+        self.connected = False
+        self._backoff = wait_exponential_jitter(initial=0.5, max=max_backoff)
+        self._failures = 0
+        self._opened = False
+
+    def deliver_once(self) -> Optional[int]:
+        """One batch. Returns how many were settled, or None if the sink is unavailable."""
+        events = self.queue.peek(self.sink_name, self.batch_size)
+        if not events:
+            return 0
+        try:
+            if not self._opened:
+                self.sink.open()
+                self._opened = True
+            report = self.sink.write(events)
+        except TransientError as exc:
+            report = None
+            error = str(exc)
+        except Exception as exc:   # unknown = transient: the events stay queued
+            log.exception("sink %s: write failed", self.sink_name)
+            report, error = None, f"{type(exc).__name__}: {exc}"
+        if report is None:
+            report = DeliveryReport(transient_error=error)
+        self.queue.settle(self.sink_name, events, report)
+        self.connected = report.transient_error is None
+        if report.transient_error:
+            return None
+        return len(report.delivered) + len(report.rejected)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            settled = self.deliver_once()
+            if settled is None:
+                self._failures += 1
+                delay = self._backoff(_RetryState(self._failures))
+                log.warning("sink %s unavailable (%d queued), retrying in %.1fs", self.sink_name,
+                            self.queue.depth(self.sink_name), delay)
+                self.stop.wait(delay)
+            elif settled == 0:
+                self._failures = 0
+                self.wakeup.wait(1.0)
+                self.wakeup.clear()
+            else:
+                self._failures = 0
+
+    def drain(self, timeout: float) -> bool:
+        """Deliver the backlog before capture starts; False if the sink is unavailable."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stop.is_set():
+            settled = self.deliver_once()
+            if settled is None:
+                return False
+            if settled == 0:
+                return True
+        return self.queue.depth(self.sink_name) == 0
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class _RetryState:
+    """The one attribute tenacity's wait strategies read."""
+
+    def __init__(self, attempt_number: int):
+        self.attempt_number = attempt_number

@@ -1,0 +1,290 @@
+"""The durable local queue: SQLite in WAL mode with ``synchronous=FULL``.
+
+It is what lets capture go on while the fabric is down. Delivery invariants (DESIGN.md):
+
+1. A source checkpoint is persisted in the same SQLite transaction as the events it
+   covers (``commit_capture``): after a crash either both are there or neither is.
+2. Upstream positions move only after the events are durable here: sources get their
+   checkpoint back from ``checkpoint()``, which only ever returns committed values.
+3. A queue row is removed only after the sink confirms it (``settle`` with the sink's
+   ``DeliveryReport``): unconfirmed rows stay and are sent again, in order.
+4. ``event_id`` is deterministic (``agent.events.event_id``); the queue ignores an id it
+   already holds, or delivered within ``dedup_retention``, so re-capture after a crash
+   never yields a second event.
+5. Order is kept per sink in ``seq`` order, hence per entity key. A rejected event is
+   the only thing that may reorder: it moves to the exception queue, and is logged,
+   counted and visible there.
+
+One connection per thread (SQLite connections must not be shared); writers take the
+lock with ``BEGIN IMMEDIATE`` so two threads never deadlock upgrading a read lock.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .contracts import DeliveryReport, QueuedEvent
+
+log = logging.getLogger("outpost.queue")
+
+SCHEMA_VERSION = 1
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    route TEXT NOT NULL, sink TEXT NOT NULL, entity TEXT NOT NULL, key TEXT NOT NULL,
+    operation TEXT NOT NULL, schema_fingerprint TEXT NOT NULL, body BLOB NOT NULL,
+    correlation_id TEXT NOT NULL, occurred_at REAL, enqueued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, seq);
+CREATE TABLE IF NOT EXISTS delivered (event_id TEXT PRIMARY KEY, delivered_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_by_age ON delivered (delivered_at);
+CREATE TABLE IF NOT EXISTS checkpoints (route TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS exceptions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    route TEXT NOT NULL, stage TEXT NOT NULL, reason TEXT NOT NULL, context TEXT NOT NULL,
+    event_id TEXT, entity TEXT, key TEXT, sink TEXT, operation TEXT, schema_fingerprint TEXT,
+    body BLOB, correlation_id TEXT, occurred_at REAL,
+    created_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'open', resolved_at REAL);
+CREATE INDEX IF NOT EXISTS exceptions_open ON exceptions (status, id);
+CREATE TABLE IF NOT EXISTS route_status (route TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_EVENT_COLUMNS = ("event_id", "route", "sink", "entity", "key", "operation", "schema_fingerprint",
+                  "body", "correlation_id", "occurred_at")
+
+
+class DurableQueue:
+    def __init__(self, state_dir: Path, *, max_bytes: int = 2 << 30, dedup_retention: float = 7 * 86400):
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.state_dir / "queue.db"
+        self.max_bytes = max_bytes
+        self.dedup_retention = dedup_retention
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._last_prune = 0.0
+        conn = self._conn()
+        conn.executescript(_DDL)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # -- connections -------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self):
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:
+                    pass   # closed from its own thread already
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- capture side -------------------------------------------------------------------
+    def checkpoint(self, route: str) -> Any:
+        row = self._conn().execute("SELECT value FROM checkpoints WHERE route=?", (route,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def commit_capture(self, route: str, events: Sequence[dict], exceptions: Sequence[dict],
+                       checkpoint: Any, status: Optional[dict] = None) -> int:
+        """Invariant 1: events, rejected records and the checkpoint in one transaction.
+
+        ``events`` are dicts with the ``_EVENT_COLUMNS`` keys. Returns how many events were
+        new (ids already queued or recently delivered are ignored: invariant 4).
+        """
+        now = time.time()
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox (event_id, route, sink, entity, key, operation, schema_fingerprint,"
+                " body, correlation_id, occurred_at, enqueued_at)"
+                " SELECT ?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE event_id=?)",
+                [tuple(e[c] for c in _EVENT_COLUMNS) + (now, e["event_id"]) for e in events])
+            added = db.total_changes - before
+            self._insert_exceptions(db, [{**x, "route": route} for x in exceptions], now)
+            if checkpoint is not None:
+                db.execute("INSERT INTO checkpoints VALUES (?,?,?) ON CONFLICT(route) DO UPDATE"
+                           " SET value=excluded.value, updated_at=excluded.updated_at",
+                           (route, json.dumps(checkpoint), now))
+            if status is not None:
+                self._merge_status(db, route, {**status, "captured_total+": added,
+                                               "rejected_total+": len(exceptions)})
+        return added
+
+    @staticmethod
+    def _insert_exceptions(db, exceptions, now):
+        db.executemany(
+            "INSERT INTO exceptions (route, stage, reason, context, event_id, entity, key, sink, operation,"
+            " schema_fingerprint, body, correlation_id, occurred_at, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(x["route"], x["stage"], x["reason"], json.dumps(x.get("context", {}), default=str), x.get("event_id"),
+              x.get("entity"), x.get("key"), x.get("sink"), x.get("operation"), x.get("schema_fingerprint"),
+              x.get("body"), x.get("correlation_id"), x.get("occurred_at"), now) for x in exceptions])
+
+    def used_bytes(self) -> int:
+        conn = self._conn()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        wal = self.path.with_name(self.path.name + "-wal")
+        return pages * conn.execute("PRAGMA page_size").fetchone()[0] + (wal.stat().st_size if wal.exists() else 0)
+
+    def over_quota(self) -> bool:
+        return self.used_bytes() >= self.max_bytes
+
+    # -- delivery side ------------------------------------------------------------------
+    def peek(self, sink: str, limit: int) -> list[QueuedEvent]:
+        rows = self._conn().execute(
+            "SELECT seq, event_id, route, entity, key, schema_fingerprint, body, correlation_id, operation,"
+            " enqueued_at, occurred_at FROM outbox WHERE sink=? ORDER BY seq LIMIT ?", (sink, limit)).fetchall()
+        return [QueuedEvent(*row) for row in rows]
+
+    def settle(self, sink: str, events: Sequence[QueuedEvent], report: DeliveryReport) -> None:
+        """Invariant 3: remove only what the sink confirmed; park what it rejected."""
+        now = time.time()
+        by_id = {e.event_id: e for e in events}
+        delivered = [i for i in report.delivered if i in by_id]
+        rejected = {i: r for i, r in report.rejected.items() if i in by_id}
+        pending = [e.event_id for e in events if e.event_id not in report.delivered and e.event_id not in rejected]
+        with self._write() as db:
+            db.executemany("DELETE FROM outbox WHERE event_id=?", [(i,) for i in delivered + list(rejected)])
+            db.executemany("INSERT OR IGNORE INTO delivered VALUES (?,?)", [(i, now) for i in delivered])
+            for event_id, reason in rejected.items():
+                e = by_id[event_id]
+                log.error("event %s (%s %s, correlation %s) rejected by sink %s, moved to the exception queue: %s",
+                          event_id, e.entity, e.key, e.correlation_id, sink, reason)
+            self._insert_exceptions(db, [
+                {"route": e.route, "stage": "publish", "reason": reason, "context": {"sink": sink, "seq": e.seq},
+                 "event_id": e.event_id, "entity": e.entity, "key": e.key, "sink": sink, "operation": e.operation,
+                 "schema_fingerprint": e.schema_fingerprint, "body": e.body, "correlation_id": e.correlation_id,
+                 "occurred_at": e.occurred_at}
+                for e, reason in ((by_id[i], r) for i, r in rejected.items())], now)
+            if pending and report.transient_error:
+                db.executemany("UPDATE outbox SET attempts=attempts+1, last_error=? WHERE event_id=?",
+                               [(report.transient_error[:500], i) for i in pending])
+            routes = {e.route for e in events}
+            for route in routes:
+                done = [e for e in events if e.route == route and e.event_id in report.delivered]
+                update = {"published_total+": len(done), "dead_lettered_total+": sum(
+                    1 for e in events if e.route == route and e.event_id in rejected)}
+                if done:
+                    update["last_publish_at"] = now
+                    update["last_publish_latency_s"] = max(0.0, now - max(e.occurred_at or e.enqueued_at for e in done))
+                update["sink_error"] = report.transient_error
+                self._merge_status(db, route, update)
+            if now - self._last_prune > 60:
+                self._last_prune = now
+                db.execute("DELETE FROM delivered WHERE delivered_at < ?", (now - self.dedup_retention,))
+
+    def depth(self, sink: Optional[str] = None) -> int:
+        sql, args = ("SELECT count(*) FROM outbox", ()) if sink is None else \
+            ("SELECT count(*) FROM outbox WHERE sink=?", (sink,))
+        return self._conn().execute(sql, args).fetchone()[0]
+
+    # -- route status -------------------------------------------------------------------
+    def _merge_status(self, db, route: str, update: dict) -> None:
+        """Fields ending in '+' are counters added to the stored value."""
+        row = db.execute("SELECT value FROM route_status WHERE route=?", (route,)).fetchone()
+        current = json.loads(row[0]) if row else {}
+        for name, value in update.items():
+            if name.endswith("+"):
+                current[name[:-1]] = current.get(name[:-1], 0) + value
+            else:
+                current[name] = value
+        db.execute("INSERT INTO route_status VALUES (?,?) ON CONFLICT(route) DO UPDATE SET value=excluded.value",
+                   (route, json.dumps(current, default=str)))
+
+    def update_status(self, route: str, **update) -> None:
+        with self._write() as db:
+            self._merge_status(db, route, update)
+
+    def status(self) -> dict[str, dict]:
+        """Per route: stored status plus queue depth and the oldest queued age."""
+        conn = self._conn()
+        now = time.time()
+        result = {route: json.loads(value) for route, value in conn.execute("SELECT route, value FROM route_status")}
+        for route, depth, oldest in conn.execute("SELECT route, count(*), min(enqueued_at) FROM outbox GROUP BY route"):
+            result.setdefault(route, {}).update(queue_depth=depth, oldest_queued_age_s=round(now - oldest, 3))
+        for route, count in conn.execute("SELECT route, count(*) FROM exceptions WHERE status='open' GROUP BY route"):
+            result.setdefault(route, {})["open_exceptions"] = count
+        for route, value in result.items():
+            value.setdefault("queue_depth", 0)
+            value.setdefault("oldest_queued_age_s", None)
+            value.setdefault("open_exceptions", 0)
+        return result
+
+    # -- exception queue ----------------------------------------------------------------
+    def exceptions(self, status: str = "open", route: Optional[str] = None, limit: int = 100) -> list[dict]:
+        sql = "SELECT id, route, stage, entity, key, reason, created_at, status FROM exceptions WHERE status=?"
+        args: list[Any] = [status]
+        if route:
+            sql += " AND route=?"
+            args.append(route)
+        rows = self._conn().execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        keys = ("id", "route", "stage", "entity", "key", "reason", "created_at", "status")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def exception(self, exception_id: int) -> Optional[dict]:
+        conn = self._conn()
+        cursor = conn.execute("SELECT * FROM exceptions WHERE id=?", (exception_id,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        item = dict(zip([d[0] for d in cursor.description], row))
+        item["context"] = json.loads(item["context"])
+        return item
+
+    def requeue_exception(self, exception_id: int, event: Optional[dict] = None) -> bool:
+        """Put a parked event (or a re-mapped one) back at the end of its sink's queue."""
+        item = self.exception(exception_id)
+        if item is None or item["status"] != "open":
+            return False
+        event = event or {c: item[c] for c in _EVENT_COLUMNS}
+        now = time.time()
+        with self._write() as db:
+            db.execute("DELETE FROM delivered WHERE event_id=?", (event["event_id"],))
+            db.execute("INSERT OR IGNORE INTO outbox (event_id, route, sink, entity, key, operation,"
+                       " schema_fingerprint, body, correlation_id, occurred_at, enqueued_at)"
+                       " VALUES (?,?,?,?,?,?,?,?,?,?,?)", tuple(event[c] for c in _EVENT_COLUMNS) + (now,))
+            db.execute("UPDATE exceptions SET status='retried', resolved_at=? WHERE id=?", (now, exception_id))
+        return True
+
+    def discard_exception(self, exception_id: int) -> bool:
+        with self._write() as db:
+            return db.execute("UPDATE exceptions SET status='discarded', resolved_at=? WHERE id=? AND status='open'",
+                              (time.time(), exception_id)).rowcount == 1
+
+    def refresh_exception(self, exception_id: int, reason: str, context: dict) -> None:
+        """A retry that failed again: keep it open with what went wrong this time."""
+        with self._write() as db:
+            db.execute("UPDATE exceptions SET reason=?, context=? WHERE id=?",
+                       (reason, json.dumps(context, default=str), exception_id))
+
+    def count_exceptions(self, status: str = "open") -> int:
+        return self._conn().execute("SELECT count(*) FROM exceptions WHERE status=?", (status,)).fetchone()[0]

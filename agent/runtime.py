@@ -1,0 +1,148 @@
+"""The ``Agent``: one object with an explicit lifecycle, hosted by the CLI, systemd or
+the Windows service manager (thin shells that only call ``start``/``stop``).
+
+Lifecycle: CREATED -> STARTING -> DRAINING -> RUNNING -> STOPPING -> STOPPED.
+On start the agent first delivers what is already queued, then captures anything new.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import threading
+import time
+from typing import Optional
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from .config import Config
+from .contracts import AdapterContext
+from .mapping import EntityMapping
+from .pipeline import RouteCapture, SinkDelivery, Translator
+from .queue import DurableQueue
+from .registry import adapter_class
+from .schemas import SchemaCatalog
+
+log = logging.getLogger("outpost.agent")
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    DRAINING = "draining"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Agent:
+    def __init__(self, config: Config, *, drain_timeout: float = 30.0):
+        self.config = config
+        self.state = State.CREATED
+        self.stop_event = threading.Event()
+        self.drain_timeout = drain_timeout
+        self.catalog = SchemaCatalog.load(config.schema_dir)
+        self.queue: Optional[DurableQueue] = None
+        self.deliveries: dict[str, SinkDelivery] = {}
+        self.captures: dict[str, RouteCapture] = {}
+        self.scheduler: Optional[BackgroundScheduler] = None
+
+    def _context(self, name: str) -> AdapterContext:
+        return AdapterContext(name=name, state_dir=self.config.state_dir, schemas=self.catalog,
+                              fabric=self.config.fabric.model_dump(), log=logging.getLogger(f"outpost.{name}"))
+
+    def build(self) -> None:
+        """Create the queue, sinks and sources (imports only the adapters configured)."""
+        cfg = self.config
+        self.queue = DurableQueue(cfg.state_dir, max_bytes=cfg.queue.max_bytes,
+                                  dedup_retention=cfg.queue.dedup_retention)
+        used_sinks = {route.sink for route in cfg.routes.values()}
+        for name in sorted(used_sinks):
+            sink = adapter_class("sink", cfg.sinks[name]["type"])(cfg.sink_options(name), self._context(name))
+            self.deliveries[name] = SinkDelivery(name, sink, self.queue, self.stop_event,
+                                                 batch_size=cfg.queue.delivery_batch)
+        for name, route in cfg.routes.items():
+            source_type = cfg.sources[route.source]["type"]
+            source = adapter_class("source", source_type)(cfg.source_options(name), self._context(route.source))
+            self.captures[name] = RouteCapture(name, source, make_translator(cfg, self.catalog, name),
+                                               self.queue, self.stop_event,
+                                               on_enqueue=self.deliveries[route.sink].wakeup.set)
+
+    def start(self, capture: bool = True) -> None:
+        self.state = State.STARTING
+        if self.queue is None:
+            self.build()
+        self.state = State.DRAINING
+        for name, delivery in self.deliveries.items():
+            backlog = self.queue.depth(name)
+            if backlog and not delivery.drain(self.drain_timeout):
+                log.warning("sink %s: %d events still queued after the start-up drain; capture starts anyway",
+                            name, self.queue.depth(name))
+        for delivery in self.deliveries.values():
+            delivery.start()
+        if capture:
+            self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
+                                                               "misfire_grace_time": None})
+            for name, capture_job in self.captures.items():
+                schedule = self.config.routes[name].schedule
+                trigger = IntervalTrigger(seconds=schedule.every) if schedule.every else \
+                    CronTrigger.from_crontab(schedule.cron)
+                # run at once on start, then on the schedule
+                self.scheduler.add_job(capture_job.run_once, trigger, id=name, name=f"capture {name}",
+                                       next_run_time=dt.datetime.now(self.scheduler.timezone))
+            self.scheduler.start()
+        self.state = State.RUNNING
+        log.info("agent running: %d route(s), %d sink(s), state in %s", len(self.captures), len(self.deliveries),
+                 self.config.state_dir)
+
+    def run_pass(self) -> int:
+        """Capture every route once, synchronously (used by tests, the demo and one-shot runs)."""
+        return sum(capture.run_once() for capture in self.captures.values())
+
+    def deliver_all(self, timeout: float = 30.0) -> bool:
+        """Synchronously drain every sink (no delivery threads needed)."""
+        return all(delivery.drain(timeout) for delivery in self.deliveries.values())
+
+    def wait(self) -> None:
+        while not self.stop_event.wait(1.0):
+            pass
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Graceful: stop capture, let in-flight batches finish, flush sinks, close the queue."""
+        if self.state in (State.STOPPING, State.STOPPED):
+            return
+        self.state = State.STOPPING
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self.stop_event.set()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        for delivery in self.deliveries.values():
+            delivery.wakeup.set()
+            if delivery.is_alive():
+                delivery.join(max(0.1, deadline - time.monotonic()))
+        for delivery in self.deliveries.values():
+            _quietly(delivery.close, f"closing sink {delivery.sink_name}")
+        for name, capture in self.captures.items():
+            _quietly(capture.close, f"closing source of route {name}")
+        if self.queue is not None:
+            self.queue.close()
+        self.state = State.STOPPED
+        log.info("agent stopped")
+
+
+def make_translator(config: Config, catalog: SchemaCatalog, route_name: str) -> Translator:
+    route = config.routes[route_name]
+    mapping_cfg = config.mappings[route.mapping]
+    mapping = EntityMapping(route.mapping, mapping_cfg, catalog.entity(mapping_cfg.entity), config.lookups)
+    system = config.sources[route.source].get("system") or route.source
+    return Translator(route_name, route.sink, system, mapping)
+
+
+def _quietly(action, what: str) -> None:
+    try:
+        action()
+    except Exception:
+        log.warning("%s failed", what, exc_info=True)

@@ -1,0 +1,350 @@
+"""The canonical Avro schemas: loading, encoding, fingerprints and evolution checks.
+
+The ``avro/`` folder holds one ``.avsc`` per named type. Shared types (``EventMetadata``)
+live in their own file and are inlined into each entity envelope at load, so what is
+registered in a schema registry is one self-contained schema per entity.
+
+``fastavro`` encodes (fast, on the hot path); the ``avro`` package is used only for the
+reader/writer compatibility check, because fastavro has none.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import io
+import hashlib
+import json
+import os
+import site
+import sys
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Optional
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import load_schema_ordered, parse_schema
+from fastavro.validation import ValidationError, validate
+
+from agent.contracts import ConfigError, TerminalError
+
+__all__ = ["find_schema_dir", "FieldSpec", "EntitySchema", "SchemaCatalog"]
+
+_LOGICAL_NAMES = {"decimal": "decimal", "date": "date", "timestamp-micros": "timestamp",
+                  "timestamp-millis": "timestamp"}
+_TIMESTAMP_TYPES = ("timestamp-micros", "timestamp-millis")
+
+
+def find_schema_dir() -> Path:
+    """Where the ``.avsc`` files are: env override, dev checkout, then installed copy."""
+    env = os.environ.get("OUTPOST_SCHEMA_DIR")
+    if env:
+        if not Path(env).is_dir():
+            raise ConfigError([f"OUTPOST_SCHEMA_DIR={env} is not a directory"])
+        return Path(env)
+    candidates = [
+        Path(__file__).resolve().parent.parent / "avro",          # dev checkout
+        Path(sys.prefix) / "share" / "outpost" / "avro",           # pip install (data_files)
+        Path(site.getuserbase()) / "share" / "outpost" / "avro",   # pip install --user
+    ]
+    for candidate in candidates:
+        if (candidate / "EventMetadata.avsc").is_file():
+            return candidate
+    raise ConfigError([f"no canonical schemas found; looked in {', '.join(map(str, candidates))}"
+                       " (set OUTPOST_SCHEMA_DIR)"])
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One payload field, flattened for mappers and validation gates."""
+
+    name: str
+    avro_type: str                 # string, int, long, boolean, decimal, date, timestamp, ...
+    nullable: bool
+    precision: Optional[int]
+    scale: Optional[int]
+    rules: tuple[str, ...]
+    doc: str
+
+
+def _non_null(avro_type: Any) -> tuple[Any, bool]:
+    """The real type of a field and whether it is ``[null, T]``."""
+    if isinstance(avro_type, list):
+        rest = [t for t in avro_type if t != "null"]
+        return (rest[0] if len(rest) == 1 else rest), len(rest) < len(avro_type)
+    return avro_type, False
+
+
+def _field_spec(field: dict) -> FieldSpec:
+    real, nullable = _non_null(field["type"])
+    precision = scale = None
+    if isinstance(real, dict):
+        logical = real.get("logicalType")
+        kind = _LOGICAL_NAMES.get(logical, real["type"])
+        if logical == "decimal":
+            precision, scale = real["precision"], real.get("scale", 0)
+    else:
+        kind = real if isinstance(real, str) else "union"
+    return FieldSpec(field["name"], kind, nullable, precision, scale,
+                     tuple(field.get("outpost.rules", ())), field.get("doc", ""))
+
+
+class EntitySchema:
+    """One entity's envelope schema, parsed once; ``encode``/``decode`` are the hot path."""
+
+    def __init__(self, schema: dict):
+        self.schema = schema
+        self.entity: str = schema["outpost.entity"]
+        self.key_field: str = schema["outpost.key"]
+        self.version: int = int(schema["outpost.version"])
+        self.event_name: str = schema["name"].rsplit(".", 1)[-1]
+        self.schema_json = json.dumps(schema)
+        # fastavro adds private keys to what it parses: parse a copy, keep ``schema`` clean.
+        self._parsed = parse_schema(copy.deepcopy(schema))
+        # The Parsing Canonical Form drops logical types, so a decimal's scale change would
+        # keep its fingerprint: hash the whole expanded schema instead.
+        self.fingerprint: str = hashlib.sha256(
+            json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        before = next(f for f in schema["fields"] if f["name"] == "before")
+        payload, _ = _non_null(before["type"])
+        self.fields: list[FieldSpec] = [_field_spec(f) for f in payload["fields"]]
+        # Checked by hand before encoding: fastavro ignores decimal precision and reads
+        # naive datetimes as local time, both silently.
+        self._decimals = [(f.name, f.precision, f.scale) for f in self.fields if f.avro_type == "decimal"]
+        self._timestamps = [f.name for f in self.fields if f.avro_type == "timestamp"]
+
+    def __repr__(self) -> str:
+        return f"<EntitySchema {self.event_name} v{self.version} {self.fingerprint[:12]}>"
+
+    @property
+    def parsed(self):
+        """The fastavro-parsed schema (for container-file writers)."""
+        return self._parsed
+
+    def field(self, name: str) -> FieldSpec:
+        for spec in self.fields:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"{self.entity} has no field {name!r}")
+
+    def encode(self, event: dict) -> bytes:
+        """Schemaless Avro binary of ``event``; TerminalError naming the field if it does not fit."""
+        if not isinstance(event, dict):
+            raise TerminalError(f"{self.entity} event must be a dict, not {type(event).__name__}")
+        event = self._precheck(event)
+        out = io.BytesIO()
+        try:
+            # strict_allow_default: an unknown (e.g. misspelt) field is an error, a missing
+            # nullable one is not.
+            schemaless_writer(out, self._parsed, event, strict_allow_default=True)
+        except Exception as exc:  # fastavro raises many types; explain with the validator
+            raise TerminalError(self._explain(event, exc)) from exc
+        return out.getvalue()
+
+    def decode(self, body: bytes) -> dict:
+        return schemaless_reader(io.BytesIO(body), self._parsed, self._parsed)
+
+    # -- internals -------------------------------------------------------------------
+    def _precheck(self, event: dict) -> dict:
+        """Reject what fastavro would accept wrongly; returns ``event`` or a fixed copy."""
+        meta = event.get("metadata")
+        if isinstance(meta, dict):
+            for name in ("occurred_at", "captured_at"):
+                self._check_timestamp("metadata", name, meta.get(name))
+        for image in ("before", "after"):
+            record = event.get(image)
+            if not isinstance(record, dict):
+                continue
+            for name in self._timestamps:
+                self._check_timestamp(image, name, record.get(name))
+            for name, precision, scale in self._decimals:
+                value = record.get(name)
+                if value is None:
+                    continue
+                fixed = self._check_decimal(image, name, value, precision, scale)
+                if fixed is not value:
+                    # Copy rather than mutate the caller's record.
+                    event = {**event, image: {**event[image], name: fixed}}
+                    record = event[image]
+        return event
+
+    def _check_timestamp(self, image: str, name: str, value: Any) -> None:
+        if isinstance(value, _dt.datetime) and value.tzinfo is None:
+            raise TerminalError(f"{self.entity} {image}.{name}: naive datetime {value.isoformat()};"
+                                " timestamps must be timezone-aware (UTC)")
+
+    def _check_decimal(self, image: str, name: str, value: Any, precision: int, scale: int) -> Decimal:
+        where = f"{self.entity} {image}.{name} (decimal({precision},{scale}))"
+        if not isinstance(value, Decimal):
+            raise TerminalError(f"{where}: got {type(value).__name__} {value!r}; amounts must be"
+                                " decimal.Decimal, never float")
+        if not value.is_finite():
+            raise TerminalError(f"{where}: {value} is not a finite number")
+        if value.as_tuple().exponent < -scale:
+            # More decimal places than the schema: fine only if they are zeros (100.0000).
+            quantized = value.quantize(Decimal(1).scaleb(-scale))
+            if quantized != value:
+                raise TerminalError(f"{where}: {value} has more than {scale} decimal places")
+            value = quantized
+        if value and value.adjusted() + 1 > precision - scale:
+            raise TerminalError(f"{where}: {value} has more than {precision - scale} integer digits")
+        return value
+
+    def _explain(self, event: dict, exc: Exception) -> str:
+        head = f"{self.entity} event does not fit {self.event_name} v{self.version}"
+        try:
+            validate(event, self._parsed, raise_errors=True)
+        except ValidationError as verr:
+            lines = [str(e) for e in verr.errors]
+            # A bad field inside before/after also yields "<whole record> expected null"
+            # for the union; that line only repeats the record, so keep the precise ones.
+            precise = [line for line in lines if not line.endswith("expected null")]
+            return head + ": " + "; ".join(precise or lines)
+        except Exception as verr:  # the validator can fail on the same input
+            return f"{head}: {verr}"
+        return f"{head}: {exc}"
+
+
+class SchemaCatalog:
+    """Every canonical entity schema in a directory, by name and by fingerprint."""
+
+    def __init__(self, directory: Path, schemas: dict[str, EntitySchema]):
+        self.directory = directory
+        self._by_name = schemas
+        self._by_fingerprint = {s.fingerprint: s for s in schemas.values()}
+
+    @classmethod
+    def load(cls, directory: Optional[Path] = None) -> "SchemaCatalog":
+        directory = Path(directory) if directory is not None else find_schema_dir()
+        problems: list[str] = []
+        raw: dict[Path, dict] = {}
+        for path in sorted(directory.glob("*.avsc")):
+            try:
+                raw[path] = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                problems.append(f"{path}: {exc}")
+        # Files without "outpost.entity" hold shared named types; load them first.
+        shared = [str(p) for p, s in raw.items() if "outpost.entity" not in s]
+        shared.sort(key=lambda p: not p.endswith("EventMetadata.avsc"))
+        schemas: dict[str, EntitySchema] = {}
+        for path, doc in raw.items():
+            if "outpost.entity" not in doc:
+                continue
+            try:
+                expanded = load_schema_ordered(shared + [str(path)], _write_hint=False)
+                entity = EntitySchema(expanded)
+            except Exception as exc:
+                problems.append(f"{path}: {type(exc).__name__}: {exc}")
+                continue
+            if entity.entity in schemas:
+                problems.append(f"{path}: entity {entity.entity} is defined twice")
+            schemas[entity.entity] = entity
+        if not schemas and not problems:
+            problems.append(f"{directory}: no entity schemas (*.avsc with outpost.entity)")
+        if problems:
+            raise ConfigError(problems)
+        return cls(directory, schemas)
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def entity(self, name: str) -> EntitySchema:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"unknown entity {name!r}; known: {', '.join(self.names())}") from None
+
+    def by_fingerprint(self, fingerprint: str) -> EntitySchema:
+        try:
+            return self._by_fingerprint[fingerprint]
+        except KeyError:
+            raise KeyError(f"no current schema has fingerprint {fingerprint}") from None
+
+    def released(self, entity: str) -> Optional[dict]:
+        """The highest released version (``released/vN/<Entity>.avsc``), or None."""
+        best: Optional[tuple[int, Path]] = None
+        for path in (self.directory / "released").glob(f"v*/{entity}.avsc"):
+            number = path.parent.name[1:]
+            if number.isdigit() and (best is None or int(number) > best[0]):
+                best = (int(number), path)
+        return json.loads(best[1].read_text(encoding="utf-8")) if best else None
+
+    def check_backward(self, entity: str, previous: Optional[dict] = None) -> list[str]:
+        """Problems reading data written with ``previous`` (default: last released) using
+        the current schema; [] means BACKWARD compatible."""
+        # Imported here: only ``outpost check`` and tests need the avro package.
+        import avro.schema
+
+        current = self.entity(entity)
+        previous = previous if previous is not None else self.released(entity)
+        if previous is None:
+            return []
+        try:
+            reader = avro.schema.parse(current.schema_json)
+            writer = avro.schema.parse(json.dumps(previous))
+        except Exception as exc:
+            return [f"{entity}: schema does not parse: {exc}"]
+        # The checker reports a bad field inside before/after only as "reader union lacking
+        # writer type: RECORD"; checking the records on their own names the field, and the
+        # whole envelope is reported only when they found nothing.
+        pairs = []
+        for name in ("metadata", "before"):
+            r, w = reader.fields_dict.get(name), writer.fields_dict.get(name)
+            if r is not None and w is not None:
+                pairs.append((f"{entity}.{name}", _record_of(r.type), _record_of(w.type)))
+        problems: list[str] = []
+        for where, r, w in pairs:
+            if r is not None and w is not None:
+                problems += _incompatibilities(where, r, w)
+        problems = problems or _incompatibilities(entity, reader, writer)
+        # The avro checker ignores logical types (and lets bytes become string), so a
+        # decimal whose scale changed would pass while changing every amount.
+        problems += _logical_changes(entity, current.schema, previous)
+        return problems
+
+
+def _incompatibilities(where: str, reader: Any, writer: Any) -> list[str]:
+    from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+
+    result = ReaderWriterCompatibilityChecker().get_compatibility(reader, writer)
+    if result.compatibility is not SchemaCompatibilityType.incompatible:
+        return []
+    at = ", ".join(sorted(loc for loc in result.locations if loc != "/"))
+    # A bare name is the checker's message for a new field without a default.
+    return [f"{where}: " + (f"new field {m!r} has no default" if m.isidentifier() else m)
+            + (f" (at {at})" if at else "") for m in sorted(result.messages)]
+
+
+def _record_of(schema: Any) -> Any:
+    """The record inside an avro-package schema or ``[null, record]`` union, else None."""
+    for branch in getattr(schema, "schemas", [schema]):
+        if branch.type == "record":
+            return branch
+    return None
+
+
+def _logical(avro_type: Any) -> Optional[tuple]:
+    if isinstance(avro_type, dict) and "logicalType" in avro_type:
+        if avro_type["logicalType"] == "decimal":
+            return f"decimal({avro_type.get('precision')},{avro_type.get('scale', 0)})"
+        return avro_type["logicalType"]
+    return None
+
+
+def _logical_changes(path: str, reader: dict, writer: dict) -> list[str]:
+    """Fields present in both records whose logical type differs, recursively."""
+    problems: list[str] = []
+    old_fields = {f["name"]: f for f in writer.get("fields", [])}
+    for field in reader.get("fields", []):
+        old = old_fields.get(field["name"])
+        if old is None:
+            continue
+        new_t, _ = _non_null(field["type"])
+        old_t, _ = _non_null(old["type"])
+        where = f"{path}.{field['name']}"
+        if isinstance(new_t, dict) and isinstance(old_t, dict) and new_t.get("type") == "record" == old_t.get("type"):
+            problems += _logical_changes(where, new_t, old_t)
+        elif (_logical(new_t) or _logical(old_t)) and _logical(new_t) != _logical(old_t):
+            problems.append(f"{where}: logical type changed from {_logical(old_t) or old_t}"
+                            f" to {_logical(new_t) or new_t}")
+    return problems

@@ -1,0 +1,50 @@
+"""`outpost status`: read from the queue database, so it works while the agent runs."""
+from __future__ import annotations
+
+import time
+
+from .queue import DurableQueue
+
+
+def collect(cfg) -> dict:
+    store = DurableQueue(cfg.state_dir, max_bytes=cfg.queue.max_bytes)
+    try:
+        per_route = store.status()
+        routes = {}
+        for name, route in cfg.routes.items():
+            entry = per_route.get(name, {"queue_depth": 0, "oldest_queued_age_s": None, "open_exceptions": 0})
+            routes[name] = {"source": route.source, "sink": route.sink, **entry}
+        return {"state_dir": str(cfg.state_dir), "queue_bytes": store.used_bytes(),
+                "queue_quota_bytes": cfg.queue.max_bytes, "backpressure": store.over_quota(),
+                "open_exceptions": store.count_exceptions(), "routes": routes}
+    finally:
+        store.close()
+
+
+def _ago(timestamp) -> str:
+    if not timestamp:
+        return "never"
+    seconds = time.time() - float(timestamp)
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago" if seconds < 7200 \
+        else f"{seconds / 3600:.1f}h ago"
+
+
+def render(report: dict) -> str:
+    lines = [f"state: {report['state_dir']}  queue: {report['queue_bytes'] / 1e6:.1f} MB of "
+             f"{report['queue_quota_bytes'] / 1e6:.0f} MB" + ("  BACKPRESSURE: capture paused" if report["backpressure"]
+                                                              else "")
+             + f"  open exceptions: {report['open_exceptions']}"]
+    for name, r in report["routes"].items():
+        age = r.get("oldest_queued_age_s")
+        lines.append(f"route {name} ({r['source']} -> {r['sink']})")
+        lines.append(f"  capture: {r.get('capture_state', 'not run yet')}, last change {_ago(r.get('last_capture_at'))}"
+                     f", captured {r.get('captured_total', 0)}, rejected {r.get('rejected_total', 0)}")
+        if r.get("progress"):
+            lines.append(f"  progress: {r['progress']}")
+        lines.append(f"  queue: {r['queue_depth']} waiting" + (f", oldest {age:.1f}s" if age is not None else ""))
+        lines.append(f"  publish: last {_ago(r.get('last_publish_at'))}, published {r.get('published_total', 0)}, "
+                     f"dead-lettered {r.get('dead_lettered_total', 0)}, open exceptions {r['open_exceptions']}")
+        for label, key in (("source error", "source_error"), ("sink error", "sink_error")):
+            if r.get(key):
+                lines.append(f"  {label}: {r[key]}")
+    return "\n".join(lines)
