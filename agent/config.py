@@ -7,6 +7,7 @@ resolved value is remembered so the log filter can redact it.
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -191,16 +192,29 @@ def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
 
 
 def _validate_without(document: dict, locations, secrets) -> Optional[Config]:
-    pruned = {k: (dict(v) if isinstance(v, dict) else v) for k, v in document.items()}
-    for loc in locations:
-        if len(loc) >= 2 and isinstance(pruned.get(loc[0]), dict):
-            pruned[loc[0]].pop(loc[1], None)
+    """Validate again without the broken leaves, then, if needed, without their sections."""
+    locations = list(locations)
+    for depth in (None, None, 2, 1):
+        pruned = copy.deepcopy(document)
+        for loc in locations:
+            _remove(pruned, loc if depth is None else loc[:depth])
+        try:
+            return Config.model_validate({**pruned, "secrets": frozenset(secrets)})
+        except ValidationError as exc:
+            locations += [e["loc"] for e in exc.errors()]
+    return None
+
+
+def _remove(tree: Any, loc) -> None:
+    for part in loc[:-1]:
+        if isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        elif isinstance(tree, list) and isinstance(part, int) and part < len(tree):
+            tree = tree[part]
         else:
-            pruned.pop(loc[0], None)
-    try:
-        return Config.model_validate({**pruned, "secrets": frozenset(secrets)})
-    except ValidationError:
-        return None
+            return
+    if isinstance(tree, dict):
+        tree.pop(loc[-1], None)
 
 
 def load(path: Path) -> Config:

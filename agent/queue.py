@@ -124,10 +124,13 @@ class DurableQueue:
         now = time.time()
         with self._write() as db:
             before = db.total_changes
+            # ON CONFLICT, not OR IGNORE: only a duplicate id may be skipped silently;
+            # any other constraint failure must abort the whole transaction.
             db.executemany(
-                "INSERT OR IGNORE INTO outbox (event_id, route, sink, entity, key, operation, schema_fingerprint,"
+                "INSERT INTO outbox (event_id, route, sink, entity, key, operation, schema_fingerprint,"
                 " body, correlation_id, occurred_at, enqueued_at)"
-                " SELECT ?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE event_id=?)",
+                " SELECT ?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE event_id=?)"
+                " ON CONFLICT(event_id) DO NOTHING",
                 [tuple(e[c] for c in _EVENT_COLUMNS) + (now, e["event_id"]) for e in events])
             added = db.total_changes - before
             self._insert_exceptions(db, [{**x, "route": route} for x in exceptions], now)
@@ -269,9 +272,9 @@ class DurableQueue:
         now = time.time()
         with self._write() as db:
             db.execute("DELETE FROM delivered WHERE event_id=?", (event["event_id"],))
-            db.execute("INSERT OR IGNORE INTO outbox (event_id, route, sink, entity, key, operation,"
+            db.execute("INSERT INTO outbox (event_id, route, sink, entity, key, operation,"
                        " schema_fingerprint, body, correlation_id, occurred_at, enqueued_at)"
-                       " VALUES (?,?,?,?,?,?,?,?,?,?,?)", tuple(event[c] for c in _EVENT_COLUMNS) + (now,))
+                       " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO NOTHING", tuple(event[c] for c in _EVENT_COLUMNS) + (now,))
             db.execute("UPDATE exceptions SET status='retried', resolved_at=? WHERE id=?", (now, exception_id))
         return True
 

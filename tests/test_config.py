@@ -1,0 +1,67 @@
+"""Config loading: every problem at once, secrets from env and files, exit code 2."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent import config
+from agent.contracts import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "conf" / "outpost.example.yaml"
+
+
+def test_example_config_is_valid(tmp_path, monkeypatch):
+    secret_file = tmp_path / "registry-credentials"
+    secret_file.write_text("svc:s3cr3t-registry\n")
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["fabric"]["schema_registry"]["basic.auth.user.info"] = f"${{file:{secret_file}}}"
+    monkeypatch.setenv("OUTPOST_KAFKA_PASSWORD", "kafka-pw-123")
+    monkeypatch.setenv("OUTPOST_ERP_PASSWORD", "erp-pw-456")
+    cfg = config.parse(document)
+    assert cfg.fabric.kafka["sasl.password"] == "kafka-pw-123"
+    assert cfg.fabric.schema_registry["basic.auth.user.info"] == "svc:s3cr3t-registry"
+    assert {"kafka-pw-123", "erp-pw-456", "svc:s3cr3t-registry"} <= cfg.secrets
+    assert cfg.routes["projects"].schedule.cron == "*/2 * * * *"
+    assert cfg.source_options("customers")["table"] == "CUSTOMER"
+    assert cfg.source_options("customers")["lag_seconds"] == 10
+
+
+def test_every_problem_is_reported_together(monkeypatch):
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    document = {
+        "queue": {"max_bytes": "plenty"},
+        "fabric": {"kafka": {"sasl.password": "${NOT_SET_ANYWHERE}"}},
+        "mappings": {"m": {"entity": "Customer", "fields": {"customer_number": "NO", "colour": "C",
+                                                            "currency": {"column": "CUR", "lookup": "nope"}}}},
+        "sources": {"erp": {"type": "no_such_adapter"}},
+        "sinks": {"out": {"type": "avro_files"}},
+        "routes": {"r": {"source": "erp", "sink": "missing", "mapping": "m", "schedule": {"every": "soon"}}},
+    }
+    with pytest.raises(ConfigError) as caught:
+        config.parse(document)
+    text = "\n".join(caught.value.problems)
+    for expected in ("queue.max_bytes", "NOT_SET_ANYWHERE", "mappings.m.fields.colour",
+                     "mappings.m.fields.currency.lookup", "mappings.m.fields.name: required",
+                     "routes.r.schedule.every", "sinks.out.directory", "no adapter named 'no_such_adapter'"):
+        assert expected in text, f"{expected!r} missing from:\n{text}"
+    assert len(caught.value.problems) >= 8
+
+
+def test_cli_rejects_bad_file_with_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  r: {source: a, sink: b, mapping: c, surprise: 1}\nqueue: {max_bytes: x}\n")
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "check", "-c", str(bad)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "routes.r.surprise" in result.stderr and "queue.max_bytes" in result.stderr
+    assert "routes.r.source: expected one of" in result.stderr
+
+
+def test_unreadable_yaml_is_a_config_error(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("routes: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(broken)

@@ -1,0 +1,109 @@
+"""Declarative mapping and validation gates: pure code, no I/O."""
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from agent.config import MappingConfig
+from agent.contracts import SourceRecord
+from agent.mapping import EntityMapping
+from agent.pipeline import Translator
+from agent.schemas import SchemaCatalog
+
+CATALOG = SchemaCatalog.load()
+LOOKUPS = {"legal_entity": {"01": "US01", "02": "UK01"}, "tax_jurisdiction": {"NY": "US-NY", "LDN": "GB"},
+           "service_line": {"ADV": "ADVISORY"}}
+
+
+def customer_mapping(**overrides):
+    fields = {"customer_number": {"column": "CUST_NO", "convert": ["strip"]}, "name": "NAME",
+              "legal_entity": {"column": "CO", "lookup": "legal_entity"}, "currency": {"column": "CURR",
+                                                                                      "convert": "upper"},
+              "tax_jurisdiction": {"column": "TAX", "lookup": "tax_jurisdiction"},
+              "credit_limit": "LIMIT", "updated_at": "TS", "country": {"const": "US"}}
+    fields.update(overrides)
+    config = MappingConfig.model_validate({"entity": "Customer", "fields": fields,
+                                           "source_timezone": "America/New_York"})
+    return EntityMapping("customer", config, CATALOG.entity("Customer"), LOOKUPS)
+
+
+ROW = {"CUST_NO": " C-1 ", "NAME": "Acme", "CO": "01", "CURR": "usd", "TAX": "NY", "LIMIT": Decimal("1000.50"),
+       "TS": dt.datetime(2026, 11, 27, 9, 30)}
+
+
+def test_maps_columns_constants_lookups_and_conversions():
+    payload, problems = customer_mapping().apply(ROW)
+    assert problems == []
+    assert payload["customer_number"] == "C-1" and payload["legal_entity"] == "US01"
+    assert payload["currency"] == "USD" and payload["tax_jurisdiction"] == "US-NY" and payload["country"] == "US"
+    assert payload["credit_limit"] == Decimal("1000.50") and isinstance(payload["credit_limit"], Decimal)
+    # naive source timestamps are in the mapping's source zone, published in UTC
+    assert payload["updated_at"] == dt.datetime(2026, 11, 27, 14, 30, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (1234.5, Decimal("1234.50")),                 # legacy double column
+    (0.1 + 0.2, Decimal("0.30")),                 # the classic float artefact rounds back
+    ("1,000.00".replace(",", ""), Decimal("1000.00")),
+    (42, Decimal("42.00")),
+])
+def test_money_becomes_exact_decimal(value, expected):
+    payload, problems = customer_mapping().apply({**ROW, "LIMIT": value})
+    assert problems == [] and payload["credit_limit"] == expected
+    assert str(payload["credit_limit"]) == str(expected)
+
+
+def test_every_failed_rule_is_reported_at_once():
+    row = {**ROW, "CO": "99", "CURR": "XXQ", "LIMIT": Decimal("-5"), "NAME": None, "TAX": "ZZ"}
+    payload, problems = customer_mapping().apply(row)
+    rules = {(p.field, p.rule) for p in problems}
+    assert rules == {("legal_entity", "legal_entity"), ("currency", "iso4217"), ("credit_limit", "non_negative"),
+                     ("name", "required"), ("tax_jurisdiction", "tax_jurisdiction")}
+    unknown = next(p for p in problems if p.field == "legal_entity")
+    assert unknown.column == "CO" and unknown.value == "99" and "unknown legal_entity code" in unknown.message
+
+
+def test_amount_with_too_many_decimals_is_rejected_not_rounded():
+    _, problems = customer_mapping().apply({**ROW, "LIMIT": Decimal("10.005")})
+    assert [(p.field, p.rule) for p in problems] == [("credit_limit", "type")]
+    assert "decimal places" in problems[0].message
+
+
+def test_known_code_rule_without_lookup_checks_canonical_values():
+    mapping = customer_mapping(legal_entity="CO")      # already canonical in this source
+    assert mapping.apply({**ROW, "CO": "UK01"})[1] == []
+    assert [p.rule for p in mapping.apply({**ROW, "CO": "XX99"})[1]] == ["legal_entity"]
+
+
+def test_translator_builds_a_decodable_event_with_deterministic_id():
+    translator = Translator("customers", "fabric", "erp", customer_mapping())
+    record = SourceRecord("cust", "update", '["C-1"]@2026-11-27T09:30:00', after=ROW,
+                          occurred_at=dt.datetime(2026, 11, 27, 14, 30, tzinfo=dt.timezone.utc))
+    (row,), failures = translator.translate([record])
+    (again,), _ = translator.translate([record])
+    assert failures == [] and row["event_id"] == again["event_id"] and row["key"] == "C-1"
+    event = CATALOG.entity("Customer").decode(row["body"])
+    assert event["metadata"]["operation"] == "UPDATE" and event["metadata"]["source"]["system"] == "erp"
+    assert event["after"]["credit_limit"] == Decimal("1000.50")
+    other = SourceRecord("cust", "update", '["C-1"]@2026-11-27T09:31:00', after=ROW)
+    assert translator.translate([other])[0][0]["event_id"] != row["event_id"]
+
+
+def test_translator_sends_bad_rows_to_exceptions_with_full_context():
+    translator = Translator("customers", "fabric", "erp", customer_mapping())
+    bad = SourceRecord("cust", "update", "p2", after={**ROW, "CURR": "ZZZ", "CO": "77"})
+    good = SourceRecord("cust", "update", "p3", after=ROW)
+    events, failures = translator.translate([bad, good])
+    assert len(events) == 1 and len(failures) == 1
+    context = failures[0]["context"]
+    assert context["record"]["after"]["CURR"] == "ZZZ" and context["mapping"]["entity"] == "Customer"
+    assert {p["rule"] for p in context["problems"]} == {"iso4217", "legal_entity"}
+    assert "currency" in failures[0]["reason"] and "legal_entity" in failures[0]["reason"]
+
+
+def test_soft_delete_publishes_before_image():
+    translator = Translator("customers", "fabric", "erp", customer_mapping())
+    (row,), _ = translator.translate([SourceRecord("cust", "delete", "p9", before=ROW)])
+    event = CATALOG.entity("Customer").decode(row["body"])
+    assert event["metadata"]["operation"] == "DELETE" and event["after"] is None
+    assert event["before"]["customer_number"] == "C-1" and row["key"] == "C-1"

@@ -1,0 +1,126 @@
+"""The durable queue's invariants (DESIGN.md 1-5), on a real SQLite file."""
+import sqlite3
+import threading
+
+import pytest
+
+from agent.contracts import DeliveryReport, SourceBatch, SourceRecord, Source
+from agent.pipeline import RouteCapture
+from agent.queue import DurableQueue
+
+
+def event(n, key="K1", sink="s", route="r"):
+    return {"event_id": f"id-{n}", "route": route, "sink": sink, "entity": "Customer", "key": key,
+            "operation": "update", "schema_fingerprint": "fp", "body": b"\x00" + bytes([n % 256]),
+            "correlation_id": f"id-{n}", "occurred_at": None}
+
+
+@pytest.fixture
+def queue(tmp_path):
+    q = DurableQueue(tmp_path)
+    yield q
+    q.close()
+
+
+def test_uses_wal_and_full_sync(queue):
+    conn = queue._conn()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
+
+
+def test_invariant1_events_and_checkpoint_commit_together(queue):
+    queue.commit_capture("r", [event(1), event(2)], [], {"cursor": 2})
+    assert queue.checkpoint("r") == {"cursor": 2}
+    broken = event(3)
+    broken["body"] = None            # NOT NULL violation half-way through the batch
+    with pytest.raises(sqlite3.IntegrityError):
+        queue.commit_capture("r", [event(4), broken], [], {"cursor": 4})
+    assert queue.checkpoint("r") == {"cursor": 2}, "checkpoint moved without its events"
+    assert [e.event_id for e in queue.peek("s", 10)] == ["id-1", "id-2"]
+
+
+def test_invariant1_survives_reopen(tmp_path):
+    first = DurableQueue(tmp_path)
+    first.commit_capture("r", [event(1)], [], {"cursor": 1})
+    first.close()
+    again = DurableQueue(tmp_path)
+    assert again.checkpoint("r") == {"cursor": 1} and again.depth() == 1
+    again.close()
+
+
+def test_invariant3_only_confirmed_rows_are_removed(queue):
+    queue.commit_capture("r", [event(n) for n in range(1, 6)], [], None)
+    batch = queue.peek("s", 10)
+    queue.settle("s", batch, DeliveryReport(delivered={"id-1", "id-2"}, transient_error="broker down"))
+    assert [e.event_id for e in queue.peek("s", 10)] == ["id-3", "id-4", "id-5"]
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(transient_error="still down"))
+    assert queue.depth("s") == 3
+    status = queue.status()["r"]
+    assert status["queue_depth"] == 3 and status["sink_error"] == "still down"
+    assert status["published_total"] == 2
+
+
+def test_invariant4_duplicate_ids_are_ignored_before_and_after_delivery(queue):
+    assert queue.commit_capture("r", [event(1), event(2)], [], None) == 2
+    assert queue.commit_capture("r", [event(1)], [], None) == 0
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(delivered={"id-1", "id-2"}))
+    assert queue.depth() == 0
+    assert queue.commit_capture("r", [event(1), event(3)], [], None) == 1   # id-1 was delivered
+    assert [e.event_id for e in queue.peek("s", 10)] == ["id-3"]
+
+
+def test_invariant5_order_kept_and_rejected_event_parked(queue):
+    queue.commit_capture("r", [event(1, "A"), event(2, "B"), event(3, "A"), event(4, "B")], [], None)
+    assert [e.key for e in queue.peek("s", 10)] == ["A", "B", "A", "B"]
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(rejected={"id-2": "schema rejected"},
+                                                          delivered={"id-1"}))
+    assert [e.event_id for e in queue.peek("s", 10)] == ["id-3", "id-4"]
+    parked = queue.exceptions()
+    assert [(x["key"], x["stage"], x["reason"]) for x in parked] == [("B", "publish", "schema rejected")]
+    assert queue.status()["r"]["dead_lettered_total"] == 1
+    # retry puts it back at the end, with its original body
+    assert queue.requeue_exception(parked[0]["id"])
+    assert [e.event_id for e in queue.peek("s", 10)] == ["id-3", "id-4", "id-2"]
+    assert queue.exceptions() == [] and queue.exceptions("retried")[0]["id"] == parked[0]["id"]
+
+
+def test_exception_queue_discard(queue):
+    queue.commit_capture("r", [], [{"stage": "mapping", "reason": "currency: bad", "context": {"row": 1}}], None)
+    (item,) = queue.exceptions()
+    assert queue.exception(item["id"])["context"] == {"row": 1}
+    assert queue.discard_exception(item["id"]) and not queue.discard_exception(item["id"])
+    assert queue.count_exceptions() == 0 and queue.count_exceptions("discarded") == 1
+
+
+class _EndlessSource(Source):
+    """Real rows, made up in memory: as many as asked, 100 per batch."""
+
+    def batches(self, checkpoint):
+        start = checkpoint or 0
+        while True:
+            records = [SourceRecord("t", "update", str(n), after={"n": n}) for n in range(start, start + 100)]
+            start += 100
+            yield SourceBatch(records, start)
+
+
+class _PassThrough:
+    def translate(self, records):
+        return [event(int(r.position)) | {"event_id": f"id-{r.position}", "body": b"x" * 2000}
+                for r in records], []
+
+
+def test_quota_pauses_capture_and_status_says_so(tmp_path):
+    queue = DurableQueue(tmp_path, max_bytes=256 * 1024)
+    capture = RouteCapture("r", _EndlessSource({}, None), _PassThrough(), queue, threading.Event())
+    capture.run_once()
+    depth = queue.depth()
+    assert 0 < depth < 1000, "capture must stop at the quota, not run forever"
+    assert queue.over_quota()
+    assert capture.run_once() == 0
+    assert queue.depth() == depth, "nothing captured, nothing dropped while over quota"
+    assert queue.status()["r"]["backpressure"] is True
+    queue.settle("s", queue.peek("s", depth), DeliveryReport(delivered={e.event_id for e in queue.peek("s", depth)}))
+    queue._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert not queue.over_quota()
+    assert capture.run_once() > 0 and queue.status()["r"]["backpressure"] is False
+    queue.close()
