@@ -21,10 +21,10 @@ from .status import collect, render
 _SEED = """
 CREATE TABLE IF NOT EXISTS cust (
     cust_no TEXT PRIMARY KEY, cust_name TEXT NOT NULL, company TEXT, ctry TEXT, curr TEXT,
-    tax_code TEXT, credit_lim NUMERIC, updated_at TEXT NOT NULL);
+    tax_code TEXT, credit_lim NUMERIC, updated_at DATETIME NOT NULL);
 CREATE TABLE IF NOT EXISTS inv_hdr (
     inv_no TEXT PRIMARY KEY, cust_no TEXT, company TEXT, curr TEXT, tax_code TEXT, inv_date TEXT,
-    net REAL, tax REAL, gross REAL, status TEXT, updated_at TEXT NOT NULL);
+    net REAL, tax REAL, gross REAL, status TEXT, updated_at DATETIME NOT NULL);
 """
 
 _NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"

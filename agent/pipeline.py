@@ -18,7 +18,7 @@ from typing import Optional
 
 from tenacity import wait_exponential_jitter
 
-from .contracts import DeliveryReport, SourceBatch, SourceRecord, TerminalError, TransientError
+from .contracts import ConfigError, DeliveryReport, SourceBatch, SourceRecord, TerminalError, TransientError
 from .events import envelope
 from .queue import DurableQueue
 
@@ -109,8 +109,11 @@ class RouteCapture:
         self.name, self.source, self.translator, self.queue = name, source, translator, queue
         self.stop, self.on_enqueue = stop, on_enqueue
         self._opened = False
+        self.stopped_reason: Optional[str] = None
 
     def run_once(self) -> int:
+        if self.stopped_reason:
+            return 0
         if self.queue.over_quota():
             self.queue.update_status(self.name, backpressure=True, capture_state="paused: queue quota reached")
             log.warning("route %s: capture paused, the local queue reached its quota", self.name)
@@ -128,11 +131,18 @@ class RouteCapture:
                         break
             finally:
                 batches.close()
+        except ConfigError as exc:
+            # retrying cannot help: stop this route, keep the others flowing
+            self.stopped_reason = str(exc)
+            log.error("route %s stopped until the configuration is fixed and the agent restarted: %s",
+                      self.name, exc)
+            self.queue.update_status(self.name, capture_state="stopped: configuration problem",
+                                     source_error=str(exc)[:500], source_error_at=time.time())
         except TransientError as exc:
-            self._source_error(exc, transient=True)
+            self._source_error(exc)
         except Exception as exc:   # unknown errors are transient: retried on the next run
             log.exception("route %s: capture failed", self.name)
-            self._source_error(exc, transient=True)
+            self._source_error(exc)
         else:
             self.queue.update_status(self.name, capture_state="ok", source_error=None, backpressure=False,
                                      last_capture_run_at=time.time())
@@ -151,7 +161,7 @@ class RouteCapture:
             self.on_enqueue()
         return added
 
-    def _source_error(self, exc: Exception, transient: bool) -> None:
+    def _source_error(self, exc: Exception) -> None:
         self._opened = False
         try:
             self.source.close()
@@ -170,18 +180,30 @@ class SinkDelivery(threading.Thread):
     """Drains one sink's queue in order; backs off while the sink is unreachable."""
 
     def __init__(self, name: str, sink, queue: DurableQueue, stop: threading.Event, batch_size: int = 500,
-                 max_backoff: float = 30.0):
+                 max_backoff: float = 30.0, stall_after: float = 5.0):
         super().__init__(name=f"deliver-{name}", daemon=True)
         self.sink_name, self.sink, self.queue, self.stop = name, sink, queue, stop
         self.batch_size = batch_size
+        self.stall_after = stall_after
         self.wakeup = threading.Event()
         self.connected = False
-        self._backoff = wait_exponential_jitter(initial=0.5, max=max_backoff)
+        self._backoff = wait_exponential_jitter(multiplier=0.5, max=max_backoff)
         self._failures = 0
         self._opened = False
+        # The worker thread and a synchronous drain must never send the same batch twice.
+        self._one_at_a_time = threading.Lock()
+        self._in_write: Optional[tuple] = None
+
+    def start(self) -> None:
+        super().start()
+        threading.Thread(target=self._watch_for_stalls, name=f"watch-{self.sink_name}", daemon=True).start()
 
     def deliver_once(self) -> Optional[int]:
         """One batch. Returns how many were settled, or None if the sink is unavailable."""
+        with self._one_at_a_time:
+            return self._deliver_batch()
+
+    def _deliver_batch(self) -> Optional[int]:
         events = self.queue.peek(self.sink_name, self.batch_size)
         if not events:
             return 0
@@ -189,7 +211,7 @@ class SinkDelivery(threading.Thread):
             if not self._opened:
                 self.sink.open()
                 self._opened = True
-            report = self.sink.write(events)
+            report = self._write_watched(events)
         except TransientError as exc:
             report = None
             error = str(exc)
@@ -203,6 +225,29 @@ class SinkDelivery(threading.Thread):
         if report.transient_error:
             return None
         return len(report.delivered) + len(report.rejected)
+
+    def _write_watched(self, events):
+        """A sink may wait long for acknowledgements (librdkafka retries by itself, which
+        avoids duplicates); meanwhile ``status`` must already say that events are waiting."""
+        self._in_write = (time.monotonic(), {e.route for e in events})
+        try:
+            return self.sink.write(events)
+        finally:
+            self._in_write = None
+
+    def _watch_for_stalls(self) -> None:
+        reported = None
+        while not self.stop.wait(1.0):
+            current = self._in_write
+            if current is None or current is reported or time.monotonic() - current[0] < self.stall_after:
+                continue
+            reported = current
+            self.connected = False
+            message = (f"sink {self.sink_name}: no acknowledgement for {self.stall_after:.0f}s, destination "
+                       f"unreachable? {self.queue.depth(self.sink_name)} event(s) stay queued")
+            log.warning(message)
+            for route in current[1]:
+                self.queue.update_status(route, sink_error=message)
 
     def run(self) -> None:
         while not self.stop.is_set():

@@ -1,0 +1,5 @@
+"""``sql_poll``: change capture by polling a table on (cursor, primary key).
+
+See docs/sql_poll.md. ``spec`` holds the options model (no driver imports);
+``source`` holds the adapter, loaded only when a route uses it.
+"""

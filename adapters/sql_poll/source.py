@@ -1,0 +1,363 @@
+"""``sql_poll`` source: keyset polling on (cursor, primary key), capped by a signpost.
+
+Why this shape (see docs/sql_poll.md): polling on ``cursor > last`` alone skips rows that
+share the last cursor value and rows committed after a later row. We therefore page on the
+tuple (cursor, pk...) and never read past a signpost taken once per ``batches()`` call,
+``DB clock - lag_seconds`` (or ``max(cursor)`` for integer cursors), so a row whose
+transaction is still open when we poll is still ahead of the checkpoint when it commits.
+
+Checkpoint (versioned JSON; every value tagged so it round-trips exactly)::
+
+    {"v": 1, "phase": "snapshot", "pk": [tagged..] | null, "start": tagged | null, "rows": n}
+    {"v": 1, "phase": "incremental", "cursor": tagged | null, "pk": [tagged..] | null}
+    {"v": 1, "phase": "done", "rows": n}            # mode: snapshot_only, finished
+
+``pk: null`` in the incremental phase means "from ``cursor`` on, inclusive" (at a clock
+resolution of one second a row stamped in the same second as the start must not be lost;
+re-reading one keeps its position, so the queue drops the repeat).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from contextlib import contextmanager
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Iterator, Mapping, Optional, Sequence
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, SourceRecord,
+                             TransientError)
+
+from .spec import SourceOptions
+
+__all__ = ["SqlPollSource", "Source", "encode_value", "decode_value", "row_position"]
+
+CHECKPOINT_VERSION = 1
+_SQLITE_TS = "%Y-%m-%d %H:%M:%f"   # SQLite's own canonical text form, millisecond precision
+
+
+# ---- pure helpers -------------------------------------------------------------------
+
+def encode_value(v: Any) -> Any:
+    """Tag a key value so JSON gives back exactly the same Python value."""
+    if v is None:
+        return None
+    for typ, tag, enc in _CODECS:
+        if isinstance(v, typ):
+            return {"t": tag, "v": enc(v)}
+    raise TypeError(f"cannot checkpoint a {type(v).__name__} key value")
+
+
+def decode_value(d: Any) -> Any:
+    if d is None:
+        return None
+    return _DECODERS[d["t"]](d["v"])
+
+
+# Order matters: bool before int, datetime before date.
+_CODECS = [
+    (bool, "bool", bool), (int, "int", int), (Decimal, "decimal", str), (float, "float", float),
+    (str, "str", str), (datetime, "datetime", datetime.isoformat), (date, "date", date.isoformat),
+    (time, "time", time.isoformat), (uuid.UUID, "uuid", str),
+    (bytes, "bytes", lambda b: base64.b64encode(b).decode("ascii")),
+]
+_DECODERS = {
+    "bool": bool, "int": int, "decimal": Decimal, "float": float, "str": str,
+    "datetime": datetime.fromisoformat, "date": date.fromisoformat, "time": time.fromisoformat,
+    "uuid": uuid.UUID, "bytes": base64.b64decode,
+}
+
+
+def _plain(v: Any) -> Any:
+    """Stable text form for positions; aware timestamps in UTC so the session zone can't leak in."""
+    if isinstance(v, datetime):
+        return (v.astimezone(timezone.utc) if v.tzinfo else v).isoformat()
+    if isinstance(v, (date, time, Decimal, uuid.UUID)):
+        return str(v)
+    if isinstance(v, bytes):
+        return v.hex()
+    return v
+
+
+def row_position(pk_values: Sequence[Any], cursor_value: Any) -> str:
+    """Same row version -> same position, whether the snapshot or the poller saw it."""
+    pos = json.dumps([_plain(v) for v in pk_values])
+    return pos if cursor_value is None else f"{pos}@{_plain(cursor_value)}"
+
+
+def to_utc(v: datetime, zone: ZoneInfo) -> datetime:
+    return (v if v.tzinfo else v.replace(tzinfo=zone)).astimezone(timezone.utc)
+
+
+def align_clock(now: datetime, *, clock_is_utc: bool, column_aware: bool,
+                zone: ZoneInfo) -> datetime:
+    """Bring the DB clock into the form the cursor column stores.
+
+    A naive column written by the database's own now() holds the session's wall time, which
+    is what the driver's aware value shows (psycopg) or what a naive clock already is
+    (MariaDB, SQL Server). SQLite has no session zone: its clock is UTC, so convert it to
+    ``source_timezone``.
+    """
+    if now.tzinfo is None and clock_is_utc:
+        now = now.replace(tzinfo=timezone.utc)
+    if column_aware:
+        return now if now.tzinfo else now.replace(tzinfo=zone)
+    if now.tzinfo is None:
+        return now
+    return now.astimezone(zone).replace(tzinfo=None) if clock_is_utc else now.replace(tzinfo=None)
+
+
+def keyset_after(pairs: Sequence[tuple[Any, Any]]):
+    """(a, b, c) > (x, y, z) as an OR/AND chain: row-value syntax is not portable."""
+    expr, value = pairs[-1]
+    cond = expr > value
+    for expr, value in reversed(pairs[:-1]):
+        cond = sa.or_(expr > value, sa.and_(expr == value, cond))
+    return cond
+
+
+# ---- the adapter --------------------------------------------------------------------
+
+class SqlPollSource(Source):
+    def __init__(self, options: Mapping[str, Any], context: AdapterContext):
+        super().__init__(options, context)
+        try:
+            self.spec = SourceOptions.model_validate(dict(options))
+        except ValidationError as e:
+            raise ConfigError([f"sql_poll {'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}"
+                               for err in e.errors()]) from None
+        self.zone = ZoneInfo(self.spec.source_timezone)
+        self.object = f"{self.spec.schema_}.{self.spec.table}" if self.spec.schema_ else self.spec.table
+        self._engine: Optional[sa.Engine] = None
+        try:
+            self._url = sa.engine.make_url(self.spec.url)
+        except sa.exc.ArgumentError:
+            raise ConfigError(["sql_poll url: not a SQLAlchemy URL (dialect+driver://...)"]) from None
+        self._safe_url = self._url.render_as_string(hide_password=True)
+        self._password = self._url.password and str(self._url.password)
+
+    # -- lifecycle --
+
+    def open(self) -> None:
+        if self._engine is not None:
+            return
+        url, kwargs = self._url, {}
+        if url.get_backend_name() in ("postgresql", "mysql", "mariadb") and "connect_timeout" not in url.query:
+            kwargs["connect_args"] = {"connect_timeout": 10}   # fail fast; the scheduler retries
+        try:
+            engine = sa.create_engine(url, pool_pre_ping=True, **kwargs)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
+            raise ConfigError([f"sql_poll url {self._safe_url}: {self._scrub(e)}"]) from None
+        try:
+            with self._db_errors("connect to"), engine.connect() as conn:
+                try:
+                    table = sa.Table(self.spec.table, sa.MetaData(), schema=self.spec.schema_,
+                                     autoload_with=conn)
+                except sa.exc.NoSuchTableError:
+                    raise ConfigError([f"sql_poll table {self.object!r} not found in {self._safe_url}"])
+            self._resolve(table, engine.dialect.name)
+        except BaseException:
+            engine.dispose()
+            raise
+        self._engine = engine
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.dispose()
+
+    def check(self) -> list[str]:
+        """Problems (and ``warning:`` lines) for ``outpost check``."""
+        opened_here = self._engine is None
+        try:
+            self.open()
+        except ConfigError as e:
+            return e.problems
+        except TransientError as e:
+            return [str(e)]
+        problems: list[str] = []
+        try:
+            if self.spec.cursor:
+                with self._db_errors("inspect"), self._engine.connect() as conn:
+                    insp, where = sa.inspect(conn), (self.spec.table, self.spec.schema_)
+                    firsts = [i["column_names"][0] for i in insp.get_indexes(*where) if i.get("column_names")]
+                    firsts += (insp.get_pk_constraint(*where) or {}).get("constrained_columns", [])[:1]
+                if self.spec.cursor not in firsts:
+                    problems.append(f"warning: no index starts with cursor column {self.spec.cursor!r} "
+                                    f"on {self.object}: every poll scans the table")
+        except TransientError as e:
+            problems.append(str(e))
+        finally:
+            if opened_here:
+                self.close()
+        return problems
+
+    def _resolve(self, table: sa.Table, dialect: str) -> None:
+        s, problems = self.spec, []
+        cols = table.c
+        pk = s.primary_key or [c.name for c in table.primary_key.columns]
+        if not pk:
+            problems.append(f"sql_poll table {self.object!r} has no primary key: set 'primary_key'")
+        wanted = {"primary_key": pk, "columns": s.columns or [],
+                  "cursor": [s.cursor] if s.cursor else [],
+                  "soft_delete.column": [s.soft_delete.column] if s.soft_delete else []}
+        for what, names in wanted.items():
+            problems += [f"sql_poll {what}: column {n!r} not found in {self.object}"
+                         for n in names if n not in cols]
+        self.kind = None
+        if s.cursor and s.cursor in cols:
+            typ = cols[s.cursor].type
+            if isinstance(typ, sa.DateTime):
+                self.kind = "timestamp"
+            elif isinstance(typ, (sa.Integer, sa.Numeric)):
+                self.kind = "number"
+            else:
+                problems.append(f"sql_poll cursor {s.cursor!r} has type {typ}; "
+                                "need a timestamp or an integer column")
+        if problems:
+            raise ConfigError(problems)
+        names = list(s.columns or [c.name for c in table.columns])
+        names += [n for n in pk + [s.cursor, s.soft_delete and s.soft_delete.column]
+                  if n and n not in names]
+        self._cols = [cols[n] for n in names]
+        self._pk_names, self._pk = pk, [cols[n] for n in pk]
+        self._table = table
+        self._clock_is_utc = dialect == "sqlite"
+        cur = cols[s.cursor] if s.cursor else None
+        self._aware = bool(cur is not None and getattr(cur.type, "timezone", False))
+        # SQLite keeps timestamps as text in whatever format the writer chose; compare and
+        # order on SQLite's normalised form so '10:00:00' and '10:00:00.000000' tie.
+        self._sqlite_ts = self.kind == "timestamp" and dialect == "sqlite"
+        self._ck = sa.func.strftime(_SQLITE_TS, cur) if self._sqlite_ts else cur
+
+    # -- capture --
+
+    def batches(self, checkpoint: Any) -> Iterator[SourceBatch]:
+        if self._engine is None:
+            self.open()
+        cp = checkpoint
+        if cp is not None and (not isinstance(cp, dict) or cp.get("v") != CHECKPOINT_VERSION):
+            raise ConfigError([f"sql_poll {self.object}: unrecognised checkpoint {cp!r}; "
+                               "reset the route's checkpoint to start over"])
+        signpost = self._signpost() if self.kind else None
+        if cp is None:
+            if self.spec.snapshot == "initial":
+                cp = {"v": 1, "phase": "snapshot", "pk": None,
+                      "start": encode_value(self._snapshot_start(signpost)), "rows": 0}
+            else:   # only changes from now on; persist the start so no gap opens before the next run
+                cp = {"v": 1, "phase": "incremental", "cursor": encode_value(signpost), "pk": None}
+                yield SourceBatch([], cp, self._progress(cp, signpost))
+        if cp["phase"] == "snapshot":
+            cp = yield from self._snapshot(cp)
+        if cp["phase"] == "incremental":
+            yield from self._incremental(cp, signpost)
+
+    def _snapshot(self, cp: dict) -> Iterator[SourceBatch]:
+        last = [decode_value(v) for v in cp["pk"]] if cp["pk"] is not None else None
+        rows_read, chunk = cp["rows"], self.spec.snapshot_chunk
+        while True:
+            stmt = sa.select(*self._cols).order_by(*self._pk).limit(chunk)
+            if last is not None:
+                stmt = stmt.where(keyset_after(list(zip(self._pk, last))))
+            rows = self._fetch(stmt)
+            rows_read += len(rows)
+            if rows:
+                last = [rows[-1][n] for n in self._pk_names]
+            if len(rows) < chunk:
+                nxt = ({"v": 1, "phase": "done", "rows": rows_read} if self.spec.mode == "snapshot_only"
+                       else {"v": 1, "phase": "incremental", "cursor": cp["start"], "pk": None})
+            else:
+                nxt = {**cp, "pk": [encode_value(v) for v in last], "rows": rows_read}
+            yield SourceBatch([self._record(r, snapshot=True) for r in rows], nxt,
+                              {"phase": "snapshot", "rows": rows_read, "done": nxt["phase"] != "snapshot"})
+            if nxt["phase"] != "snapshot":
+                return nxt
+
+    def _incremental(self, cp: dict, signpost: Any) -> Iterator[SourceBatch]:
+        if signpost is None:   # integer cursor on an empty table: nothing to read yet
+            return
+        cursor = decode_value(cp["cursor"])
+        pk = [decode_value(v) for v in cp["pk"]] if cp["pk"] is not None else None
+        while True:
+            conds = [self._ck <= self._bind(signpost)]
+            if cursor is not None and pk is None:
+                conds.append(self._ck >= self._bind(cursor))
+            elif cursor is not None:
+                conds.append(keyset_after([(self._ck, self._bind(cursor))] + list(zip(self._pk, pk))))
+            stmt = (sa.select(*self._cols).where(*conds)
+                    .order_by(self._ck, *self._pk).limit(self.spec.batch_size))
+            rows = self._fetch(stmt)
+            if not rows:
+                return
+            cursor, pk = rows[-1][self.spec.cursor], [rows[-1][n] for n in self._pk_names]
+            cp = {"v": 1, "phase": "incremental", "cursor": encode_value(cursor),
+                  "pk": [encode_value(v) for v in pk]}
+            yield SourceBatch([self._record(r, snapshot=False) for r in rows], cp,
+                              self._progress(cp, signpost))
+            if len(rows) < self.spec.batch_size:
+                return
+
+    def _record(self, row: dict, *, snapshot: bool) -> SourceRecord:
+        cv = row[self.spec.cursor] if self.spec.cursor else None
+        pos = row_position([row[n] for n in self._pk_names], cv)
+        occurred = to_utc(cv, self.zone) if isinstance(cv, datetime) else None
+        if self.spec.soft_delete and self.spec.soft_delete.matches(row):
+            return SourceRecord(self.object, "delete", pos, after=None, before=row, occurred_at=occurred)
+        # Polling cannot tell an insert from an update, so every incremental row is "update".
+        return SourceRecord(self.object, "snapshot" if snapshot else "update", pos,
+                            after=row, before=None, occurred_at=occurred)
+
+    # -- I/O helpers --
+
+    def _signpost(self) -> Any:
+        with self._db_errors("read the signpost"), self._engine.connect() as conn:
+            if self.kind == "number":
+                return conn.execute(sa.select(sa.func.max(self._table.c[self.spec.cursor]))).scalar()
+            now = conn.execute(sa.select(sa.func.current_timestamp())).scalar()
+        if isinstance(now, str):   # drivers without a datetime processor for this function
+            now = datetime.fromisoformat(now)
+        now = align_clock(now, clock_is_utc=self._clock_is_utc, column_aware=self._aware, zone=self.zone)
+        return now - timedelta(seconds=self.spec.lag_seconds)
+
+    def _snapshot_start(self, signpost: Any) -> Any:
+        # An extra lag of margin for clock skew between app-stamped cursors and the DB clock;
+        # rows re-read because of it keep their position, so the queue drops the repeats.
+        if self.kind == "timestamp":
+            return signpost - timedelta(seconds=self.spec.lag_seconds)
+        return signpost
+
+    def _bind(self, v: Any) -> Any:
+        if self._sqlite_ts and isinstance(v, datetime):
+            if v.tzinfo:
+                v = v.astimezone(timezone.utc).replace(tzinfo=None)
+            return v.strftime("%Y-%m-%d %H:%M:%S.") + f"{v.microsecond // 1000:03d}"
+        return v
+
+    def _fetch(self, stmt) -> list[dict]:
+        with self._db_errors("poll"), self._engine.connect() as conn:
+            # One short transaction per query: nothing stays open while the caller commits.
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def _progress(self, cp: dict, signpost: Any) -> dict:
+        return {"phase": cp["phase"], "cursor": _plain(decode_value(cp.get("cursor"))),
+                "signpost": _plain(signpost)}
+
+    @contextmanager
+    def _db_errors(self, doing: str):
+        try:
+            yield
+        except sa.exc.SQLAlchemyError as e:
+            raise TransientError(f"sql_poll {self.object}: cannot {doing} on {self._safe_url}: "
+                                 f"{self._scrub(e)}") from None
+
+    def _scrub(self, e: BaseException) -> str:
+        lines = str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__]
+        return lines[0].replace(self._password, "***") if self._password else lines[0]
+
+
+Source = SqlPollSource
