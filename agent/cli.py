@@ -73,8 +73,9 @@ def check(config_path):
     click.echo(f"config: ok ({len(cfg.routes)} route(s))")
     failed = False
     for subject, problems in run_checks(cfg):
-        failed |= bool(problems)
-        click.echo(f"{subject}: " + ("ok" if not problems else "PROBLEMS"))
+        errors = [p for p in problems if not p.startswith("warning:")]
+        failed |= bool(errors)
+        click.echo(f"{subject}: " + ("PROBLEMS" if errors else "ok"))
         for problem in problems:
             click.echo(f"  - {problem}")
     sys.exit(1 if failed else 0)

@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS cust (
 CREATE TABLE IF NOT EXISTS inv_hdr (
     inv_no TEXT PRIMARY KEY, cust_no TEXT, company TEXT, curr TEXT, tax_code TEXT, inv_date TEXT,
     net REAL, tax REAL, gross REAL, status TEXT, updated_at DATETIME NOT NULL);
+CREATE INDEX IF NOT EXISTS cust_updated ON cust (updated_at);
+CREATE INDEX IF NOT EXISTS inv_hdr_updated ON inv_hdr (updated_at);
 """
 
 _NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"

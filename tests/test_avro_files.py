@@ -1,0 +1,92 @@
+"""The avro_files sink on real files: atomic finalisation, rotation, crash salvage."""
+import datetime as dt
+import time
+from decimal import Decimal
+
+import fastavro
+
+from adapters.avro_files.sink import AvroFilesSink
+from agent.contracts import AdapterContext, QueuedEvent
+from agent.schemas import SchemaCatalog
+
+CATALOG = SchemaCatalog.load()
+CUSTOMER = CATALOG.entity("Customer")
+
+
+def queued(n: int, limit: str = "10.00") -> QueuedEvent:
+    now = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc)
+    payload = {"customer_number": f"C-{n}", "name": f"Customer {n}", "legal_entity": "US01", "country": "US",
+               "currency": "USD", "tax_jurisdiction": "US-NY", "credit_limit": Decimal(limit), "status": "active",
+               "updated_at": now}
+    event = {"metadata": {"event_id": f"id-{n}", "correlation_id": f"id-{n}", "causation_id": None,
+                          "source": {"system": "erp", "object": "cust", "position": str(n)}, "operation": "UPDATE",
+                          "occurred_at": now, "captured_at": now, "schema_version": CUSTOMER.version},
+             "key": f"C-{n}", "before": None, "after": payload}
+    return QueuedEvent(seq=n, event_id=f"id-{n}", route="r", entity="Customer", key=f"C-{n}",
+                       schema_fingerprint=CUSTOMER.fingerprint, body=CUSTOMER.encode(event), correlation_id=f"id-{n}",
+                       operation="update", enqueued_at=time.time())
+
+
+def make_sink(tmp_path, **options) -> AvroFilesSink:
+    sink = AvroFilesSink({"directory": "outbox", **options},
+                         AdapterContext(name="files", state_dir=tmp_path, schemas=CATALOG))
+    sink.open()
+    return sink
+
+
+def read_all(folder):
+    records = []
+    for path in sorted(folder.glob("*.avro")):
+        with open(path, "rb") as handle:
+            records.extend(fastavro.reader(handle))
+    return records
+
+
+def test_files_appear_only_when_finished(tmp_path):
+    sink = make_sink(tmp_path)
+    report = sink.write([queued(1), queued(2, "99999.99")])
+    assert report.delivered == {"id-1", "id-2"} and not report.rejected
+    folder = tmp_path / "outbox" / "customer"
+    assert list(folder.glob("*.avro")) == [], "an open file must not be visible under its final name"
+    assert len(list(folder.glob(".*.avro.tmp"))) == 1
+    sink.close()
+    records = read_all(folder)
+    assert [r["key"] for r in records] == ["C-1", "C-2"]
+    assert records[1]["after"]["credit_limit"] == Decimal("99999.99")
+    assert list(folder.glob(".*.tmp")) == []
+
+
+def test_rotation_by_size_and_by_age(tmp_path):
+    sink = make_sink(tmp_path, rotate_bytes=600, rotate_seconds=1)
+    for n in range(10):
+        sink.write([queued(n)])
+    folder = tmp_path / "outbox" / "customer"
+    by_size = len(list(folder.glob("*.avro")))
+    assert by_size >= 2, "small rotate_bytes must have produced several files"
+    sink.write([queued(100)])
+    time.sleep(2.5)                      # no more writes: the age timer finalises the file
+    assert list(folder.glob(".*.tmp")) == []
+    assert len(read_all(folder)) == 11
+    sink.close()
+
+
+def test_a_file_cut_short_by_a_crash_is_salvaged(tmp_path):
+    sink = make_sink(tmp_path, codec="null")
+    sink.write([queued(1)])
+    sink.write([queued(2)])
+    temp = next((tmp_path / "outbox" / "customer").glob(".*.tmp"))
+    with open(temp, "ab") as handle:      # a torn block, as if the process died mid-write
+        handle.write(b"\x06\x80\x01garbage")
+    sink._timer = None                    # the crashed process never closed it
+    restarted = make_sink(tmp_path)
+    restarted.close()
+    assert [r["key"] for r in read_all(tmp_path / "outbox" / "customer")] == ["C-1", "C-2"]
+    assert list((tmp_path / "outbox" / "customer").glob(".*")) == []
+
+
+def test_unwritable_outbox_is_transient_and_acks_nothing(tmp_path):
+    sink = make_sink(tmp_path)
+    (tmp_path / "outbox" / "customer").write_text("a file where the entity folder should be")
+    report = sink.write([queued(1)])
+    assert report.transient_error and not report.delivered
+    sink.close()
