@@ -1,0 +1,369 @@
+"""The ``kafka`` sink: queued events -> Kafka, Confluent wire format, idempotent producer.
+
+A successful ``write`` is the queue's ack (delivery invariant 3), so ``write`` returns
+only when every produced message has its delivery report. Outcomes per event:
+
+- delivered: the broker acknowledged it (acks=all);
+- rejected (terminal, goes to the exception queue): the registry refused its schema
+  (HTTP 409/422, or not registered while ``auto_register`` is off), its fingerprint is
+  unknown, or the broker refused the message itself (too large, invalid record);
+- neither (stays queued, ``transient_error`` set): registry or broker unreachable,
+  timeouts, anything unknown. Once an event of a key stays queued, later events of the
+  same key in the batch stay queued too, so a retry cannot overtake them.
+
+A message that timed out locally may still have reached the broker (a broker that was
+stalled, not dead, can append it later), so a retry can duplicate it: consumers
+de-duplicate on the ``event_id`` header (delivery invariant 4).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+from urllib.parse import urlsplit
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from pydantic import ValidationError
+
+from adapters.kafka.spec import DEFAULTS, SinkOptions
+from agent import contracts
+from agent.contracts import AdapterContext, ConfigError, DeliveryReport, QueuedEvent
+
+__all__ = ["KafkaSink", "Sink"]
+
+# Errors that retrying the same message can never fix; everything else is transient.
+_PERMANENT = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
+              KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE,
+              KafkaError.INVALID_TIMESTAMP}
+_SECRET_KEY = re.compile(r"password|secret|user\.info|credentials|token|sasl\.oauthbearer\.config")
+_MARGIN_S = 5.0
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+@dataclass
+class _Batch:
+    """Outcomes of one ``write``; delivery callbacks fill it in."""
+
+    report: DeliveryReport = field(default_factory=DeliveryReport)
+    produced: int = 0
+    answered: int = 0
+    transient: list[str] = field(default_factory=list)
+
+
+class _Resolution(Exception):
+    """Why an event cannot be produced now: ``terminal`` -> rejected, else it stays queued."""
+
+    def __init__(self, reason: str, terminal: bool):
+        super().__init__(reason)
+        self.reason, self.terminal = reason, terminal
+
+
+class KafkaSink(contracts.Sink):
+    def __init__(self, options: Mapping[str, Any], context: AdapterContext):
+        super().__init__(options, context)
+        try:
+            self.spec = SinkOptions.model_validate(dict(options or {}))
+        except ValidationError as exc:
+            raise ConfigError([f"sink {context.name}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                               for e in exc.errors()]) from None
+        fabric = dict(context.fabric or {})
+
+        def pick(name):
+            own = getattr(self.spec, name)
+            return own if own is not None else fabric.get(name, DEFAULTS[name])
+
+        self.topic_template = pick("topic_template")
+        self.auto_register = bool(pick("auto_register"))
+        self.create_topics = bool(pick("create_topics"))
+        self.topic_partitions = int(pick("topic_partitions"))
+        self._kafka_conf = dict(fabric.get("kafka") or {})
+        self._registry_conf = dict(fabric.get("schema_registry") or {})
+        problems = []
+        if not self._kafka_conf.get("bootstrap.servers"):
+            problems.append("fabric.kafka.bootstrap.servers is required by the kafka sink")
+        if not self._registry_conf.get("url"):
+            problems.append("fabric.schema_registry.url is required by the kafka sink")
+        if problems:
+            raise ConfigError(problems)
+        self._secrets = [str(v) for k, v in {**self._kafka_conf, **self._registry_conf}.items()
+                         if _SECRET_KEY.search(k) and v]
+        self._secrets += [p for p in (urlsplit(u.strip()).password
+                                      for u in str(self._registry_conf["url"]).split(",")) if p]
+        timeout_ms = self._kafka_conf.get("message.timeout.ms",
+                                          self._kafka_conf.get("delivery.timeout.ms"))
+        self._message_timeout_s = (float(timeout_ms) / 1000 if timeout_ms is not None
+                                   else self.spec.delivery_timeout_s)
+        self._producer: Optional[Producer] = None
+        self._admin: Optional[AdminClient] = None
+        self._registry: Optional[SchemaRegistryClient] = None
+        self._ids: dict[tuple[str, str], int] = {}      # (subject, fingerprint) -> schema id
+        self._topics: set[str] = set()                  # created or known to exist
+        self._replace_producer = False
+        self._last_client_error: Optional[str] = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Create the clients. Connects lazily: an unreachable broker surfaces as
+        transient write outcomes, never as a blocking open."""
+        if self._producer is not None:
+            return
+        try:
+            self._producer = self._new_producer()
+            self._admin = AdminClient(self._client_conf()) if self.create_topics else None
+            self._registry = SchemaRegistryClient(dict(self._registry_conf))
+        except (KafkaException, ValueError, TypeError) as exc:
+            self.close()
+            raise ConfigError([f"sink {self.context.name}: {self._scrub(exc)}"]) from None
+        self.context.log.info("kafka sink %s: producing to %s", self.context.name,
+                              self._kafka_conf["bootstrap.servers"])
+
+    def _new_producer(self) -> Producer:
+        conf: dict[str, Any] = {"linger.ms": 10}
+        if "delivery.timeout.ms" not in self._kafka_conf:
+            conf["message.timeout.ms"] = int(self.spec.delivery_timeout_s * 1000)
+        conf.update(self._client_conf())
+        # Not overridable: without them a retry could duplicate or reorder within a key.
+        conf.update({"enable.idempotence": True, "acks": "all", "error_cb": self._on_client_error})
+        return Producer(conf)
+
+    def _client_conf(self) -> dict[str, Any]:
+        # librdkafka chatter (connection refused during outages) goes to a child logger
+        # the service can filter, instead of raw stderr lines.
+        return {**self._kafka_conf,
+                "logger": logging.getLogger(f"{self.context.log.name}.librdkafka")}
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        self._last_client_error = self._scrub(err.str())
+        if err.fatal():
+            self._replace_producer = True
+        self.context.log.debug("kafka sink %s: %s", self.context.name, self._last_client_error)
+
+    def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            left = producer.flush(min(self._message_timeout_s, 10.0))
+            if left:
+                self.context.log.warning("kafka sink %s: closed with %d message(s) unacknowledged; "
+                                         "they stay in the local queue", self.context.name, left)
+        registry, self._registry, self._admin = self._registry, None, None
+        if registry is not None and hasattr(registry, "close"):   # close() is recent in 2.x
+            registry.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def topic_for(self, entity: str) -> str:
+        return self.topic_template.format(entity=snake_case(entity), Entity=entity)
+
+    def write(self, events: Sequence[QueuedEvent]) -> DeliveryReport:
+        if self._producer is None:
+            self.open()
+        if self._replace_producer:
+            self._recreate_producer()
+        batch, held_keys = _Batch(), set()
+        # One failure per registry, topic or (subject, schema) per batch: a thousand events
+        # of a rejected entity must not mean a thousand registry calls or topic timeouts.
+        failures: dict[tuple, _Resolution] = {}
+        for event in events:
+            key = (event.entity, event.key)
+            if key in held_keys:
+                continue
+            try:
+                topic, schema_id = self._resolve(event, failures)
+            except _Resolution as why:
+                if why.terminal:
+                    batch.report.rejected[event.event_id] = why.reason
+                    continue
+                held_keys.add(key)
+                batch.transient.append(why.reason)
+                continue
+            if not self._produce(batch, event, topic, schema_id):
+                held_keys.add(key)
+        self._await_reports(batch)
+        if batch.transient:
+            # librdkafka bumps the idempotent epoch after a timeout, which some brokers
+            # (tansu) answer with PRODUCER_FENCED forever: start clean next time.
+            self._replace_producer = True
+            pending = len(events) - len(batch.report.delivered) - len(batch.report.rejected)
+            batch.report.transient_error = f"{pending} event(s) still queued: {batch.transient[0]}"
+        return batch.report
+
+    def _resolve(self, event: QueuedEvent, failures: dict[tuple, _Resolution]) -> tuple[str, int]:
+        topic = self.topic_for(event.entity)
+        subject = f"{topic}-value"   # TopicNameStrategy, what Confluent consumers expect
+        cache_key = (subject, event.schema_fingerprint)
+        if cache_key not in self._ids:
+            for scope in (("schema",) + cache_key, ("registry",)):
+                if scope in failures:
+                    raise failures[scope]
+            try:
+                self._ids[cache_key] = self._schema_id(subject, event.schema_fingerprint)
+            except _Resolution as why:
+                failures[("schema",) + cache_key if why.terminal else ("registry",)] = why
+                raise
+        if self.create_topics and topic not in self._topics:
+            if ("topic", topic) in failures:
+                raise failures[("topic", topic)]
+            try:
+                self._create_topic(topic)
+            except _Resolution as why:
+                failures[("topic", topic)] = why
+                raise
+        return topic, self._ids[cache_key]
+
+    def _schema_id(self, subject: str, fingerprint: str) -> int:
+        try:
+            schema_json = self.context.schemas.by_fingerprint(fingerprint).schema_json
+        except (KeyError, LookupError, AttributeError):
+            raise _Resolution(f"unknown schema fingerprint {fingerprint}", terminal=True) from None
+        schema = Schema(schema_json, "AVRO")
+        try:
+            if self.auto_register:
+                return self._registry.register_schema(subject, schema)
+            return self._registry.lookup_schema(subject, schema).schema_id
+        except SchemaRegistryError as exc:
+            status = exc.http_status_code
+            if status in (409, 422):
+                raise _Resolution(f"schema registry rejected the schema for subject {subject}: "
+                                  f"{self._scrub(exc.error_message)}", terminal=True) from None
+            if status == 404 and not self.auto_register:
+                raise _Resolution(f"schema not registered under subject {subject} (auto_register "
+                                  f"is off; register it first)", terminal=True) from None
+            raise _Resolution(f"schema registry error for subject {subject}: "
+                              f"{self._scrub(exc)}", terminal=False) from None
+        except Exception as exc:  # transport errors: unknown means transient
+            raise _Resolution(f"schema registry unreachable: {self._scrub(exc)}",
+                              terminal=False) from None
+
+    def _create_topic(self, topic: str) -> None:
+        futures = self._admin.create_topics(
+            [NewTopic(topic, num_partitions=self.topic_partitions, replication_factor=-1)],
+            request_timeout=min(self._message_timeout_s, 10.0))
+        try:
+            futures[topic].result(timeout=min(self._message_timeout_s, 10.0) + _MARGIN_S)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise _Resolution(f"cannot create topic {topic}: {self._scrub(exc.args[0].str())}",
+                                  terminal=False) from None
+        except Exception as exc:
+            raise _Resolution(f"cannot create topic {topic}: {self._scrub(exc)}",
+                              terminal=False) from None
+        self._topics.add(topic)
+
+    def _produce(self, batch: _Batch, event: QueuedEvent, topic: str, schema_id: int) -> bool:
+        """Hand one message to librdkafka; False when the event stays queued."""
+        headers = [("event_id", event.event_id.encode()),
+                   ("correlation_id", (event.correlation_id or "").encode()),
+                   ("entity", event.entity.encode()), ("operation", event.operation.encode())]
+        value = b"\x00" + struct.pack(">I", schema_id) + event.body
+
+        def on_delivery(err, _msg, event_id=event.event_id):
+            batch.answered += 1
+            if err is None:
+                batch.report.delivered.add(event_id)
+            elif err.code() in _PERMANENT:
+                batch.report.rejected[event_id] = f"broker refused the message: {self._scrub(err.str())}"
+            else:
+                batch.transient.append(f"delivery failed: {self._scrub(err.str())}")
+                if err.fatal():
+                    self._replace_producer = True
+
+        deadline = time.monotonic() + self._message_timeout_s
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=event.key.encode(),
+                                       headers=headers, on_delivery=on_delivery)
+                batch.produced += 1
+                return True
+            except BufferError:
+                # The local queue is full: serving callbacks frees room.
+                if time.monotonic() > deadline:
+                    batch.transient.append("producer queue full for too long")
+                    return False
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() in _PERMANENT:
+                    batch.report.rejected[event.event_id] = f"message refused: {self._scrub(err.str())}"
+                    return True
+                batch.transient.append(f"produce failed: {self._scrub(err.str())}")
+                return False
+
+    def _await_reports(self, batch: _Batch) -> None:
+        # librdkafka times messages out after message.timeout.ms, so the margin is only a
+        # guard against a hung client; what is unanswered then simply stays queued.
+        deadline = time.monotonic() + self._message_timeout_s + _MARGIN_S
+        while batch.answered < batch.produced:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                batch.transient.append(f"no delivery report within {self._message_timeout_s:.0f}s"
+                                       f" ({self._last_client_error or 'broker not answering'})")
+                return
+            self._producer.flush(min(remaining, 1.0))
+
+    def _recreate_producer(self) -> None:
+        old, self._producer = self._producer, None
+        if old is not None:
+            old.purge(in_queue=True, in_flight=False, blocking=False)
+            old.poll(0)
+        self._producer = self._new_producer()
+        self._replace_producer = False
+
+    # ------------------------------------------------------------------ checking
+
+    def check(self) -> list[str]:
+        problems: list[str] = []
+        try:
+            self.open()
+        except ConfigError as exc:
+            return exc.problems
+        bootstrap = self._kafka_conf["bootstrap.servers"]
+        try:
+            AdminClient(self._client_conf()).list_topics(timeout=min(self._message_timeout_s, 10))
+        except KafkaException as exc:
+            problems.append(f"Kafka brokers {bootstrap} unreachable: {self._scrub(exc.args[0].str())}")
+        try:
+            self._registry.get_subjects()
+        except Exception as exc:
+            url = re.sub(r"//[^/@,]*@", "//", str(self._registry_conf["url"]))   # drop user:pass@
+            problems.append(f"schema registry {url} unreachable: {self._scrub(exc)}")
+            return problems
+        catalog = self.context.schemas
+        if not (hasattr(catalog, "names") and hasattr(catalog, "entity")):
+            return problems
+        for name in catalog.names():
+            subject = self.topic_for(name) + "-value"
+            schema = Schema(catalog.entity(name).schema_json, "AVRO")
+            try:
+                if not self._registry.test_compatibility(subject, schema):
+                    problems.append(f"schema of {name} is not compatible with the latest version "
+                                    f"under subject {subject} (registry's compatibility level)")
+                elif not self.auto_register:
+                    self._registry.lookup_schema(subject, schema)
+            except SchemaRegistryError as exc:
+                if exc.http_status_code != 404:
+                    problems.append(f"cannot check subject {subject}: {self._scrub(exc)}")
+                elif not self.auto_register:
+                    problems.append(f"schema of {name} is not registered under subject {subject} "
+                                    f"and auto_register is off")
+        return problems
+
+    # ------------------------------------------------------------------ secrets
+
+    def _scrub(self, text: Any) -> str:
+        text = str(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+Sink = KafkaSink
