@@ -69,6 +69,14 @@ class Schedule(_Strict):
     def _one_kind(self):
         if (self.every is None) == (self.cron is None):
             raise ValueError("give exactly one of 'every' or 'cron'")
+        if self.every is not None and self.every <= 0:
+            raise ValueError(f"expected a positive interval, found {self.every}")
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+            try:
+                CronTrigger.from_crontab(self.cron)
+            except ValueError as exc:
+                raise ValueError(f"expected a crontab expression such as '*/5 * * * *', found {self.cron!r} ({exc})")
         return self
 
 

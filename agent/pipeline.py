@@ -110,9 +110,12 @@ class RouteCapture:
         self.stop, self.on_enqueue = stop, on_enqueue
         self._opened = False
         self.stopped_reason: Optional[str] = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._backoff = wait_exponential_jitter(multiplier=1, max=60)
 
     def run_once(self) -> int:
-        if self.stopped_reason:
+        if self.stopped_reason or time.monotonic() < self._retry_at:
             return 0
         if self.queue.over_quota():
             self.queue.update_status(self.name, backpressure=True, capture_state="paused: queue quota reached")
@@ -144,6 +147,7 @@ class RouteCapture:
             log.exception("route %s: capture failed", self.name)
             self._source_error(exc)
         else:
+            self._failures = 0
             self.queue.update_status(self.name, capture_state="ok", source_error=None, backpressure=False,
                                      last_capture_run_at=time.time())
         return added
@@ -167,9 +171,13 @@ class RouteCapture:
             self.source.close()
         except Exception:
             log.debug("route %s: closing the source after an error failed", self.name, exc_info=True)
-        log.warning("route %s: source unavailable, will retry on the next run: %s", self.name, exc)
-        self.queue.update_status(self.name, capture_state="retrying", source_error=str(exc)[:500],
-                                 source_error_at=time.time())
+        self._failures += 1
+        delay = self._backoff(_RetryState(self._failures))
+        self._retry_at = time.monotonic() + delay
+        log.warning("route %s: source unavailable (attempt %d), retrying in %.0fs: %s", self.name, self._failures,
+                    delay, exc)
+        self.queue.update_status(self.name, capture_state=f"retrying (attempt {self._failures})",
+                                 source_error=str(exc)[:500], source_error_at=time.time())
 
     def close(self) -> None:
         self._opened = False

@@ -65,3 +65,35 @@ def test_unreadable_yaml_is_a_config_error(tmp_path):
     broken.write_text("routes: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.load(broken)
+
+
+def test_bad_cron_expression_is_reported():
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["routes"]["projects"]["schedule"] = {"cron": "every full moon"}
+    document["fabric"]["kafka"]["sasl.password"] = "x"
+    document["sources"]["erp"]["url"] = "postgresql+psycopg://outpost@erp-db/erp"
+    document["fabric"]["schema_registry"]["basic.auth.user.info"] = "u:p"
+    with pytest.raises(ConfigError) as caught:
+        config.parse(document)
+    (problem,) = caught.value.problems
+    assert problem.startswith("routes.projects.schedule") and "every full moon" in problem
+
+
+def test_secrets_from_references_are_redacted_from_logs(tmp_path, monkeypatch, capsys):
+    import logging
+
+    from agent.logs import setup
+    monkeypatch.setenv("ERP_PW", "hunter2-very-secret")
+    cfg = config.parse({"sources": {"erp": {"type": "sql_poll", "url": "postgresql://u:${ERP_PW}@db/erp"}}})
+    setup("INFO", "text", None, cfg.secrets)
+    try:
+        logging.getLogger("outpost.test").warning("cannot connect to %s", cfg.sources["erp"]["url"])
+        try:
+            raise RuntimeError(f"driver said: password {cfg.sources['erp']['url']} rejected")
+        except RuntimeError:
+            logging.getLogger("outpost.test").exception("failed")
+    finally:
+        logging.getLogger().handlers.clear()
+    err = capsys.readouterr().err
+    assert "hunter2-very-secret" not in err
+    assert "postgresql://u:***@db/erp" in err and "driver said" in err
