@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import abc
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 __all__ = [
     "OutpostError", "ConfigError", "TransientError", "TerminalError",
@@ -110,6 +111,13 @@ class AdapterContext:
     schemas: Any                      # agent.schemas.SchemaCatalog
     fabric: Mapping[str, Any] = field(default_factory=dict)   # the config's ``fabric`` section
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("outpost"))
+    # Set when the agent stops: streaming sources return from ``batches`` soon after.
+    stop: threading.Event = field(default_factory=threading.Event)
+    # Route-level status fields (slot lag, file progress...), shown by ``outpost status``.
+    report_status: Callable[..., None] = lambda **fields: None
+    # The route's mapping gates, for sources that must check a whole unit (a file) before
+    # emitting any of it: returns the problems of one record ([] = it would be published).
+    validate: Callable[[SourceRecord], list] = lambda record: []
 
 
 class Source(abc.ABC):
@@ -128,7 +136,15 @@ class Source(abc.ABC):
 
         The caller commits each batch's events and checkpoint in one transaction, then
         resumes the generator; the next batch must start right after that checkpoint.
+        Resuming the generator is therefore the signal that the batch is durable: a
+        streaming source acknowledges upstream (Debezium ``markProcessed``, Kafka
+        ``store_offsets``) only then (invariant 2). Return when caught up or when
+        ``context.stop`` is set; the scheduler calls ``batches`` again.
         """
+
+    def check(self) -> list[str]:
+        """Problems to fix, for ``outpost check``; lines starting with "warning:" are advice."""
+        return []
 
     def close(self) -> None:
         """Release connections. Must be safe to call twice."""

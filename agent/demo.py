@@ -118,9 +118,9 @@ def run_demo(directory: Path) -> None:
                       f"id={meta['event_id'][:8]} {json.dumps(event['after'], default=str)}")
     print("\n4. status:")
     print(render(collect(cfg)))
-    print("\nSee the rejected record with: outpost queue list -c <config>; the demo's config is in "
-          f"{directory / 'outpost.yaml'}")
-    (directory / "outpost.yaml").write_text(_as_yaml(demo_config(directory)), encoding="utf-8")
+    config_path = directory / "outpost.yaml"
+    config_path.write_text(_as_yaml(demo_config(directory)), encoding="utf-8")
+    print(f"\nThe rejected record, with its row, mapping and failed rule: outpost queue list -c {config_path}")
 
 
 def _as_yaml(document: dict) -> str:

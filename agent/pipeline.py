@@ -68,6 +68,14 @@ class Translator:
                 "body": self.schema.encode(event), "correlation_id": meta["correlation_id"],
                 "occurred_at": record.occurred_at.timestamp() if record.occurred_at else None}
 
+    def problems(self, record: SourceRecord) -> list[dict]:
+        """What would stop this record from being published (for whole-file checks)."""
+        try:
+            self.event_row(record, dt.datetime.now(dt.timezone.utc))
+        except TerminalError as exc:
+            return self.failure(record, exc)["context"]["problems"] or [{"rule": "event", "message": str(exc)}]
+        return []
+
     def failure(self, record: SourceRecord, exc: TerminalError) -> dict:
         problems = [p.as_dict() for p in exc.problems] if isinstance(exc, _MappingFailed) else []
         reason = "; ".join(f"{p['field']}: {p['message']}" for p in problems) if problems else str(exc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import logging
 import threading
 import time
@@ -49,9 +50,10 @@ class Agent:
         self.captures: dict[str, RouteCapture] = {}
         self.scheduler: Optional[BackgroundScheduler] = None
 
-    def _context(self, name: str) -> AdapterContext:
+    def _context(self, name: str, **extra) -> AdapterContext:
         return AdapterContext(name=name, state_dir=self.config.state_dir, schemas=self.catalog,
-                              fabric=self.config.fabric.model_dump(), log=logging.getLogger(f"outpost.{name}"))
+                              fabric=self.config.fabric.model_dump(), log=logging.getLogger(f"outpost.{name}"),
+                              stop=self.stop_event, **extra)
 
     def build(self) -> None:
         """Create the queue, sinks and sources (imports only the adapters configured)."""
@@ -64,10 +66,11 @@ class Agent:
             self.deliveries[name] = SinkDelivery(name, sink, self.queue, self.stop_event,
                                                  batch_size=cfg.queue.delivery_batch)
         for name, route in cfg.routes.items():
-            source_type = cfg.sources[route.source]["type"]
-            source = adapter_class("source", source_type)(cfg.source_options(name), self._context(route.source))
-            self.captures[name] = RouteCapture(name, source, make_translator(cfg, self.catalog, name),
-                                               self.queue, self.stop_event,
+            translator = make_translator(cfg, self.catalog, name)
+            context = self._context(route.source, validate=translator.problems,
+                                    report_status=functools.partial(self.queue.update_status, name))
+            source = adapter_class("source", cfg.sources[route.source]["type"])(cfg.source_options(name), context)
+            self.captures[name] = RouteCapture(name, source, translator, self.queue, self.stop_event,
                                                on_enqueue=self.deliveries[route.sink].wakeup.set)
 
     def start(self, capture: bool = True) -> None:
