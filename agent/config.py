@@ -83,7 +83,7 @@ class Schedule(_Strict):
 class RouteConfig(_Strict):
     source: str
     sink: str
-    mapping: str
+    mapping: Optional[str] = None      # None: the source yields canonical events (inbound)
     capture: dict[str, Any] = Field(default_factory=dict)   # adapter-specific (table, cursor...)
     schedule: Schedule = Schedule(every=10.0)
 
@@ -260,6 +260,8 @@ def cross_check(config: Config) -> list[str]:
         where = f"routes.{name}"
         for attr, section in (("source", config.sources), ("sink", config.sinks), ("mapping", config.mappings)):
             ref = getattr(route, attr)
+            if ref is None and attr == "mapping" and _emits_canonical_events(config.sources.get(route.source)):
+                continue
             if ref not in section:
                 known = ", ".join(sorted(section)) or "none defined"
                 problems.append(f"{where}.{attr}: expected one of {known}, found {ref!r}")
@@ -270,3 +272,14 @@ def cross_check(config: Config) -> list[str]:
         if "type" in options:
             problems.extend(validate_options("sink", options["type"], config.sink_options(name), f"sinks.{name}"))
     return problems
+
+
+def _emits_canonical_events(source: Optional[dict]) -> bool:
+    """Whether a source adapter yields canonical events (its spec module says so), so its
+    routes need no mapping. An unknown adapter is reported elsewhere."""
+    from .registry import _module
+    try:
+        return bool(getattr(_module("source", (source or {}).get("type", ""), "spec"),
+                            "SOURCE_EMITS_CANONICAL_EVENTS", False))
+    except LookupError:
+        return True

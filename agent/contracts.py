@@ -74,6 +74,9 @@ class SourceBatch:
     records: list[SourceRecord]
     checkpoint: Any                   # JSON-serialisable; handed back to ``Source.batches``
     progress: Optional[dict] = None   # free-form progress for status (snapshot %, rows read)
+    # Source-side rejections committed with this batch: {"stage", "reason", "context"} dicts
+    # (a whole file refused, a row that cannot be parsed); they go to the exception queue.
+    exceptions: list = field(default_factory=list)
 
 
 @dataclass

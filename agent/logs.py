@@ -5,6 +5,7 @@ import json
 import logging
 import logging.handlers
 import sys
+from pathlib import Path
 from typing import Iterable, Optional
 
 REDACTED = "***"
@@ -46,19 +47,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(level: str = "INFO", fmt: str = "text", file: Optional[str] = None, secrets: Iterable[str] = ()) -> None:
+class TextFormatter(logging.Formatter):
+    """Human-readable; a line about an event ends with its event and correlation ids."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        ids = " ".join(f"{attr}={getattr(record, attr)}" for attr in ("event_id", "correlation_id")
+                       if getattr(record, attr, None))
+        return f"{line} [{ids}]" if ids else line
+
+
+def setup(level: str = "INFO", fmt: str = "text", file: Optional[str] = None, secrets: Iterable[str] = (),
+          event_log: Optional[str] = None) -> None:
+    """``file``: rotated at 20 MB, 5 kept. ``event_log``: also send warnings and errors to the
+    Windows Event Log under that source name (needs pywin32)."""
     handler: logging.Handler
     if file:
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(file, maxBytes=20 << 20, backupCount=5, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    if event_log:
+        windows = logging.handlers.NTEventLogHandler(event_log)
+        windows.setLevel(logging.WARNING)
+        windows.setFormatter(TextFormatter())
+        windows.addFilter(RedactingFilter(secrets))
+        root.addHandler(windows)
     root.setLevel(level)
     for noisy in ("apscheduler", "httpx", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

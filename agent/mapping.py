@@ -158,10 +158,10 @@ class EntityMapping:
         self.schema = entity_schema
         self.lookups = lookups
         self.zone = ZoneInfo(config.source_timezone)
-        self._specs = {f.name: f for f in entity_schema.fields}
         # canonical code sets, for rules on fields that are not looked up themselves
         self._known_codes = {rule: {str(v) for v in lookups[rule].values()}
                              for rule in CODE_RULES if rule in lookups}
+        self._plan = self._compile()
 
     @property
     def entity(self) -> str:
@@ -172,29 +172,40 @@ class EntityMapping:
         return {"name": self.name, "entity": self.entity,
                 "fields": {k: v.model_dump(exclude_defaults=True) for k, v in self.config.fields.items()}}
 
+    def _compile(self) -> list[tuple]:
+        """One plan per field, built once: ``apply`` runs for every captured row."""
+        plan = []
+        for spec in self.schema.fields:
+            rule = self.config.fields.get(spec.name)
+            converters = tuple(CONVERSIONS[name] for name in rule.convert) if rule else ()
+            lookup = (rule.lookup, self.lookups[rule.lookup]) if rule and rule.lookup else None
+            plan.append((spec, rule, rule.column if rule else None, converters, lookup,
+                         rule.default if rule else None, spec.avro_type != "string"))
+        return plan
+
     def apply(self, row: Optional[Mapping[str, Any]]) -> tuple[Optional[dict], list[Problem]]:
         if row is None:
             return None, []
         payload: dict[str, Any] = {}
         problems: list[Problem] = []
-        for spec in self.schema.fields:
-            rule = self.config.fields.get(spec.name)
-            value = self._raw_value(rule, row) if rule else None
-            column = rule.column if rule else None
+        for spec, rule, column, converters, lookup, default, blank_is_missing in self._plan:
+            if rule is None:
+                value = None
+            else:
+                value = row.get(column) if column is not None else rule.const
             try:
-                if rule is not None:
-                    for name in rule.convert:
-                        value = CONVERSIONS[name](value)
-                    if rule.lookup is not None and value is not None and value != "":
-                        table = self.lookups[rule.lookup]
-                        if str(value) not in table:
-                            problems.append(Problem(spec.name, rule.lookup, f"unknown {rule.lookup} code {value!r}",
-                                                    column, value))
-                            continue
-                        value = table[str(value)]
-                    if (value is None or value == "") and rule.default is not None:
-                        value = rule.default
-                if value is None or (value == "" and spec.avro_type != "string"):
+                for convert in converters:
+                    value = convert(value)
+                if lookup is not None and value is not None and value != "":
+                    name, table = lookup
+                    code = str(value)
+                    if code not in table:
+                        problems.append(Problem(spec.name, name, f"unknown {name} code {value!r}", column, value))
+                        continue
+                    value = table[code]
+                if default is not None and (value is None or value == ""):
+                    value = default
+                if value is None or (blank_is_missing and value == ""):
                     if not spec.nullable:
                         problems.append(Problem(spec.name, "required", "is required but missing", column, value))
                     payload[spec.name] = None
@@ -203,15 +214,10 @@ class EntityMapping:
             except (ValueError, TypeError, OverflowError) as exc:
                 problems.append(Problem(spec.name, "type", f"{exc}", column, value))
                 continue
-            problems.extend(self._gates(spec, value, column))
+            if spec.rules:
+                problems.extend(self._gates(spec, value, column))
             payload[spec.name] = value
         return payload, problems
-
-    @staticmethod
-    def _raw_value(rule, row):
-        if rule.column is None:
-            return rule.const
-        return row.get(rule.column)
 
     def _gates(self, spec, value, column) -> list[Problem]:
         found = []

@@ -19,7 +19,7 @@ from typing import Optional
 from tenacity import wait_exponential_jitter
 
 from .contracts import ConfigError, DeliveryReport, SourceBatch, SourceRecord, TerminalError, TransientError
-from .events import envelope
+from .events import envelope, event_id
 from .queue import DurableQueue
 
 log = logging.getLogger("outpost.pipeline")
@@ -65,7 +65,7 @@ class Translator:
         meta = event["metadata"]
         return {"event_id": meta["event_id"], "route": self.route, "sink": self.sink, "entity": self.schema.entity,
                 "key": str(key), "operation": record.operation, "schema_fingerprint": self.schema.fingerprint,
-                "body": self.schema.encode(event), "correlation_id": meta["correlation_id"],
+                "body": self.schema.encode(event, prechecked=True), "correlation_id": meta["correlation_id"],
                 "occurred_at": record.occurred_at.timestamp() if record.occurred_at else None}
 
     def problems(self, record: SourceRecord) -> list[dict]:
@@ -88,6 +88,8 @@ class Translator:
 def retry_exception(queue: DurableQueue, item: dict, translator: Optional[Translator]) -> tuple[bool, str]:
     """Re-queue a parked event; a mapping failure is mapped again with today's config
     (fixed master data, lookups). Returns (requeued, what happened)."""
+    if item["stage"] == "file":   # no event was ever built: the fix is a corrected file
+        return False, "a rejected file is retried by dropping the corrected file into the inbox again"
     if item["stage"] != "mapping":
         return queue.requeue_exception(item["id"]), "re-queued for delivery"
     if translator is None:
@@ -163,12 +165,20 @@ class RouteCapture:
     def _commit(self, batch: SourceBatch) -> int:
         events, failures = self.translator.translate(batch.records)
         for failure in failures:
+            record = failure["context"]["record"]
+            # inbound events carry their ids; a captured record gets the id it would have had
+            # (also its correlation id), so the line joins the exception queue entry
+            meta = (failure["context"].get("payload") or {}).get("metadata") or {}
+            ids = meta.get("event_id") or (event_id(self.translator.system, record["object"], record["position"])
+                                           if getattr(self.translator, "system", None) else None)
             log.warning("route %s: %s record at %s rejected by mapping: %s", self.name,
-                        failure["operation"], failure["context"]["record"]["position"], failure["reason"])
+                        failure["operation"], record["position"], failure["reason"],
+                        extra={"route": self.name, "event_id": ids, "correlation_id": meta.get("correlation_id") or ids})
         status = {"last_capture_at": time.time()} if batch.records else {}
         if batch.progress:
             status["progress"] = batch.progress
-        added = self.queue.commit_capture(self.name, events, failures, batch.checkpoint, status)
+        added = self.queue.commit_capture(self.name, events, failures + list(batch.exceptions), batch.checkpoint,
+                                          status)
         if added:
             self.on_enqueue()
         return added

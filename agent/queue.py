@@ -29,11 +29,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .contracts import DeliveryReport, QueuedEvent
+from .contracts import DeliveryReport, OutpostError, QueuedEvent
 
 log = logging.getLogger("outpost.queue")
 
 SCHEMA_VERSION = 1
+# Upgrades of a kept state directory: MIGRATIONS[n](conn) takes a version-n queue to n+1
+# (ALTER TABLE, backfills), each in its own transaction when the queue opens. ``_DDL``
+# only creates what is missing. An older agent refuses a newer queue rather than guess.
+MIGRATIONS: dict = {}
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -60,6 +64,26 @@ _EVENT_COLUMNS = ("event_id", "route", "sink", "entity", "key", "operation", "sc
                   "body", "correlation_id", "occurred_at")
 
 
+def migrate(conn: sqlite3.Connection, path, migrations: Optional[dict] = None, target: int = SCHEMA_VERSION) -> int:
+    """Bring the queue's schema to ``target``; returns the version found."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    found = int(conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+    if found > target:
+        raise OutpostError(f"{path}: queue schema version {found} is newer than this agent's {target}; "
+                           "upgrade the agent (a downgrade cannot read it)")
+    for version in range(found, target):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            migrations[version](conn)
+            conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version + 1),))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        log.info("queue %s migrated from schema version %d to %d", path, version, version + 1)
+    return found
+
+
 class DurableQueue:
     def __init__(self, state_dir: Path, *, max_bytes: int = 2 << 30, dedup_retention: float = 7 * 86400):
         self.state_dir = Path(state_dir)
@@ -74,6 +98,7 @@ class DurableQueue:
         conn = self._conn()
         conn.executescript(_DDL)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        migrate(conn, self.path)
 
     # -- connections -------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -176,12 +201,20 @@ class DurableQueue:
         rejected = {i: r for i, r in report.rejected.items() if i in by_id}
         pending = [e.event_id for e in events if e.event_id not in report.delivered and e.event_id not in rejected]
         with self._write() as db:
-            db.executemany("DELETE FROM outbox WHERE event_id=?", [(i,) for i in delivered + list(rejected)])
+            if len(delivered) == len(events):
+                # The batch is the head of this sink's queue in seq order and seq only
+                # grows, so the whole range is exactly the batch: one statement.
+                db.execute("DELETE FROM outbox WHERE sink=? AND seq BETWEEN ? AND ?",
+                           (sink, min(e.seq for e in events), max(e.seq for e in events)))
+            else:
+                db.executemany("DELETE FROM outbox WHERE seq=?",
+                               [(by_id[i].seq,) for i in delivered + list(rejected)])
             db.executemany("INSERT OR IGNORE INTO delivered VALUES (?,?)", [(i, now) for i in delivered])
             for event_id, reason in rejected.items():
                 e = by_id[event_id]
                 log.error("event %s (%s %s, correlation %s) rejected by sink %s, moved to the exception queue: %s",
-                          event_id, e.entity, e.key, e.correlation_id, sink, reason)
+                          event_id, e.entity, e.key, e.correlation_id, sink, reason,
+                          extra={"event_id": event_id, "correlation_id": e.correlation_id, "route": e.route})
             self._insert_exceptions(db, [
                 {"route": e.route, "stage": "publish", "reason": reason, "context": {"sink": sink, "seq": e.seq},
                  "event_id": e.event_id, "entity": e.entity, "key": e.key, "sink": sink, "operation": e.operation,

@@ -108,6 +108,8 @@ class EntitySchema:
         before = next(f for f in schema["fields"] if f["name"] == "before")
         payload, _ = _non_null(before["type"])
         self.fields: list[FieldSpec] = [_field_spec(f) for f in payload["fields"]]
+        namespace = payload.get("namespace") or schema.get("namespace", "")
+        self._payload_name = payload["name"] if "." in payload["name"] else f"{namespace}.{payload['name']}".lstrip(".")
         # Checked by hand before encoding: fastavro ignores decimal precision and reads
         # naive datetimes as local time, both silently.
         self._decimals = [(f.name, f.precision, f.scale) for f in self.fields if f.avro_type == "decimal"]
@@ -127,16 +129,27 @@ class EntitySchema:
                 return spec
         raise KeyError(f"{self.entity} has no field {name!r}")
 
-    def encode(self, event: dict) -> bytes:
-        """Schemaless Avro binary of ``event``; TerminalError naming the field if it does not fit."""
+    def encode(self, event: dict, prechecked: bool = False) -> bytes:
+        """Schemaless Avro binary of ``event``; TerminalError naming the field if it does not fit.
+
+        ``prechecked``: the caller guarantees what ``_precheck`` enforces (decimals already
+        quantised to the schema, timestamps aware), as ``agent.mapping`` output does.
+        """
         if not isinstance(event, dict):
             raise TerminalError(f"{self.entity} event must be a dict, not {type(event).__name__}")
-        event = self._precheck(event)
+        if not prechecked:
+            event = self._precheck(event)
+        # Naming the union branch (fastavro's tuple notation) spares fastavro trying each
+        # branch of before/after: same bytes, about a quarter faster.
+        hinted = event
+        for image in ("before", "after"):
+            if isinstance(event.get(image), dict):
+                hinted = {**hinted, image: (self._payload_name, event[image])}
         out = io.BytesIO()
         try:
             # strict_allow_default: an unknown (e.g. misspelt) field is an error, a missing
             # nullable one is not.
-            schemaless_writer(out, self._parsed, event, strict_allow_default=True)
+            schemaless_writer(out, self._parsed, hinted, strict_allow_default=True)
         except Exception as exc:  # fastavro raises many types; explain with the validator
             raise TerminalError(self._explain(event, exc)) from exc
         return out.getvalue()

@@ -107,3 +107,11 @@ def test_soft_delete_publishes_before_image():
     event = CATALOG.entity("Customer").decode(row["body"])
     assert event["metadata"]["operation"] == "DELETE" and event["after"] is None
     assert event["before"]["customer_number"] == "C-1" and row["key"] == "C-1"
+
+
+@pytest.mark.parametrize("position", ["1", '["C-1"]@2026-11-27T09:30:00', "sha256:ab:17", "ü/ß/日本"])
+def test_event_id_is_the_rfc4122_uuid5_of_the_source_identity(position):
+    import uuid
+
+    from agent.events import EVENT_NAMESPACE, event_id
+    assert event_id("erp", "cust", position) == str(uuid.uuid5(EVENT_NAMESPACE, f"erp\x1fcust\x1f{position}"))

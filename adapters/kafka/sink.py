@@ -107,6 +107,7 @@ class KafkaSink(contracts.Sink):
         self._registry: Optional[SchemaRegistryClient] = None
         self._ids: dict[tuple[str, str], int] = {}      # (subject, fingerprint) -> schema id
         self._topics: set[str] = set()                  # created or known to exist
+        self._topic_names: dict[str, str] = {}
         self._replace_producer = False
         self._last_client_error: Optional[str] = None
 
@@ -162,7 +163,10 @@ class KafkaSink(contracts.Sink):
     # ------------------------------------------------------------------ writing
 
     def topic_for(self, entity: str) -> str:
-        return self.topic_template.format(entity=snake_case(entity), Entity=entity)
+        topic = self._topic_names.get(entity)
+        if topic is None:   # per event on the hot path: compute each entity's name once
+            topic = self._topic_names[entity] = self.topic_template.format(entity=snake_case(entity), Entity=entity)
+        return topic
 
     def write(self, events: Sequence[QueuedEvent]) -> DeliveryReport:
         if self._producer is None:

@@ -341,7 +341,9 @@ class SqlPollSource(Source):
     def _fetch(self, stmt) -> list[dict]:
         with self._db_errors("poll"), self._engine.connect() as conn:
             # One short transaction per query: nothing stays open while the caller commits.
-            return [dict(r) for r in conn.execute(stmt).mappings()]
+            result = conn.execute(stmt)
+            names = tuple(result.keys())   # tuples + zip: a third of the cost of .mappings()
+            return [dict(zip(names, r)) for r in result]
 
     def _progress(self, cp: dict, signpost: Any) -> dict:
         return {"phase": cp["phase"], "cursor": _plain(decode_value(cp.get("cursor"))),

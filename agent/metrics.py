@@ -1,0 +1,227 @@
+"""Prometheus metrics and the business service objectives, per route.
+
+Two sources, on purpose:
+
+- the queue's persisted route status (``DurableQueue.status()``): lifetime counters that
+  survive restarts (captured, published, rejected, dead-lettered), queue depth, oldest
+  queued age, open exceptions, and what sources report (``slot_lag_bytes``,
+  ``capture_lag_s``). A custom Collector reads it at scrape time, so the numbers are the
+  ones ``outpost status`` shows;
+- in-process observations (``ObservedQueue``): the delivery-latency histogram, error
+  counts by class since the process started, and the progress counters the systemd
+  watchdog reads (``agent.notify``).
+
+Delivery latency is measured from the source change (``occurred_at``, else the time it
+was queued) to the sink's confirmation: for the ``kafka`` sink that is the broker ack
+(source change -> broker ack); for an applying sink (``sql_apply``) it is the local commit
+(inbound event -> local commit). One histogram, labelled with the sink's type.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .queue import DurableQueue
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
+ERROR_CLASSES = ("mapping_rejected", "publish_rejected", "source_unavailable", "sink_unavailable")
+
+
+class Observations:
+    """What the running process saw; fed by ``ObservedQueue``, read by metrics and watchdog."""
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None):
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.latency = Histogram("outpost_delivery_latency_seconds",
+                                 "Source change (occurred_at, else queued time) to sink confirmation: "
+                                 "broker ack for kafka, local commit for sql_apply.",
+                                 ["route", "entity", "sink", "sink_type"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.lock = threading.Lock()
+        self.settles: Counter = Counter()     # sink -> settled batches (any outcome)
+        self.captures: Counter = Counter()    # route -> committed capture batches
+        self.errors: Counter = Counter()      # (route, class) -> count since start
+        self.sink_types: dict[str, str] = {}
+        self.entities: dict[str, str] = {}    # route -> entity
+
+    def settled(self, sink: str, events, report, now: float) -> None:
+        delivered = report.delivered
+        with self.lock:
+            self.settles[sink] += 1
+            for event in events:
+                if event.event_id in delivered:
+                    self.latency.labels(event.route, event.entity, sink, self.sink_types.get(sink, "")).observe(
+                        max(0.0, now - (event.occurred_at or event.enqueued_at)))
+                elif event.event_id in report.rejected:
+                    self.errors[(event.route, "publish_rejected")] += 1
+            if report.transient_error:
+                for route in {e.route for e in events}:
+                    self.errors[(route, "sink_unavailable")] += 1
+
+    def captured(self, route: str, rejected: int) -> None:
+        with self.lock:
+            self.captures[route] += 1
+            if rejected:
+                self.errors[(route, "mapping_rejected")] += rejected
+
+    def error(self, route: str, kind: str) -> None:
+        with self.lock:
+            self.errors[(route, kind)] += 1
+
+
+class ObservedQueue(DurableQueue):
+    """The durable queue plus in-memory observations of what passes through it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.observed = Observations()
+
+    def commit_capture(self, route, events, exceptions, checkpoint, status=None) -> int:
+        added = super().commit_capture(route, events, exceptions, checkpoint, status)
+        self.observed.captured(route, len(exceptions))
+        return added
+
+    def settle(self, sink, events, report) -> None:
+        super().settle(sink, events, report)
+        self.observed.settled(sink, events, report, time.time())
+
+    def update_status(self, route: str, **update) -> None:
+        super().update_status(route, **update)
+        if update.get("source_error"):
+            self.observed.error(route, "source_unavailable")
+
+
+def success_rate(status: dict) -> Optional[float]:
+    """published / (published + rejected + dead-lettered); None before anything settled."""
+    published = status.get("published_total", 0)
+    failed = status.get("rejected_total", 0) + status.get("dead_lettered_total", 0)
+    return None if published + failed == 0 else round(published / (published + failed), 6)
+
+
+def capture_lag(status: dict, now: float) -> Optional[float]:
+    """What the source reports (``capture_lag_s``), else seconds since the route was last
+    read up to date (a polling route shows its interval; a stuck one grows)."""
+    if status.get("capture_lag_s") is not None:
+        return float(status["capture_lag_s"])
+    last = status.get("last_capture_run_at")
+    return None if last is None else max(0.0, now - float(last))
+
+
+def objectives(cfg, per_route: dict) -> dict:
+    """The business service objectives per route and entity, for ``status``."""
+    result = {}
+    for name, route in cfg.routes.items():
+        status = per_route.get(name, {})
+        result[name] = {"entity": cfg.mappings[route.mapping].entity if route.mapping in cfg.mappings else None,
+                        "sync_success_rate": success_rate(status),
+                        "last_delivery_latency_s": status.get("last_publish_latency_s")}
+    return result
+
+
+class StatusCollector:
+    """Prometheus families read from the queue's status at scrape time."""
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        agent, cfg = self.agent, self.agent.config
+        per_route = agent.queue.status()
+        now = time.time()
+        labels = ["route", "entity"]
+        fam = {
+            "captured": CounterMetricFamily("outpost_events_captured", "Events captured into the local queue "
+                                            "(lifetime, persisted).", labels=labels),
+            "published": CounterMetricFamily("outpost_events_published", "Events confirmed by the sink "
+                                             "(lifetime, persisted).", labels=labels + ["sink"]),
+            "rejected": CounterMetricFamily("outpost_records_rejected", "Source records rejected by mapping or "
+                                            "validation (lifetime).", labels=labels),
+            "dead": CounterMetricFamily("outpost_events_dead_lettered", "Events the sink refused, parked in the "
+                                        "exception queue (lifetime).", labels=labels),
+            "depth": GaugeMetricFamily("outpost_queue_depth", "Events waiting in the local queue.", labels=labels),
+            "oldest": GaugeMetricFamily("outpost_queue_oldest_age_seconds", "Age of the oldest queued event "
+                                        "(0 when empty).", labels=labels),
+            "exceptions": GaugeMetricFamily("outpost_exceptions_open", "Open entries in the exception queue.",
+                                            labels=labels),
+            "lag": GaugeMetricFamily("outpost_capture_lag_seconds", "Source-reported capture lag, else seconds "
+                                     "since the route was last read up to date.", labels=labels),
+            "slot": GaugeMetricFamily("outpost_slot_lag_bytes", "Replication slot / binlog lag reported by the "
+                                      "source.", labels=labels),
+            "rate": GaugeMetricFamily("outpost_sync_success_ratio", "published / (published + rejected + "
+                                      "dead-lettered), by route and entity.", labels=labels),
+            "last": GaugeMetricFamily("outpost_last_delivery_latency_seconds", "Latency of the newest confirmed "
+                                      "event (source change to sink confirmation).", labels=labels),
+            "connected": GaugeMetricFamily("outpost_route_healthy", "1 when the route has no source or sink error "
+                                           "and no backpressure.", labels=labels),
+        }
+        for name, route in cfg.routes.items():
+            s = per_route.get(name, {})
+            values = [name, agent.queue.observed.entities.get(name, "")]
+            fam["captured"].add_metric(values, s.get("captured_total", 0))
+            fam["published"].add_metric(values + [route.sink], s.get("published_total", 0))
+            fam["rejected"].add_metric(values, s.get("rejected_total", 0))
+            fam["dead"].add_metric(values, s.get("dead_lettered_total", 0))
+            fam["depth"].add_metric(values, s.get("queue_depth", 0))
+            fam["oldest"].add_metric(values, s.get("oldest_queued_age_s") or 0)
+            fam["exceptions"].add_metric(values, s.get("open_exceptions", 0))
+            lag = capture_lag(s, now)
+            if lag is not None:
+                fam["lag"].add_metric(values, lag)
+            if s.get("slot_lag_bytes") is not None:
+                fam["slot"].add_metric(values, float(s["slot_lag_bytes"]))
+            rate = success_rate(s)
+            if rate is not None:
+                fam["rate"].add_metric(values, rate)
+            if s.get("last_publish_latency_s") is not None:
+                fam["last"].add_metric(values, float(s["last_publish_latency_s"]))
+            fam["connected"].add_metric(values, 0 if route_problems(s) else 1)
+        yield from fam.values()
+        errors = CounterMetricFamily("outpost_errors", "Errors by class since the process started.",
+                                     labels=["route", "class"])
+        with agent.queue.observed.lock:
+            counts = dict(agent.queue.observed.errors)
+        for name in cfg.routes:
+            for kind in ERROR_CLASSES:
+                errors.add_metric([name, kind], counts.get((name, kind), 0))
+        yield errors
+        state = GaugeMetricFamily("outpost_agent_state", "1 for the agent's current lifecycle state.",
+                                  labels=["state"])
+        for member in type(agent.state):
+            state.add_metric([member.value], 1 if member == agent.state else 0)
+        yield state
+        used = GaugeMetricFamily("outpost_queue_bytes", "Bytes used by the local queue.")
+        used.add_metric([], agent.queue.used_bytes())
+        yield used
+
+
+def route_problems(status: dict) -> list[str]:
+    """Why a route is not healthy, from its stored status (empty = healthy)."""
+    problems = []
+    if status.get("source_error"):
+        problems.append(f"source: {status['source_error']}")
+    if status.get("sink_error"):
+        problems.append(f"sink: {status['sink_error']}")
+    if status.get("backpressure"):
+        problems.append("backpressure: the local queue reached its quota")
+    return problems
+
+
+def instrument(agent) -> CollectorRegistry:
+    """Registry for ``/metrics``: the histogram plus the status collector."""
+    observed = agent.queue.observed
+    cfg = agent.config
+    observed.sink_types.update({name: str(options.get("type", "")) for name, options in cfg.sinks.items()})
+    observed.entities.update({name: cfg.mappings[r.mapping].entity for name, r in cfg.routes.items()
+                              if r.mapping in cfg.mappings})
+    if not getattr(observed, "_collector_registered", False):
+        observed.registry.register(StatusCollector(agent))
+        observed._collector_registered = True
+    return observed.registry
