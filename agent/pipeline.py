@@ -48,7 +48,8 @@ class Translator:
                 failures.append(self.failure(record, exc))
         return events, failures
 
-    def event_row(self, record: SourceRecord, captured_at: dt.datetime) -> dict:
+    def _mapped(self, record: SourceRecord) -> tuple[str, Optional[dict], Optional[dict]]:
+        """(business key, before, after) of a record, or TerminalError with every problem."""
         after, after_problems = self.mapping.apply(record.after)
         before, before_problems = self.mapping.apply(record.before)
         # The before image of a delete is what must identify the entity; a bad before
@@ -60,18 +61,23 @@ class Translator:
         key = image.get(self.schema.key_field) if image else None
         if key in (None, ""):
             raise TerminalError(f"no business key ({self.schema.key_field}) in the mapped record")
-        event = envelope(record, system=self.system, key=str(key), before=before if not before_problems else None,
-                         after=after, schema_version=self.schema.version, captured_at=captured_at)
+        return str(key), (before if not before_problems else None), after
+
+    def event_row(self, record: SourceRecord, captured_at: dt.datetime) -> dict:
+        key, before, after = self._mapped(record)
+        event = envelope(record, system=self.system, key=key, before=before, after=after,
+                         schema_version=self.schema.version, captured_at=captured_at)
         meta = event["metadata"]
         return {"event_id": meta["event_id"], "route": self.route, "sink": self.sink, "entity": self.schema.entity,
-                "key": str(key), "operation": record.operation, "schema_fingerprint": self.schema.fingerprint,
+                "key": key, "operation": record.operation, "schema_fingerprint": self.schema.fingerprint,
                 "body": self.schema.encode(event, prechecked=True), "correlation_id": meta["correlation_id"],
                 "occurred_at": record.occurred_at.timestamp() if record.occurred_at else None}
 
     def problems(self, record: SourceRecord) -> list[dict]:
-        """What would stop this record from being published (for whole-file checks)."""
+        """What would stop this record from being published (for whole-file checks).
+        Mapping only: what the mapping accepts, the encoder accepts."""
         try:
-            self.event_row(record, dt.datetime.now(dt.timezone.utc))
+            self._mapped(record)
         except TerminalError as exc:
             return self.failure(record, exc)["context"]["problems"] or [{"rule": "event", "message": str(exc)}]
         return []
