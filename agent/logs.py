@@ -60,6 +60,29 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{ids}]" if ids else line
 
 
+class EventLogHandler(logging.Handler):
+    """Windows Event Log (Application) under an event source registered at install time.
+
+    Not ``logging.handlers.NTEventLogHandler``: that one registers the source itself on
+    every start, which needs administrator rights the service account should not have."""
+
+    def __init__(self, source: str):
+        super().__init__()
+        import win32evtlog
+        import win32evtlogutil
+        self.source, self._report = source, win32evtlogutil.ReportEvent
+        self._types = {logging.ERROR: win32evtlog.EVENTLOG_ERROR_TYPE,
+                       logging.WARNING: win32evtlog.EVENTLOG_WARNING_TYPE}
+        self._info = win32evtlog.EVENTLOG_INFORMATION_TYPE
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            kind = self._types.get(min(record.levelno, logging.ERROR), self._info)
+            self._report(self.source, 1, eventType=kind, strings=[self.format(record)])   # id 1: "%1"
+        except Exception:
+            self.handleError(record)
+
+
 def setup(level: str = "INFO", fmt: str = "text", file: Optional[str] = None, secrets: Iterable[str] = (),
           event_log: Optional[str] = None) -> None:
     """``file``: rotated at 20 MB, 5 kept. ``event_log``: also send warnings and errors to the
@@ -77,7 +100,7 @@ def setup(level: str = "INFO", fmt: str = "text", file: Optional[str] = None, se
         root.removeHandler(old)
     root.addHandler(handler)
     if event_log:
-        windows = logging.handlers.NTEventLogHandler(event_log)
+        windows = EventLogHandler(event_log)
         windows.setLevel(logging.WARNING)
         windows.setFormatter(TextFormatter())
         windows.addFilter(RedactingFilter(secrets))
@@ -85,3 +108,6 @@ def setup(level: str = "INFO", fmt: str = "text", file: Optional[str] = None, se
     root.setLevel(level)
     for noisy in ("apscheduler", "httpx", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # Streaming routes (Kafka, binlog, Debezium) stay inside one run across many ticks by
+    # design; APScheduler would warn "maximum number of running instances" every tick.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)

@@ -112,6 +112,17 @@ def capture_lag(status: dict, now: float) -> Optional[float]:
     return None if last is None else max(0.0, now - float(last))
 
 
+def log_lag_bytes(status: dict) -> Optional[float]:
+    """Change log not yet read: Debezium's ``slot_lag_bytes``, the binlog source's
+    ``binlog.bytes_behind``."""
+    if status.get("slot_lag_bytes") is not None:
+        return float(status["slot_lag_bytes"])
+    binlog = status.get("binlog")
+    if isinstance(binlog, dict) and binlog.get("bytes_behind") is not None:
+        return float(binlog["bytes_behind"])
+    return None
+
+
 def objectives(cfg, per_route: dict) -> dict:
     """The business service objectives per route and entity, for ``status``."""
     result = {}
@@ -121,6 +132,17 @@ def objectives(cfg, per_route: dict) -> dict:
                         "sync_success_rate": success_rate(status),
                         "last_delivery_latency_s": status.get("last_publish_latency_s")}
     return result
+
+
+def render_objectives(per_route: dict) -> str:
+    """Text lines for ``outpost status``."""
+    lines = []
+    for name, o in per_route.items():
+        rate = "-" if o["sync_success_rate"] is None else f"{100 * o['sync_success_rate']:.1f} %"
+        latency = "-" if o["last_delivery_latency_s"] is None else f"{o['last_delivery_latency_s']:.2f}s"
+        lines.append(f"\nobjectives {name} ({o['entity'] or 'events as received'}): sync success rate {rate}, "
+                     f"last change-to-confirmation latency {latency}")
+    return "".join(lines)
 
 
 class StatusCollector:
@@ -175,8 +197,9 @@ class StatusCollector:
             lag = capture_lag(s, now)
             if lag is not None:
                 fam["lag"].add_metric(values, lag)
-            if s.get("slot_lag_bytes") is not None:
-                fam["slot"].add_metric(values, float(s["slot_lag_bytes"]))
+            slot = log_lag_bytes(s)
+            if slot is not None:
+                fam["slot"].add_metric(values, slot)
             rate = success_rate(s)
             if rate is not None:
                 fam["rate"].add_metric(values, rate)

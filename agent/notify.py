@@ -64,6 +64,14 @@ def watchdog_interval(environ: Mapping[str, str] = os.environ) -> Optional[float
     return seconds if seconds > 0 else None
 
 
+def _seconds(value, default: float) -> float:
+    from .units import parse_duration
+    try:
+        return float(parse_duration(value)) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
 class Stall:
     """Pure logic: is something that should move not moving? (``observe`` once a tick)."""
 
@@ -90,7 +98,7 @@ class Watchdog:
         self.agent, self.clock = agent, clock
         self.delivery: dict[str, Stall] = {}
         for name, delivery in agent.deliveries.items():
-            bound = float(agent.config.sinks[name].get("delivery_timeout_s", 30)) + WRITE_MARGIN_S
+            bound = _seconds(agent.config.sinks[name].get("delivery_timeout_s"), 30.0) + WRITE_MARGIN_S
             self.delivery[name] = Stall(max(interval, delivery_after if delivery_after is not None
                                             else bound + MAX_BACKOFF_S))
         self.capture = {name: Stall(max(interval, capture_after)) for name in agent.captures}
@@ -174,13 +182,44 @@ def host(agent) -> bool:
             log.error("status endpoint not started on %s:%s: %s", agent.config.http.bind,
                       agent.config.http.port, exc)
     notifier.send("STATUS=delivering the queued backlog")
+    clean = False
     try:
-        agent.start()
-        notifier.ready()
-        agent.wait()
-    finally:
+        if _start_or_stop_request(agent):
+            notifier.ready()
+            agent.wait()
+            notifier.stopping()
+            clean = agent.stop()
+        else:
+            # stopped during the start-up drain while the sink still waits on a batch: it
+            # stays queued; the caller exits without waiting for the blocked write
+            log.warning("stop requested during start-up; the batch in flight stays queued")
+            notifier.stopping()
+    except BaseException:
         notifier.stopping()
-        clean = agent.stop()
+        agent.stop()
+        raise
+    finally:
         if server is not None:
             server.stop()
     return clean
+
+
+def _start_or_stop_request(agent) -> bool:
+    """``agent.start()``, but a stop request during the start-up drain (a write waiting
+    for a broker that does not answer) is honoured within ``shutdown_timeout``."""
+    failure: list[BaseException] = []
+
+    def start():
+        try:
+            agent.start()
+        except BaseException as exc:
+            failure.append(exc)
+
+    starter = threading.Thread(target=start, name="agent-start", daemon=True)
+    starter.start()
+    while starter.is_alive() and not agent.stop_event.wait(0.2):
+        pass
+    starter.join(agent.config.shutdown_timeout if agent.stop_event.is_set() else None)
+    if failure:
+        raise failure[0]
+    return not starter.is_alive()

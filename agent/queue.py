@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS exceptions (
     body BLOB, correlation_id TEXT, occurred_at REAL,
     created_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'open', resolved_at REAL);
 CREATE INDEX IF NOT EXISTS exceptions_open ON exceptions (status, id);
+CREATE INDEX IF NOT EXISTS exceptions_by_event ON exceptions (event_id);
 CREATE TABLE IF NOT EXISTS route_status (route TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _EVENT_COLUMNS = ("event_id", "route", "sink", "entity", "key", "operation", "schema_fingerprint",
@@ -155,8 +156,10 @@ class DurableQueue:
                 "INSERT INTO outbox (event_id, route, sink, entity, key, operation, schema_fingerprint,"
                 " body, correlation_id, occurred_at, enqueued_at)"
                 " SELECT ?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE event_id=?)"
+                # a parked event delivered again upstream (Kafka after a crash) stays parked once
+                " AND NOT EXISTS (SELECT 1 FROM exceptions WHERE event_id=? AND status='open')"
                 " ON CONFLICT(event_id) DO NOTHING",
-                [tuple(e[c] for c in _EVENT_COLUMNS) + (now, e["event_id"]) for e in events])
+                [tuple(e[c] for c in _EVENT_COLUMNS) + (now, e["event_id"], e["event_id"]) for e in events])
             added = db.total_changes - before
             self._insert_exceptions(db, [{**x, "route": route} for x in exceptions], now)
             if checkpoint is not None:

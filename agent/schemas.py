@@ -47,6 +47,8 @@ def find_schema_dir() -> Path:
         Path(sys.prefix) / "share" / "outpost" / "avro",           # pip install (data_files)
         Path(site.getuserbase()) / "share" / "outpost" / "avro",   # pip install --user
     ]
+    if getattr(sys, "frozen", False):                              # PyInstaller folder (packaging/)
+        candidates.insert(0, Path(getattr(sys, "_MEIPASS", Path(sys.executable).parent)) / "avro")
     for candidate in candidates:
         if (candidate / "EventMetadata.avsc").is_file():
             return candidate

@@ -133,6 +133,12 @@ else
     setup_mariadb
 fi
 
+# headless Chromium for the status-page test (tests/test_http_endpoints.py); idempotent
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
+    say "installing chromium and chromium-driver (status page test)"
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+fi
+
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -124,3 +124,14 @@ def test_quota_pauses_capture_and_status_says_so(tmp_path):
     assert not queue.over_quota()
     assert capture.run_once() > 0 and queue.status()["r"]["backpressure"] is False
     queue.close()
+
+
+def test_a_parked_event_captured_again_is_not_queued_or_parked_twice(queue):
+    queue.commit_capture("r", [event(1)], [], None)
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(rejected={"id-1": "constraint violated"}))
+    assert queue.count_exceptions() == 1
+    assert queue.commit_capture("r", [event(1)], [], None) == 0, "redelivered upstream after a crash"
+    assert queue.depth() == 0 and queue.count_exceptions() == 1
+    (item,) = queue.exceptions()
+    assert queue.discard_exception(item["id"])
+    assert queue.commit_capture("r", [event(1)], [], None) == 1, "once discarded, a new capture is new work"

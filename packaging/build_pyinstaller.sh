@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds a self-contained folder with the `outpost` executable and everything it needs
+# (Python runtime, dependencies, canonical Avro schemas):
+#
+#   packaging/build_pyinstaller.sh [DIST_DIR]      # default: dist  ->  dist/outpost/outpost
+#
+# Needs PyInstaller in the build environment (pip install pyinstaller); PYTHON picks the
+# interpreter (default .venv/bin/python). The folder runs on machines of the same OS and
+# architecture with the same or a newer glibc: build on the oldest distribution you
+# support. Windows: packaging/windows/build.ps1 does the same with outpost.exe.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+DIST=${1:-dist}
+WORK=${OUTPOST_BUILD_DIR:-build/pyinstaller}
+
+"$PYTHON" -m PyInstaller --noconfirm --clean --log-level WARN \
+    --distpath "$DIST" --workpath "$WORK" packaging/outpost.spec
+"$DIST/outpost/outpost" schemas list >/dev/null
+echo "built $DIST/outpost/ ($(du -sh "$DIST/outpost" | cut -f1)); run $DIST/outpost/outpost --help"

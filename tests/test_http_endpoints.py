@@ -1,0 +1,185 @@
+"""The local status endpoint against a real route: PostgreSQL -> sql_poll -> SQLite queue
+-> kafka sink -> tansu. The schema registry is the HTTP double of
+``tests/support/registry_double.py`` (no registry server can run here).
+
+The numbers the endpoint reports are checked against what actually flowed: rows
+inserted, messages consumed back from the broker, entries in the exception queue.
+"""
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from html.parser import HTMLParser
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent import config as config_module
+from agent.http import StatusServer
+from agent.runtime import Agent
+from tests.support.route import create_tables, insert_customers, route_config
+
+
+def _get(url, token=None):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _until(condition, timeout=40.0, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return condition()
+
+
+@pytest.fixture
+def running(tmp_path, pg_url, broker, registry):
+    """An agent with delivery threads and the status server; tests drive capture passes."""
+    engine = create_tables(pg_url)
+    document = route_config(tmp_path / "state", pg_url, broker.bootstrap, registry.url, lag=0, delivery_timeout=3)
+    document["http"] = {"enabled": True, "port": 0, "token": "s3cr3t-token"}
+    cfg = config_module.parse(document)
+    agent = Agent(cfg, drain_timeout=10)
+    agent.build()
+    server = StatusServer(agent, sample_every=0.3)
+    server.start()
+    agent.start(capture=False)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        yield agent, engine, base, cfg
+    finally:
+        agent.stop(timeout=15)
+        server.stop()
+
+
+def _metrics(base):
+    code, text = _get(base + "/metrics", "s3cr3t-token")
+    assert code == 200
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k in ("route", "class")))
+            values[(sample.name, labels)] = sample.value
+    return values
+
+
+def test_metric_values_agree_with_what_flowed(running, broker):
+    agent, engine, base, cfg = running
+    insert_customers(engine, range(1, 31))
+    insert_customers(engine, range(31, 34), company="07")     # unknown legal entity: rejected
+    assert agent.run_pass() == 30
+    assert _until(lambda: agent.queue.depth() == 0)
+    consumed = broker.consume(cfg.fabric.topic_template.format(entity="customer"), expected=30, timeout=30)
+    assert len(consumed) == 30
+
+    m = _metrics(base)
+    route = (("route", "customers"),)
+    assert m[("outpost_events_captured_total", route)] == 30
+    assert m[("outpost_events_published_total", route)] == len(consumed) == 30
+    assert m[("outpost_records_rejected_total", route)] == 3
+    assert m[("outpost_exceptions_open", route)] == agent.queue.count_exceptions() == 3
+    assert m[("outpost_queue_depth", route)] == 0
+    assert m[("outpost_errors_total", (("class", "mapping_rejected"), ("route", "customers")))] == 3
+    assert m[("outpost_errors_total", (("class", "sink_unavailable"), ("route", "customers")))] == 0
+    assert m[("outpost_sync_success_ratio", route)] == pytest.approx(30 / 33, abs=1e-6)
+    assert m[("outpost_delivery_latency_seconds_count", route)] == 30
+    assert 0 < m[("outpost_delivery_latency_seconds_sum", route)] < 30 * 60
+    assert m[("outpost_capture_lag_seconds", route)] >= 0
+
+    code, body = _get(base + "/status", "s3cr3t-token")
+    status = json.loads(body)
+    assert code == 200 and status["agent"]["state"] == "running" and status["agent"]["ready"]
+    assert status["routes"]["customers"]["published_total"] == 30
+    assert status["objectives"]["customers"]["entity"] == "Customer"
+    assert status["objectives"]["customers"]["sync_success_rate"] == pytest.approx(30 / 33, abs=1e-6)
+
+
+def test_token_is_required_when_configured(running):
+    _, _, base, _ = running
+    assert _get(base + "/metrics")[0] == 401
+    assert _get(base + "/status", "wrong")[0] == 401
+    assert _get(base + "/healthz", "s3cr3t-token")[0] == 200
+    assert _get(base + "/healthz?token=s3cr3t-token")[0] == 200
+
+
+def test_health_and_readiness_flip_when_the_broker_goes_away_and_comes_back(running, broker):
+    agent, engine, base, _ = running
+    insert_customers(engine, range(1, 6))
+    agent.run_pass()
+    assert _until(lambda: _get(base + "/readyz", "s3cr3t-token")[0] == 200)
+    assert json.loads(_get(base + "/healthz", "s3cr3t-token")[1])["status"] == "ok"
+    with broker.outage():
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE erp_customer SET credit_lim = 5, updated_at = clock_timestamp()"))
+        assert agent.run_pass() == 5, "capture goes on while the fabric is down"
+        assert _until(lambda: _get(base + "/readyz", "s3cr3t-token")[0] == 503)
+        code, body = _get(base + "/readyz", "s3cr3t-token")
+        assert any("sink" in p for p in json.loads(body)["problems"])
+        code, body = _get(base + "/healthz", "s3cr3t-token")
+        assert code == 200 and json.loads(body)["status"] == "degraded", "alive, only the fabric is away"
+    assert _until(lambda: _get(base + "/readyz", "s3cr3t-token")[0] == 200, timeout=90)
+    assert json.loads(_get(base + "/healthz", "s3cr3t-token")[1])["status"] == "ok"
+    assert agent.queue.depth() == 0
+
+
+class _Cells(HTMLParser):
+    """Text of every element with an id, from the DOM Chromium dumps after scripts ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_id, self._stack = {}, []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self._stack.append(attrs.get("id"))
+        if attrs.get("id"):
+            self.by_id[attrs["id"]] = attrs
+            self.by_id[attrs["id"]]["text"] = ""
+
+    def handle_endtag(self, tag):
+        if self._stack:
+            self._stack.pop()
+
+    def handle_data(self, data):
+        for element_id in self._stack:
+            if element_id:
+                self.by_id[element_id]["text"] += data
+
+
+def test_status_page_renders_in_chromium_and_shows_the_numbers(running, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (scripts/test.sh installs it as root)")
+    agent, engine, base, _ = running
+    insert_customers(engine, range(1, 13))
+    insert_customers(engine, range(13, 15), company="07")
+    agent.run_pass()
+    assert _until(lambda: agent.queue.depth() == 0)
+    time.sleep(1.0)       # a few history samples for the sparklines
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
+         "--virtual-time-budget=5000", "--dump-dom", f"{base}/?token=s3cr3t-token"],
+        capture_output=True, text=True, timeout=90).stdout
+    page = _Cells()
+    page.feed(dom)
+    cells = page.by_id
+    assert cells["agent-state"]["text"] == "running" and cells["ready"]["text"] == "ready"
+    assert cells["route-customers-captured_total"]["text"] == "12"
+    assert cells["route-customers-published_total"]["text"] == "12"
+    assert cells["route-customers-rejected_total"]["text"] == "2"
+    assert cells["route-customers-queue_depth"]["text"] == "0"
+    assert cells["route-customers-open_exceptions"]["text"] == "2"
+    assert cells["route-customers-success_rate"]["text"] == "85.7 %"       # 12 / 14
+    assert cells["route-customers-entity"]["text"] == "Customer"
+    assert cells["open-exceptions"]["text"] == "2"
+    assert int(dom.split('data-count="')[1].split('"')[0]) >= 2, "the sparklines have history points"
