@@ -33,12 +33,13 @@ CARRIER_KEYS = {
     "topic": "Kafka topic", "partition": "partition", "offset": "offset",
     "raw": "base64 of the message value when it could not be decoded, else None",
     "schema_id": "registry id of the writer schema, if the framing could be read",
+    "body": "optional: the Avro body when it was written with the current schema (kept, not re-encoded)",
 }
 OPERATION_OF_SYMBOL = {"CREATE": "create", "UPDATE": "update", "DELETE": "delete", "SNAPSHOT": "snapshot"}
 
 
 def _context(record: SourceRecord) -> dict:
-    carried = dict(record.after or {})
+    carried = {k: v for k, v in (record.after or {}).items() if k != "body"}
     return {"record": {"object": record.object, "position": record.position, "operation": record.operation,
                        "before": None, "after": carried,
                        "occurred_at": record.occurred_at.isoformat() if record.occurred_at else None},
@@ -86,9 +87,12 @@ class PassThroughTranslator:
         operation = OPERATION_OF_SYMBOL.get(meta.get("operation"), None)
         if operation is None:
             raise TerminalError(f"{entity} event {meta['event_id']}: unknown operation {meta.get('operation')!r}")
-        # Re-encoding with the current schema validates it (decimal scale, aware times)
-        # and stores it under the current fingerprint: encode once, decode once.
-        body = schema.encode(event)
+        # A body written with the current schema is kept as it is (it just decoded with
+        # that schema); any other is re-encoded with the current schema, which validates it
+        # (decimal scale, aware times) and stores it under the current fingerprint.
+        body = carried.get("body")
+        if not isinstance(body, bytes):
+            body = schema.encode(event)
         occurred = meta.get("occurred_at")
         return {"event_id": meta["event_id"], "route": self.route, "sink": self.sink, "entity": schema.entity,
                 "key": str(key), "operation": operation, "schema_fingerprint": schema.fingerprint, "body": body,

@@ -2,11 +2,11 @@
 for this one sink; unset options (None) fall back to the fabric, then to the defaults."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["SinkOptions", "DEFAULTS"]
+__all__ = ["SinkOptions", "DEFAULTS", "SourceOptions", "SOURCE_EMITS_CANONICAL_EVENTS"]
 
 # Fabric-level defaults, applied when neither the sink nor the fabric sets a value.
 DEFAULTS = {
@@ -42,4 +42,48 @@ class SinkOptions(BaseModel):
                 raise ValueError(f"only {{entity}} and {{Entity}} may appear in the template ({exc})")
             if not topic:
                 raise ValueError("the template yields an empty topic name")
+        return value
+
+
+# ---- the ``kafka`` source (inbound: fabric -> local queue -> sql_apply) -------------------
+
+# Read by the core's config check: routes from this source carry canonical events and
+# need no mapping (they use the pass-through translator).
+SOURCE_EMITS_CANONICAL_EVENTS = True
+
+
+class SourceOptions(BaseModel):
+    """Consumer-group options; Kafka connection properties come from ``fabric.kafka``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topics: Union[list[str], dict[str, Optional[str]]] = Field(
+        ..., description="Topics to consume: a list (the entity is read from the writer schema) "
+                         "or {topic: Entity} to pin the canonical entity of each topic.")
+    group_id: str = Field(..., min_length=1, description="Consumer group id (one per site).")
+    system: Optional[str] = None
+    batch_size: int = Field(500, gt=0, le=100_000, description="Messages per local-queue commit.")
+    poll_timeout_s: float = Field(1.0, gt=0, description="A poll this long without messages = caught up.")
+    assignment_wait_s: float = Field(15.0, ge=0, description="How long a run waits for the group to "
+                                                              "assign partitions before returning.")
+    dead_letter_topic: Optional[str] = Field(
+        None, description="Also copy poison messages (undecodable, schema-invalid) here, with headers "
+                          "naming the origin and the error. The exception queue always gets them.")
+    consumer: dict[str, Any] = Field(default_factory=dict,
+                                     description="Extra librdkafka consumer properties (override fabric.kafka).")
+
+    @field_validator("topics")
+    @classmethod
+    def _some_topics(cls, value):
+        if not value:
+            raise ValueError("name at least one topic")
+        return value
+
+    @field_validator("consumer")
+    @classmethod
+    def _protected(cls, value: dict) -> dict:
+        fixed = {"enable.auto.offset.store", "group.id", "enable.auto.commit"} & set(value)
+        if fixed:
+            raise ValueError(f"{', '.join(sorted(fixed))} cannot be overridden: offsets are stored only "
+                             "after the events are durable in the local queue")
         return value

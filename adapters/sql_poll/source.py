@@ -297,7 +297,7 @@ class SqlPollSource(Source):
             cursor, pk = rows[-1][self.spec.cursor], [rows[-1][n] for n in self._pk_names]
             cp = {"v": 1, "phase": "incremental", "cursor": encode_value(cursor),
                   "pk": [encode_value(v) for v in pk]}
-            yield SourceBatch([self._record(r, snapshot=False) for r in rows], cp,
+            yield SourceBatch(self._without_echoes([self._record(r, snapshot=False) for r in rows]), cp,
                               self._progress(cp, signpost))
             if len(rows) < self.spec.batch_size:
                 return
@@ -311,6 +311,25 @@ class SqlPollSource(Source):
         # Polling cannot tell an insert from an update, so every incremental row is "update".
         return SourceRecord(self.object, "snapshot" if snapshot else "update", pos,
                             after=row, before=None, occurred_at=occurred)
+
+    def _without_echoes(self, records: list) -> list:
+        """Drop the row versions a sql_apply sink wrote (it records (object, position) in its
+        transaction), so Outpost's own writes never come back to the fabric (docs/inbound.md)."""
+        if not self.spec.skip_applied or not records:
+            return records
+        schema, _, name = self.spec.skip_applied.rpartition(".")
+        if getattr(self, "_applied_table", None) is None:
+            with self._db_errors("look for the applied rows table"), self._engine.connect() as conn:
+                if not sa.inspect(conn).has_table(name, schema=schema or None):
+                    return records          # the applier has not run yet: nothing can be an echo
+            self._applied_table = sa.table(name, sa.column("object"), sa.column("position"), schema=schema or None)
+        t = self._applied_table
+        found = set()
+        positions = [r.position for r in records]
+        for start in range(0, len(positions), 500):
+            found.update(r["position"] for r in self._fetch(sa.select(t.c.position).where(
+                t.c.object == self.object, t.c.position.in_(positions[start:start + 500]))))
+        return [r for r in records if r.position not in found]
 
     # -- I/O helpers --
 

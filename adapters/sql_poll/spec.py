@@ -54,6 +54,9 @@ class SourceOptions(BaseModel):
     mode: Literal["incremental", "snapshot_only"] = "incremental"
     snapshot: Literal["initial", "none"] = "initial"
     snapshot_chunk: int = Field(5000, gt=0)
+    # Echo prevention (docs/inbound.md): the applied-row-versions table of a sql_apply sink
+    # writing to this same table, "table" or "schema.table"; versions found there are skipped.
+    skip_applied: Optional[str] = None
 
     @field_validator("primary_key", "columns", mode="before")
     @classmethod

@@ -1,0 +1,322 @@
+"""The ``kafka`` source: fabric topics -> canonical events for the local inbound queue.
+
+A consumer group on the configured topics (connection properties from ``fabric.kafka``).
+Each value is Confluent-framed Avro (magic byte 0, 4-byte registry id, body): the writer
+schema is fetched from the registry by id (cached) and the body is read with the
+*current canonical schema* of its entity as the reader schema, so schema evolution is
+resolved and anything that does not fit the canonical schema is caught here.
+
+Offsets (delivery invariant 2): ``enable.auto.offset.store=false``; the offsets of a batch
+are stored only when the pipeline resumes the ``batches`` generator, i.e. after the
+batch committed to the local queue; librdkafka's auto commit then commits what was
+stored. If the generator is closed instead (stop, quota, error) the batch's fate is read
+from the queue checkpoint on the next call: covered -> store its offsets; not covered ->
+the consumer is recreated and resumes from the committed offsets (the queue drops the
+repeats by ``event_id``). Order: partitions are read in offset order and each batch keeps
+that order, so per-key order (one key, one partition) holds.
+
+Poison messages (no Confluent framing, unknown schema id, body that does not decode or
+does not fit the canonical schema) are handed on with ``error`` set: the pass-through
+translator puts them in the exception queue with topic, partition, offset, error and the
+raw bytes. An unreachable registry or broker is transient: the run stops, nothing is
+stored, and the route retries with backoff.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import struct
+import threading
+from typing import Any, Iterator, Mapping, Optional
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from fastavro import parse_schema, schemaless_reader
+from pydantic import ValidationError
+
+from adapters.kafka.sink import _SECRET_KEY
+from adapters.kafka.spec import SourceOptions
+from agent import contracts
+from agent.contracts import AdapterContext, ConfigError, SourceBatch, SourceRecord, TransientError
+from agent.passthrough import OPERATION_OF_SYMBOL
+
+__all__ = ["KafkaSource", "Source"]
+
+CHECKPOINT_VERSION = 1
+_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+
+
+class _Writer:
+    """A writer schema from the registry, parsed once."""
+
+    def __init__(self, parsed: Any, entity: Optional[str], error: Optional[str] = None):
+        self.parsed, self.entity, self.error = parsed, entity, error
+
+
+class KafkaSource(contracts.Source):
+    def __init__(self, options: Mapping[str, Any], context: AdapterContext):
+        super().__init__(options, context)
+        try:
+            self.spec = SourceOptions.model_validate(dict(options or {}))
+        except ValidationError as exc:
+            raise ConfigError([f"source {context.name}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                               for e in exc.errors()]) from None
+        fabric = dict(context.fabric or {})
+        self._kafka_conf = dict(fabric.get("kafka") or {})
+        self._registry_conf = dict(fabric.get("schema_registry") or {})
+        problems = []
+        if not self._kafka_conf.get("bootstrap.servers"):
+            problems.append("fabric.kafka.bootstrap.servers is required by the kafka source")
+        if not self._registry_conf.get("url"):
+            problems.append("fabric.schema_registry.url is required by the kafka source")
+        if problems:
+            raise ConfigError(problems)
+        self._pinned = dict(self.spec.topics) if isinstance(self.spec.topics, dict) else {}
+        self._topics = list(self.spec.topics)
+        self._secrets = [str(v) for k, v in {**self._kafka_conf, **self._registry_conf}.items()
+                         if _SECRET_KEY.search(k) and v]
+        self._consumer: Optional[Consumer] = None
+        self._registry: Optional[SchemaRegistryClient] = None
+        self._dlq: Optional[Producer] = None
+        self._writers: dict[int, _Writer] = {}
+        self._readers: dict[str, Any] = {}
+        self._assigned: set[tuple[str, int]] = set()
+        self._pending: Optional[dict[tuple[str, int], int]] = None   # yielded, not yet stored
+        self._broker_error: Optional[str] = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _client_conf(self) -> dict:
+        return {**self._kafka_conf, "logger": logging.getLogger(f"{self.context.log.name}.librdkafka")}
+
+    def open(self) -> None:
+        if self._consumer is not None:
+            return
+        conf = {"auto.offset.reset": "earliest", **self._client_conf(), **self.spec.consumer,
+                "group.id": self.spec.group_id, "enable.auto.commit": True,
+                "enable.auto.offset.store": False, "error_cb": self._on_error}
+        try:
+            consumer = Consumer(conf)
+            consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                               on_lost=self._on_revoke)
+            if self._registry is None:
+                self._registry = SchemaRegistryClient(dict(self._registry_conf))
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError([f"source {self.context.name}: {self._scrub(exc)}"]) from None
+        self._consumer, self._assigned, self._pending = consumer, set(), None
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()       # commits what was stored, never more
+            except (KafkaException, RuntimeError) as exc:
+                self.context.log.warning("kafka source %s: close: %s", self.context.name, self._scrub(exc))
+        dlq, self._dlq = self._dlq, None
+        if dlq is not None:
+            dlq.flush(5)
+
+    def _on_assign(self, _consumer, partitions) -> None:
+        with self._lock:
+            self._assigned |= {(p.topic, p.partition) for p in partitions}
+
+    def _on_revoke(self, _consumer, partitions) -> None:
+        with self._lock:
+            self._assigned -= {(p.topic, p.partition) for p in partitions}
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in _DOWN:
+            self._broker_error = self._scrub(err.str())
+
+    # ------------------------------------------------------------------ reading
+
+    def batches(self, checkpoint: Any) -> Iterator[SourceBatch]:
+        if self._consumer is None:
+            self.open()
+        offsets = dict((checkpoint or {}).get("offsets") or {}) if isinstance(checkpoint, dict) else {}
+        self._settle_pending(offsets)
+        waited = 0.0
+        while not self.context.stop.is_set():
+            self._broker_error = None
+            messages = self._consumer.consume(self.spec.batch_size, timeout=self.spec.poll_timeout_s)
+            if not messages:
+                if self._broker_error:
+                    raise TransientError(f"kafka source {self.context.name}: brokers unreachable: "
+                                         f"{self._broker_error}")
+                waited += self.spec.poll_timeout_s
+                if self._assigned or waited >= self.spec.assignment_wait_s:
+                    return          # caught up (or no partitions yet): the scheduler calls again
+                continue
+            records, ends, poison = [], {}, []
+            for message in messages:
+                if message.error() is not None:
+                    if message.error().code() != KafkaError._PARTITION_EOF:
+                        self.context.log.warning("kafka source %s: %s", self.context.name,
+                                                 self._scrub(message.error().str()))
+                    continue
+                record = self._record(message)
+                records.append(record)
+                if record.after["error"]:
+                    poison.append(message)
+                ends[(message.topic(), message.partition())] = message.offset() + 1
+            for (topic, partition), end in ends.items():
+                offsets[f"{topic}:{partition}"] = end
+            self._pending = ends
+            yield SourceBatch(records, {"v": CHECKPOINT_VERSION, "offsets": dict(offsets)},
+                              {"partitions": len(self._assigned), "last_batch": len(records)})
+            # Resumed: the batch is durable in the local queue (invariant 2).
+            self._store(ends)
+            self._dead_letter(poison)
+
+    def _settle_pending(self, offsets: dict) -> None:
+        """The previous run was closed right after yielding: did that batch commit?"""
+        pending, self._pending = self._pending, None
+        if not pending:
+            return
+        if all(offsets.get(f"{t}:{p}", -1) >= end for (t, p), end in pending.items()):
+            self._store(pending)
+        else:
+            # Not durable: forget what was fetched; the group's committed offsets are the truth.
+            self.close()
+            self.open()
+
+    def _store(self, ends: dict[tuple[str, int], int]) -> None:
+        try:
+            self._consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()])
+        except KafkaException as exc:
+            # A partition revoked meanwhile: its new owner starts from the last commit and
+            # the repeats collapse on their event ids.
+            self.context.log.info("kafka source %s: offsets not stored (%s)", self.context.name,
+                                  self._scrub(exc.args[0].str()))
+
+    def _record(self, message) -> SourceRecord:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        value = message.value()
+        carried = {"topic": topic, "partition": partition, "offset": offset, "entity": self._pinned.get(topic),
+                   "event": None, "error": None, "raw": None, "schema_id": None}
+        position = f"{topic}:{partition}:{offset}"
+        error = self._decode(value, carried, message.headers() or [])
+        if error:
+            carried["error"] = f"{topic}[{partition}]@{offset}: {error}"
+            carried["raw"] = base64.b64encode(value or b"").decode("ascii")
+            return SourceRecord(topic, "update", position, after=carried)
+        meta = carried["event"]["metadata"]
+        occurred = meta.get("occurred_at")
+        return SourceRecord(topic, OPERATION_OF_SYMBOL.get(meta.get("operation"), "update"), position,
+                            after=carried, occurred_at=occurred)
+
+    def _decode(self, value: Optional[bytes], carried: dict, headers) -> Optional[str]:
+        """Fill ``carried`` with the decoded event; returns why not, for poison messages."""
+        if not value or len(value) < 5 or value[0] != 0:
+            return "not Confluent-framed Avro (no magic byte 0 and schema id)"
+        schema_id = struct.unpack(">I", value[1:5])[0]
+        carried["schema_id"] = schema_id
+        writer = self._writer(schema_id)
+        if writer.error:
+            return writer.error
+        header_entity = next((v.decode("utf-8", "replace") for k, v in headers if k == "entity" and v), None)
+        entity = carried["entity"] or writer.entity or header_entity
+        if entity not in self.context.schemas.names():
+            return f"cannot tell the canonical entity (writer schema {schema_id}, entity {entity!r})"
+        carried["entity"] = entity
+        body = io.BytesIO(value[5:])
+        try:
+            reader = self._reader(entity)
+            event = schemaless_reader(body, writer.parsed, None if writer.parsed is reader else reader)
+        except Exception as exc:   # fastavro raises many types for bad input
+            return f"does not decode as {entity} (writer schema {schema_id}): {type(exc).__name__}: {exc}"
+        if body.tell() != len(value) - 5:
+            return f"{len(value) - 5 - body.tell()} byte(s) left after decoding as {entity}: corrupt message"
+        carried["event"] = event
+        if reader is writer.parsed:
+            carried["body"] = value[5:]   # already the current schema's encoding: queued as is
+        return None
+
+    def _reader(self, entity: str):
+        if entity not in self._readers:
+            self._readers[entity] = self.context.schemas.entity(entity).parsed
+        return self._readers[entity]
+
+    def _writer(self, schema_id: int) -> _Writer:
+        if schema_id in self._writers:
+            return self._writers[schema_id]
+        try:
+            schema = self._registry.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                writer = _Writer(None, None, f"schema id {schema_id} is unknown to the registry")
+                self._writers[schema_id] = writer
+                return writer
+            raise TransientError(f"schema registry error for id {schema_id}: {self._scrub(exc)}") from None
+        except Exception as exc:   # transport errors: unknown means transient
+            raise TransientError(f"schema registry unreachable: {self._scrub(exc)}") from None
+        try:
+            document = json.loads(schema.schema_str)
+            parsed = parse_schema(document)
+        except Exception as exc:
+            writer = _Writer(None, None, f"schema id {schema_id} does not parse: {exc}")
+        else:
+            entity = self._entity_of(document)
+            current = self.context.schemas.entity(entity) if entity else None
+            if current is not None and json.loads(current.schema_json) == document:
+                parsed = current.parsed    # the current schema itself: no resolution needed (faster)
+            writer = _Writer(parsed, entity)
+        self._writers[schema_id] = writer
+        return writer
+
+    def _entity_of(self, document: Any) -> Optional[str]:
+        if not isinstance(document, dict):
+            return None
+        if document.get("outpost.entity"):
+            return document["outpost.entity"]
+        name = str(document.get("name", "")).rsplit(".", 1)[-1]
+        base = name[:-len("Event")] if name.endswith("Event") else name
+        return base if base in self.context.schemas.names() else None
+
+    # ------------------------------------------------------------------ dead letters
+
+    def _dead_letter(self, messages) -> None:
+        if not messages or not self.spec.dead_letter_topic:
+            return
+        if self._dlq is None:
+            self._dlq = Producer({**self._client_conf(), "enable.idempotence": True, "acks": "all"})
+        for message in messages:
+            headers = list(message.headers() or []) + [
+                ("outpost.origin", f"{message.topic()}:{message.partition()}:{message.offset()}".encode())]
+            self._dlq.produce(self.spec.dead_letter_topic, value=message.value(), key=message.key(),
+                              headers=headers)
+        left = self._dlq.flush(10)
+        if left:   # the exception queue holds them anyway
+            self.context.log.warning("kafka source %s: %d dead letter(s) not acknowledged by %s",
+                                     self.context.name, left, self.spec.dead_letter_topic)
+
+    # ------------------------------------------------------------------ checking
+
+    def check(self) -> list[str]:
+        problems = []
+        try:
+            metadata = self._consumer.list_topics(timeout=5) if self._consumer else None
+        except KafkaException as exc:
+            return [f"Kafka brokers {self._kafka_conf['bootstrap.servers']} unreachable: "
+                    f"{self._scrub(exc.args[0].str())}"]
+        if metadata is not None:
+            problems += [f"warning: topic {t} does not exist (yet)" for t in self._topics
+                         if t not in metadata.topics]
+        try:
+            self._registry.get_subjects()
+        except Exception as exc:
+            problems.append(f"schema registry unreachable: {self._scrub(exc)}")
+        return problems
+
+    def _scrub(self, text: Any) -> str:
+        text = str(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+Source = KafkaSource

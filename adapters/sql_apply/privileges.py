@@ -1,0 +1,51 @@
+"""What the database user of the ``sql_apply`` sink must be allowed to do (``outpost check``)."""
+from __future__ import annotations
+
+from adapters.sql_apply.reverse_mapping import ProcedurePlan
+
+__all__ = ["needed", "missing_on_postgres"]
+
+
+def _bookkeeping(spec) -> list[str]:
+    names = [spec.ledger.table, spec.ledger.rows_table] + ([spec.marker.table] if spec.marker.enabled else [])
+    schema = spec.ledger.schema_
+    return [f"{schema}.{n}" if schema else n for n in names]
+
+
+def needed(spec, targets) -> list[str]:
+    """One line per object: the least privileges the apply user needs."""
+    lines = []
+    for plans in targets.values():
+        for plan in plans:
+            if isinstance(plan, ProcedurePlan):
+                extra = f" and {plan.target.delete_name}" if plan.target.delete_name else ""
+                lines.append(f"EXECUTE on procedure {plan.object}{extra}")
+                continue
+            rights = ["SELECT", "INSERT", "UPDATE"] + (["DELETE"] if plan.target.delete.policy == "hard" else [])
+            lines.append(f"{', '.join(rights)} on {plan.object} (columns: {', '.join(plan.referenced_columns())})")
+    tables = ", ".join(_bookkeeping(spec))
+    lines.append(f"SELECT, INSERT, UPDATE, DELETE on {tables}")
+    if spec.ledger.create:
+        lines.append(f"CREATE TABLE in schema {spec.ledger.schema_ or '(default)'} on the first run only "
+                     f"(or create {tables} beforehand and set ledger.create: false)")
+    return lines
+
+
+def missing_on_postgres(conn, spec, targets) -> list[str]:
+    """PostgreSQL can tell what the current user lacks; each gap is a problem to fix."""
+    import sqlalchemy as sa
+    problems = []
+    wanted = []
+    for plans in targets.values():
+        for plan in plans:
+            if not isinstance(plan, ProcedurePlan):
+                privs = ["SELECT", "INSERT", "UPDATE"] + (["DELETE"] if plan.target.delete.policy == "hard" else [])
+                wanted.append((plan.object, privs))
+    wanted += [(name, ["SELECT", "INSERT", "UPDATE", "DELETE"]) for name in _bookkeeping(spec)]
+    for name, privs in wanted:
+        for priv in privs:
+            ok = conn.execute(sa.text("SELECT has_table_privilege(current_user, :t, :p)"),
+                              {"t": name, "p": priv}).scalar()
+            if not ok:
+                problems.append(f"the apply user lacks {priv} on {name}")
+    return problems

@@ -1,0 +1,270 @@
+"""Reverse mapping, canonical entity -> local rows: pure code, no I/O.
+
+``TablePlan.values(payload)`` gives the local column values of one canonical image,
+``TablePlan.conflict(local, before)`` says why an event must not be applied over the
+local row, ``fit(column, value)`` rejects what the column cannot hold before it reaches
+the database. Every failure is an ``ApplyRejected`` with a reason for the exception
+queue; nothing here ever builds SQL.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Mapping, Optional
+from zoneinfo import ZoneInfo
+
+__all__ = ["ApplyRejected", "Column", "TablePlan", "ProcedurePlan", "rule_value", "reverse_lookups", "fit", "side_by_side", "CONVERSIONS"]
+
+
+_STEPS = [Decimal(1).scaleb(-n) for n in range(19)]
+_LIMITS = [Decimal(10) ** n for n in range(80)]
+
+
+class ApplyRejected(Exception):
+    """This event cannot be applied as it is; ``reason`` goes to the exception queue."""
+
+
+def _yn(v):
+    return v if v is None else ("Y" if v else "N")
+
+
+def _int(v):
+    return v if v is None else int(v)
+
+
+def _date(v):
+    return v.date() if isinstance(v, dt.datetime) else v
+
+
+CONVERSIONS: dict[str, Callable[[Any], Any]] = {
+    "strip": lambda v: v.strip() if isinstance(v, str) else v,
+    "upper": lambda v: v.upper() if isinstance(v, str) else v,
+    "lower": lambda v: v.lower() if isinstance(v, str) else v,
+    "str": lambda v: v if v is None else str(v),
+    "yn": _yn, "int": _int, "date": _date,
+    "blank_to_none": lambda v: None if isinstance(v, str) and not v.strip() else v,
+}
+
+
+def reverse_lookups(lookups: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Local->canonical tables turned canonical->local; a canonical code reached from two
+    local codes is ambiguous (say which with an explicit ``map``)."""
+    reversed_, problems = {}, []
+    for name, table in lookups.items():
+        out: dict[str, Any] = {}
+        for local, canonical in table.items():
+            if canonical is None:
+                continue
+            if str(canonical) in out and out[str(canonical)] != local:
+                problems.append(f"lookups.{name}: canonical code {canonical!r} comes from both "
+                                f"{out[str(canonical)]!r} and {local!r}; use an explicit 'map' to apply it")
+            out[str(canonical)] = local
+        reversed_[name] = out
+    return reversed_, problems
+
+
+@dataclass(frozen=True)
+class Column:
+    """What the reflected schema says about a local column (filled in by the sink)."""
+
+    name: str
+    kind: str                       # string, integer, numeric, float, boolean, date, datetime, other
+    nullable: bool = True
+    length: Optional[int] = None
+    precision: Optional[int] = None
+    scale: Optional[int] = None
+    aware: bool = False             # a timestamp column that stores the zone
+
+
+def fit(column: Column, value: Any, zone: ZoneInfo) -> Any:
+    """The value as the column holds it, or ApplyRejected naming the column."""
+    if value is None:
+        if not column.nullable:
+            raise ApplyRejected(f"column {column.name} is NOT NULL but the event has no value for it")
+        return None
+    kind, where = column.kind, f"column {column.name}"
+    if kind == "string":
+        if isinstance(value, (dt.datetime, dt.date, Decimal, int)) and not isinstance(value, bool):
+            value = value.isoformat() if isinstance(value, (dt.datetime, dt.date)) else str(value)
+        if not isinstance(value, str):
+            raise ApplyRejected(f"{where} holds text, the event has {type(value).__name__} {value!r:.80}")
+        if column.length is not None and len(value) > column.length:
+            raise ApplyRejected(f"{where} holds at most {column.length} characters, the event has {len(value)}")
+        return value
+    if kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or value != int(value):
+            raise ApplyRejected(f"{where} holds whole numbers, the event has {type(value).__name__} {value!r:.80}")
+        return int(value)
+    if kind == "numeric":
+        if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+            raise ApplyRejected(f"{where} holds decimal numbers, the event has {type(value).__name__} "
+                                f"{value!r:.80}; amounts are never floats")
+        value = Decimal(value)
+        if column.precision is not None and value.is_finite():
+            scale = column.scale or 0
+            try:
+                exact = value.quantize(_STEPS[scale] if scale < len(_STEPS) else Decimal(1).scaleb(-scale))
+            except InvalidOperation:
+                raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); {value} does not fit")
+            # integer digits checked by magnitude: cheaper than counting digits (hot path)
+            if exact != value or abs(exact) >= _LIMITS[column.precision - scale]:
+                raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); {value} does not fit")
+            value = exact
+        return value
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise ApplyRejected(f"{where} holds booleans, the event has {type(value).__name__} {value!r:.80}")
+        return value
+    if kind == "datetime":
+        if not isinstance(value, dt.datetime):
+            raise ApplyRejected(f"{where} holds timestamps, the event has {type(value).__name__} {value!r:.80}")
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value if column.aware else value.astimezone(zone).replace(tzinfo=None)
+    if kind == "date":
+        if isinstance(value, dt.datetime):
+            value = value.date()
+        if not isinstance(value, dt.date):
+            raise ApplyRejected(f"{where} holds dates, the event has {type(value).__name__} {value!r:.80}")
+        return value
+    return value
+
+
+def comparable(value: Any, zone: ZoneInfo) -> Any:
+    """A normal form for comparing a local value with an event value (types differ by driver)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float, Decimal)):
+        return Decimal(str(value)).normalize()
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=zone)).astimezone(dt.timezone.utc)
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+        return comparable(parsed, zone) if len(value) > 10 else parsed.date()
+    return value
+
+
+class TablePlan:
+    """One local table an entity lands in, compiled from a ``TableTarget``."""
+
+    def __init__(self, target, entity: str, lookups: Mapping[str, Mapping[str, Any]]):
+        self.target, self.entity = target, entity
+        self.table, self.schema = target.table, target.schema_
+        self.object = f"{self.schema}.{self.table}" if self.schema else self.table
+        self.key = list(target.key)
+        self.rules = dict(target.columns)
+        self.zone = ZoneInfo(target.timezone)
+        self._lookups = lookups
+        self.columns: dict[str, Column] = {}          # set by the sink from reflection
+
+    def fields(self) -> set[str]:
+        return {r.field for r in self.rules.values() if r.field}
+
+    def referenced_columns(self) -> list[str]:
+        names = list(self.rules)
+        for extra in (self.target.conflict.column, self.target.delete.column, self.target.capture_cursor):
+            if extra and extra not in names:
+                names.append(extra)
+        return names
+
+    def values(self, payload: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
+        """Local column -> value for one canonical image (raises ApplyRejected)."""
+        row = {}
+        for column, rule in self.rules.items():
+            row[column] = self._value(column, rule, payload, now)
+        missing = [k for k in self.key if row[k] in (None, "")]
+        if missing:
+            raise ApplyRejected(f"{self.entity} -> {self.object}: no value for key column(s) {missing}")
+        return row
+
+    def key_of(self, row: Mapping[str, Any]) -> tuple:
+        return tuple(row[k] for k in self.key)
+
+    def key_values(self, payload: Mapping[str, Any], now: dt.datetime) -> tuple:
+        """Only the key (deletes need nothing else, so a bad code elsewhere cannot block them)."""
+        values = tuple(self._value(k, self.rules[k], payload, now) for k in self.key)
+        if any(v in (None, "") for v in values):
+            raise ApplyRejected(f"{self.entity} -> {self.object}: no value for key column(s) {self.key}")
+        return values
+
+    def _value(self, column: str, rule, payload: Mapping[str, Any], now: dt.datetime) -> Any:
+        value = rule_value(rule, payload, now, self._lookups, f"column {column} of {self.object}")
+        spec = self.columns.get(column)
+        return fit(spec, value, self.zone) if spec is not None else value
+
+    def conflict(self, local: Optional[Mapping[str, Any]], before: Optional[Mapping[str, Any]],
+                 now: dt.datetime) -> Optional[str]:
+        """Why the event must not be applied over ``local`` (None: apply it).
+
+        Without a before image (create, snapshot) there is no base version to compare:
+        the event is applied (an upsert). A missing local row is not a conflict either."""
+        rule = self.target.conflict
+        if rule.mode == "none" or local is None or before is None:
+            return None
+        if rule.mode in ("version", "timestamp"):
+            base, mine = before.get(rule.field), local.get(rule.column)
+            a, b = comparable(mine, self.zone), comparable(base, dt.timezone.utc)
+            if rule.mode == "version" and a != b:
+                return f"local {rule.column}={_show(mine)} but the event was based on {rule.field}={_show(base)}"
+            if rule.mode == "timestamp" and a is not None and (b is None or a > b):
+                return f"local {rule.column}={_show(mine)} is later than the event's base {rule.field}={_show(base)}"
+            return None
+        expected = self.values(before, now)
+        differing = [c for c, r in self.rules.items() if not r.now and r.field
+                     and comparable(local.get(c), self.zone) != comparable(expected[c], self.zone)]
+        if differing:
+            return "local row differs from the event's before image in " + ", ".join(differing)
+        return None
+
+
+def rule_value(rule, payload: Mapping[str, Any], now: dt.datetime, lookups: Mapping[str, Mapping[str, Any]],
+               where: str) -> Any:
+    """One column's (or procedure argument's) value from a canonical image."""
+    if rule.now:
+        value = now
+    elif rule.field is None:
+        value = rule.const
+    else:
+        value = payload.get(rule.field)
+    for name in rule.convert:
+        value = CONVERSIONS[name](value)
+    if value is not None and (rule.lookup or rule.map is not None):
+        table = rule.map if rule.map is not None else lookups[rule.lookup]
+        if str(value) not in table:
+            raise ApplyRejected(f"unknown {rule.lookup or 'mapped'} code {value!r} for {where} "
+                                f"(field {rule.field}): fix the lookup, then retry")
+        value = table[str(value)]
+    return value
+
+
+class ProcedurePlan:
+    """A stored procedure an entity is applied with: arguments in call order."""
+
+    def __init__(self, target, entity: str, lookups: Mapping[str, Mapping[str, Any]]):
+        self.target, self.entity, self._lookups = target, entity, lookups
+        self.object = f"{target.schema_}.{target.name}" if target.schema_ else target.name
+
+    def fields(self) -> set[str]:
+        return {r.field for r in self.target.args if r.field}
+
+    def args(self, payload: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
+        return {f"a{i}": rule_value(rule, payload, now, self._lookups, f"argument {i + 1} of {self.object}")
+                for i, rule in enumerate(self.target.args)}
+
+
+def _show(value: Any) -> str:
+    return value.isoformat() if isinstance(value, (dt.datetime, dt.date)) else repr(value)
+
+
+def side_by_side(local: Optional[Mapping[str, Any]], event: Mapping[str, Any], limit: int = 4000) -> str:
+    """The local row next to the event's images, for a conflict's reason text."""
+    text = json.dumps({"local_row": local, "event": {"before": event.get("before"), "after": event.get("after"),
+                                                     "event_id": (event.get("metadata") or {}).get("event_id")}},
+                      default=lambda v: v.isoformat() if isinstance(v, (dt.datetime, dt.date)) else str(v),
+                      sort_keys=True)
+    return text if len(text) <= limit else text[:limit] + "...(truncated)"

@@ -1,0 +1,363 @@
+"""The ``sql_apply`` sink: queued canonical events -> the local database, apply-once.
+
+One transaction per batch holds the changes, the applied-events ledger rows (the
+GoldenGate checkpoint-table pattern), the applied row versions a ``sql_poll`` route of the
+same table skips (echo prevention) and, when enabled, the Debezium marker row. A
+successful return is the queue's ack (invariant 3); an event already in the ledger is
+acknowledged without touching anything (invariant 4), so redelivery changes nothing.
+
+Outcomes per event: applied; rejected (exception queue, stage "publish"): a conflict
+("conflict: ..." with the local row and the event side by side), an unknown code, a value
+the column cannot hold, a constraint violation ("constraint: ..."); or, when the database
+is unreachable, everything stays queued (``transient_error``) and is retried in order.
+A constraint violation rolls the batch back, then each event is applied in its own
+transaction so that only the offending one is parked.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Any, Mapping, Optional, Sequence
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from adapters.sql_apply import statements as sql
+from adapters.sql_apply.bookkeeping import Bookkeeping
+from adapters.sql_apply.reverse_mapping import (ApplyRejected, Column, ProcedurePlan, TablePlan,
+                                                reverse_lookups, side_by_side)
+from adapters.sql_apply.spec import SinkOptions
+from agent import contracts
+from agent.contracts import AdapterContext, ConfigError, DeliveryReport, QueuedEvent, TransientError
+
+__all__ = ["SqlApplySink", "Sink"]
+
+_PRUNE_EVERY_S = 3600
+# MySQL/MariaDB errors about the data that PyMySQL reports as OperationalError/InternalError:
+# CHECK constraint (4025 MariaDB, 3819 MySQL), incorrect value (1366, 1292), out of range
+# (1264), truncated (1265). Retrying cannot fix them: the event is parked instead.
+_MYSQL_DATA_ERRORS = {4025, 3819, 1366, 1292, 1264, 1265}
+
+
+class _Terminal(Exception):
+    """The database refused the data itself (constraint, value): isolate and park it."""
+
+
+def _describe(column: sa.Column) -> Column:
+    t = column.type
+    kind = ("boolean" if isinstance(t, sa.Boolean) else "integer" if isinstance(t, sa.Integer)
+            else "float" if isinstance(t, sa.Float) else "numeric" if isinstance(t, sa.Numeric)
+            else "datetime" if isinstance(t, sa.DateTime) else "date" if isinstance(t, sa.Date)
+            else "string" if isinstance(t, sa.String) else "other")
+    if kind == "float":
+        kind = "numeric"     # a legacy float column still receives Decimal, never a float
+    return Column(column.name, kind, bool(column.nullable),
+                  getattr(t, "length", None), getattr(t, "precision", None), getattr(t, "scale", None),
+                  bool(getattr(t, "timezone", False)))
+
+
+class SqlApplySink(contracts.Sink):
+    def __init__(self, options: Mapping[str, Any], context: AdapterContext):
+        super().__init__(options, context)
+        try:
+            self.spec = SinkOptions.model_validate(dict(options or {}))
+        except ValidationError as exc:
+            raise ConfigError([f"sink {context.name}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                               for e in exc.errors()]) from None
+        lookups, problems = reverse_lookups(self.spec.lookups)
+        self.targets: dict[str, list] = {}
+        for entity, target in self.spec.entities.items():
+            try:
+                known = {f.name for f in context.schemas.entity(entity).fields}
+            except KeyError as exc:
+                problems.append(f"sink {context.name}: entities.{entity}: {exc.args[0]}")
+                continue
+            plans = ([TablePlan(t, entity, lookups) for t in target.tables] if target.tables
+                     else [ProcedurePlan(target.procedure, entity, lookups)])
+            for plan in plans:
+                problems += [f"sink {context.name}: entities.{entity}: {plan.object}: {f!r} is not a field of "
+                             f"{entity}" for f in sorted(plan.fields() - known)]
+            self.targets[entity] = plans
+        try:
+            self._url = sa.engine.make_url(self.spec.url)
+        except sa.exc.ArgumentError:
+            problems.append(f"sink {context.name}: url: not a SQLAlchemy URL (dialect+driver://...)")
+        if problems:
+            raise ConfigError(problems)
+        self._safe_url = self._url.render_as_string(hide_password=True)
+        self._password = self._url.password and str(self._url.password)
+        self.applier = self.spec.applier or context.name
+        self._engine: Optional[sa.Engine] = None
+        self._last_prune = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        if self._engine is not None:
+            return
+        kwargs = {}
+        if self._url.get_backend_name() in ("postgresql", "mysql", "mariadb"):
+            kwargs["connect_args"] = {"connect_timeout": 10}
+        try:
+            engine = sa.create_engine(self._url, pool_pre_ping=True, **kwargs)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise ConfigError([f"sink {self.context.name}: url {self._safe_url}: {self._scrub(exc)}"]) from None
+        try:
+            with self._db_errors("connect to"), engine.begin() as conn:
+                self._prepare(conn, engine.dialect)
+        except BaseException:
+            engine.dispose()
+            raise
+        self._engine = engine
+
+    def _prepare(self, conn, dialect) -> None:
+        """Bookkeeping tables created if allowed; every mapped identifier checked against reflection."""
+        self._books = Bookkeeping(self.spec.ledger, self.spec.marker, self.applier)
+        if self.spec.ledger.create:
+            self._books.metadata.create_all(conn, checkfirst=True)
+        problems = [f"bookkeeping table {name} is missing and ledger.create is off"
+                    for name in self._books.missing(conn)]
+        self._stmts: dict[tuple, tuple] = {}
+        self._row_by_row: dict[str, tuple] = {}
+        for entity, plans in self.targets.items():
+            for plan in plans:
+                if isinstance(plan, ProcedurePlan):
+                    if dialect.name == "sqlite":
+                        problems.append(f"{entity}: SQLite has no stored procedures ({plan.object})")
+                    plan.call = sql.procedure_call(dialect, plan.target.schema_, plan.target.name,
+                                                   len(plan.target.args))
+                    plan.delete_call = (sql.procedure_call(dialect, plan.target.schema_, plan.target.delete_name,
+                                                           len(plan.target.args)) if plan.target.delete_name else None)
+                    continue
+                problems += self._reflect(conn, dialect, entity, plan)
+        if problems:
+            raise ConfigError([f"sink {self.context.name}: {p}" for p in problems])
+
+    def _reflect(self, conn, dialect, entity: str, plan: TablePlan) -> list[str]:
+        try:
+            table = sa.Table(plan.table, sa.MetaData(), schema=plan.schema, autoload_with=conn)
+        except sa.exc.NoSuchTableError:
+            return [f"{entity}: table {plan.object} not found in {self._safe_url}"]
+        missing = [c for c in plan.referenced_columns() if c not in table.c]
+        if missing:
+            return [f"{entity}: column(s) {missing} not found in {plan.object}"]
+        inspector = sa.inspect(conn)
+        unique = [list(table.primary_key.columns.keys())]
+        unique += [u["column_names"] for u in inspector.get_unique_constraints(plan.table, schema=plan.schema)]
+        unique += [i["column_names"] for i in inspector.get_indexes(plan.table, schema=plan.schema) if i.get("unique")]
+        if not any(set(u) == set(plan.key) for u in unique):
+            return [f"{entity}: key {plan.key} of {plan.object} is not its primary key or a unique key "
+                    f"(an upsert needs one)"]
+        plan.sa_table = table
+        plan.columns = {c: _describe(table.c[c]) for c in plan.referenced_columns()}
+        if dialect.name in ("mysql", "mariadb") and len({frozenset(u) for u in unique if u}) > 1:
+            self._row_by_row[plan.object] = sql.update_then_insert(table, plan.key, list(plan.rules))
+        self._stmts[("upsert", plan.object)] = sql.upsert(dialect, table, plan.key, list(plan.rules))
+        self._stmts[("delete", plan.object)] = sql.delete(table, plan.key)
+        if plan.target.delete.policy == "soft":
+            self._stmts[("soft", plan.object)] = sql.soft_delete(table, plan.key, plan.target.delete.column)
+        return []
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.dispose()
+
+    # ------------------------------------------------------------------ applying
+
+    def write(self, events: Sequence[QueuedEvent]) -> DeliveryReport:
+        if self._engine is None:
+            self.open()
+        report, items = DeliveryReport(), []
+        for event in events:
+            try:
+                payload = self.context.schemas.by_fingerprint(event.schema_fingerprint).decode(event.body)
+            except Exception as exc:
+                report.rejected[event.event_id] = f"cannot decode the queued event: {exc}"
+                continue
+            if event.entity not in self.targets:
+                report.rejected[event.event_id] = (f"sink {self.context.name} has no reverse mapping for entity "
+                                                   f"{event.entity}")
+                continue
+            items.append((event, payload))
+        try:
+            try:
+                self._apply(items, report)
+            except _Terminal:
+                # Find the offending event(s): one transaction each, in order.
+                for item in items:
+                    try:
+                        self._apply([item], report)
+                    except _Terminal as exc:
+                        report.rejected[item[0].event_id] = f"constraint: {exc}"
+        except TransientError as exc:
+            report.transient_error = str(exc)
+            self._reset()
+        self._prune()
+        return report
+
+    def _apply(self, items: list, report: DeliveryReport) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        with self._db_errors("apply to"), self._engine.begin() as conn:
+            done = self._books.applied(conn, [e.event_id for e, _ in items])
+            todo = [(e, p) for e, p in items if e.event_id not in done]
+            local = self._prefetch(conn, todo, now)
+            ops, applied, rejected, touched = [], [], {}, defaultdict(dict)
+            for event, payload in todo:
+                try:
+                    steps = self._plan(event, payload, local, now)
+                except ApplyRejected as why:
+                    rejected[event.event_id] = str(why)
+                    continue
+                ops += steps
+                applied.append(event)
+                for kind, plan, row in steps:
+                    if kind != "delete" and isinstance(plan, TablePlan) and plan.target.capture_cursor:
+                        touched[plan.object][plan.key_of(row)] = (plan, event.event_id)
+            self._execute(conn, ops)
+            if applied:
+                self._books.record(conn, applied, touched, now)
+        report.delivered |= done | {e.event_id for e in applied}
+        report.rejected.update(rejected)
+
+    def _prefetch(self, conn, todo: list, now) -> dict:
+        """Current local rows of the keys this batch touches, for conflict checks."""
+        wanted: dict[str, tuple[TablePlan, set]] = {}
+        for event, payload in todo:
+            image = payload.get("after") or payload.get("before")
+            if payload.get("before") is None:
+                continue        # no base version to compare: nothing to check (see TablePlan.conflict)
+            for plan in self.targets[event.entity]:
+                if isinstance(plan, TablePlan) and plan.target.conflict.mode != "none" and image:
+                    try:
+                        wanted.setdefault(plan.object, (plan, set()))[1].add(plan.key_values(image, now))
+                    except ApplyRejected:
+                        pass        # reported when the event is planned
+        local = {}
+        lock = conn.dialect.name != "sqlite"
+        for name, (plan, keys) in wanted.items():
+            keys = sorted(keys, key=repr)
+            for start in range(0, len(keys), 500):
+                stmt = sql.select_by_keys(plan.sa_table, plan.key, plan.referenced_columns(),
+                                          keys[start:start + 500], lock)
+                for row in conn.execute(stmt).mappings():
+                    local[(name, plan.key_of(row))] = dict(row)
+        return local
+
+    def _plan(self, event: QueuedEvent, payload: dict, local: dict, now) -> list:
+        """The statements of one event, all or none (raises ApplyRejected)."""
+        before, after = payload.get("before"), payload.get("after")
+        steps, updates = [], []
+        for plan in self.targets[event.entity]:
+            if isinstance(plan, ProcedurePlan):
+                if event.operation != "delete" or plan.target.delete_name:
+                    steps.append(("delete" if event.operation == "delete" else "call", plan,
+                                  plan.args(after if event.operation != "delete" else before or after, now)))
+                continue
+            if event.operation == "delete":
+                image = before or after
+                if image is None or plan.target.delete.policy == "ignore":
+                    continue
+                key = plan.key_values(image, now)
+                self._check_conflict(plan, local.get((plan.object, key)), payload, now)
+                row = dict(zip(plan.key, key))
+                if plan.target.delete.policy == "hard":
+                    steps.append(("delete", plan, row))
+                    updates.append(((plan.object, key), None))
+                else:
+                    row[plan.target.delete.column] = plan.target.delete.value
+                    steps.append(("soft", plan, row))
+                continue
+            if after is None:
+                raise ApplyRejected(f"{event.entity} {event.operation} event without an after image")
+            row = plan.values(after, now)
+            key = plan.key_of(row)
+            current = local.get((plan.object, key))
+            self._check_conflict(plan, current, payload, now)
+            steps.append(("upsert", plan, row))
+            updates.append(((plan.object, key), {**(current or {}), **row}))
+        for where, row in updates:          # later events of the batch see this one's result
+            local[where] = row
+        return steps
+
+    def _check_conflict(self, plan: TablePlan, current, payload: dict, now) -> None:
+        reason = plan.conflict(current, payload.get("before"), now)
+        if reason:
+            raise ApplyRejected(f"conflict: {plan.entity} {plan.object}: {reason}; "
+                                f"{side_by_side(current, payload)}")
+
+    def _execute(self, conn, ops: list) -> None:
+        """Consecutive statements of one kind on one table go as one executemany, in order."""
+        group, current = [], None
+        for kind, plan, row in ops + [(None, None, None)]:
+            shape = (kind, plan.object if plan else None, tuple(row) if row else None)
+            if shape != current and group:
+                if current[0] in ("call", "delete") and isinstance(group[0][0], ProcedurePlan):
+                    p = group[0][0]
+                    conn.execute(p.call if current[0] == "call" else p.delete_call, [r for _, r in group])
+                elif current[0] == "upsert" and current[1] in self._row_by_row:
+                    (update, params), insert = self._row_by_row[current[1]]
+                    for _, r in group:
+                        if conn.execute(update, params(r)).rowcount == 0:
+                            conn.execute(insert, r)
+                else:
+                    stmt, params = self._stmts[(current[0], current[1])]
+                    conn.execute(stmt, [params(r) for _, r in group])
+                group = []
+            current = shape
+            if kind is not None:
+                group.append((plan, row))
+
+    def _prune(self) -> None:
+        if time.time() - self._last_prune < _PRUNE_EVERY_S or self._engine is None:
+            return
+        self._last_prune = time.time()
+        try:
+            with self._db_errors("prune"), self._engine.begin() as conn:
+                self._books.prune(conn, self.spec.ledger.retention_days)
+        except TransientError as exc:
+            self.context.log.warning("sink %s: %s", self.context.name, exc)
+
+    def _reset(self) -> None:
+        # A stale pool (server restarted, SQLite file moved) must not outlive the outage.
+        if self._engine is not None:
+            self._engine.dispose()
+
+    @contextmanager
+    def _db_errors(self, doing: str):
+        try:
+            yield
+        except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+            raise _Terminal(self._scrub(exc)) from None
+        except sa.exc.DBAPIError as exc:
+            code = (getattr(exc.orig, "args", None) or [None])[0]
+            if exc.connection_invalidated or code not in _MYSQL_DATA_ERRORS:
+                raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: "
+                                     f"{self._scrub(exc)}") from None
+            raise _Terminal(self._scrub(exc)) from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: "
+                                 f"{self._scrub(exc)}") from None
+
+    def _scrub(self, exc: BaseException) -> str:
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+        return lines[0].replace(self._password, "***") if self._password else lines[0]
+
+    # ------------------------------------------------------------------ checking
+
+    def check(self) -> list[str]:
+        """What the apply user must be allowed to do, and (PostgreSQL) what it lacks."""
+        from adapters.sql_apply.privileges import needed, missing_on_postgres
+        lines = [f"warning: privileges needed: {line}" for line in needed(self.spec, self.targets)]
+        if self._engine is not None and self._engine.dialect.name == "postgresql":
+            try:
+                with self._db_errors("check privileges on"), self._engine.connect() as conn:
+                    lines += missing_on_postgres(conn, self.spec, self.targets)
+            except TransientError as exc:
+                lines.append(str(exc))
+        return lines
+
+
+Sink = SqlApplySink

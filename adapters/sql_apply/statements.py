@@ -1,0 +1,140 @@
+"""SQL of the applier, by dialect, through SQLAlchemy Core: identifiers come from reflected
+``Table`` objects (quoted by the dialect), every value is a bound parameter.
+
+- PostgreSQL, SQLite: ``INSERT ... ON CONFLICT (key) DO UPDATE`` (tested);
+- MariaDB / MySQL: ``INSERT ... ON DUPLICATE KEY UPDATE`` (tested);
+- SQL Server, Oracle: ``MERGE`` (written to the documented syntax, UNTESTED here).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+__all__ = ["bookkeeping_tables", "upsert", "update_then_insert", "delete", "soft_delete", "procedure_call", "select_by_keys"]
+
+
+def bookkeeping_tables(ledger, marker) -> tuple[sa.MetaData, sa.Table, sa.Table, Optional[sa.Table]]:
+    """The applied-events ledger, the applied row versions (echo prevention) and the
+    optional Debezium marker table, all in ``ledger.schema``/``marker.schema``."""
+    metadata = sa.MetaData()
+    events = sa.Table(
+        ledger.table, metadata,
+        sa.Column("event_id", sa.String(64), primary_key=True),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("entity_key", sa.String(255), nullable=False),
+        sa.Column("correlation_id", sa.String(64)),
+        sa.Column("applied_at", sa.DateTime(), nullable=False),
+        sa.Index(f"{ledger.table}_by_age", "applied_at"),
+        schema=ledger.schema_)
+    rows = sa.Table(
+        ledger.rows_table, metadata,
+        sa.Column("object", sa.String(200), primary_key=True),
+        sa.Column("position", sa.String(500), primary_key=True),
+        sa.Column("event_id", sa.String(64), nullable=False),
+        sa.Column("applied_at", sa.DateTime(), nullable=False),
+        sa.Index(f"{ledger.rows_table}_by_age", "applied_at"),
+        schema=ledger.schema_)
+    mark = None
+    if marker.enabled:
+        mark = sa.Table(
+            marker.table, metadata,
+            sa.Column("applier", sa.String(100), primary_key=True),
+            sa.Column("txn_id", sa.String(64), nullable=False),
+            sa.Column("applied_at", sa.DateTime(), nullable=False),
+            schema=marker.schema_)
+    return metadata, events, rows, mark
+
+
+def upsert(dialect: sa.Dialect, table: sa.Table, key: list[str], columns: list[str]
+           ) -> tuple[sa.Executable, Callable[[dict], dict]]:
+    """Insert-or-update by ``key``; returns the statement and how to turn a row dict
+    (column -> value) into its parameters. Suited to ``executemany``."""
+    rest = [c for c in columns if c not in key]
+    name = dialect.name
+    if name in ("postgresql", "sqlite"):
+        module = postgresql if name == "postgresql" else sqlite
+        stmt = module.insert(table)
+        if rest:
+            stmt = stmt.on_conflict_do_update(index_elements=[table.c[k] for k in key],
+                                              set_={c: stmt.excluded[c] for c in rest})
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=[table.c[k] for k in key])
+        return stmt, _identity
+    if name in ("mysql", "mariadb"):
+        stmt = mysql.insert(table)
+        update = {c: stmt.inserted[c] for c in (rest or key[:1])}
+        return stmt.on_duplicate_key_update(update), _identity
+    return _merge(dialect, table, key, columns)
+
+
+def update_then_insert(table: sa.Table, key: list[str], columns: list[str]) -> tuple:
+    """For MySQL/MariaDB tables with another unique key: ON DUPLICATE KEY UPDATE would fire on
+    *any* unique key and overwrite a different row, so update by the mapped key, and insert
+    only when no row matched (a violation of the other key then fails, as it must)."""
+    rest = [c for c in columns if c not in key] or key[:1]
+    update = (sa.update(table).where(*[table.c[k] == sa.bindparam(f"k{i}") for i, k in enumerate(key)])
+              .values({c: sa.bindparam(f"v_{c}") for c in rest}))
+    return (update, lambda row: {**{f"k{i}": row[k] for i, k in enumerate(key)},
+                                 **{f"v_{c}": row[c] for c in rest}}), sa.insert(table)
+
+
+def _identity(row: dict) -> dict:
+    return row
+
+
+def _merge(dialect: sa.Dialect, table: sa.Table, key: list[str], columns: list[str]):
+    """SQL Server / Oracle MERGE (UNTESTED here). Identifiers are quoted by the dialect from
+    the reflected table; values are the bound parameters p0..pn."""
+    q = dialect.identifier_preparer
+    target = q.format_table(table)
+    names = {c: f"p{i}" for i, c in enumerate(columns)}
+    source = ", ".join(f":{names[c]} AS {q.quote(c)}" for c in columns)
+    on = " AND ".join(f"t.{q.quote(k)} = s.{q.quote(k)}" for k in key)
+    sets = ", ".join(f"t.{q.quote(c)} = s.{q.quote(c)}" for c in columns if c not in key)
+    cols = ", ".join(q.quote(c) for c in columns)
+    vals = ", ".join(f"s.{q.quote(c)}" for c in columns)
+    matched = f" WHEN MATCHED THEN UPDATE SET {sets}" if sets else ""
+    if dialect.name == "oracle":
+        sql = (f"MERGE INTO {target} t USING (SELECT {source} FROM dual) s ON ({on}){matched}"
+               f" WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({vals})")
+    else:
+        sql = (f"MERGE INTO {target} WITH (HOLDLOCK) AS t USING (SELECT {source}) AS s ON ({on}){matched}"
+               f" WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({vals});")
+    return sa.text(sql), lambda row: {names[c]: row[c] for c in columns}
+
+
+def delete(table: sa.Table, key: list[str]) -> tuple[sa.Executable, Callable[[dict], dict]]:
+    stmt = sa.delete(table).where(*[table.c[k] == sa.bindparam(f"k{i}") for i, k in enumerate(key)])
+    return stmt, lambda row: {f"k{i}": row[k] for i, k in enumerate(key)}
+
+
+def soft_delete(table: sa.Table, key: list[str], column: str) -> tuple[sa.Executable, Callable[[dict], dict]]:
+    stmt = (sa.update(table).where(*[table.c[k] == sa.bindparam(f"k{i}") for i, k in enumerate(key)])
+            .values({column: sa.bindparam("soft_value")}))
+    return stmt, lambda row: {**{f"k{i}": row[k] for i, k in enumerate(key)}, "soft_value": row[column]}
+
+
+def procedure_call(dialect: sa.Dialect, schema: Optional[str], name: str, arity: int) -> sa.TextClause:
+    """CALL / EXEC of a configured procedure, its name quoted by the dialect."""
+    q = dialect.identifier_preparer
+    qualified = ".".join(q.quote(part) for part in ([schema] if schema else []) + [name])
+    binds = ", ".join(f":a{i}" for i in range(arity))
+    if dialect.name == "mssql":
+        return sa.text(f"EXEC {qualified} {binds}")
+    if dialect.name == "oracle":
+        return sa.text(f"BEGIN {qualified}({binds}); END;")
+    return sa.text(f"CALL {qualified}({binds})")
+
+
+def select_by_keys(table: sa.Table, key: list[str], columns: list[str], keys: list[tuple],
+                   lock: bool) -> sa.Select:
+    """The current local rows of ``keys`` (locked when conflicts are checked, so nothing
+    changes between the check and the write)."""
+    if len(key) == 1:
+        where = table.c[key[0]].in_([k[0] for k in keys])
+    else:
+        where = sa.tuple_(*[table.c[k] for k in key]).in_(keys)
+    stmt = sa.select(*[table.c[c] for c in dict.fromkeys(key + columns)]).where(where)
+    return stmt.with_for_update() if lock else stmt

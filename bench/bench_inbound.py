@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Benchmark of the inbound route: tansu -> kafka source -> SQLite queue -> sql_apply -> PG / MariaDB.
+
+Run:  .venv/bin/python bench/bench_inbound.py [--events 20000] [--targets postgres,mariadb]
+
+Everything is real (tansu with memory storage, PostgreSQL 15 and MariaDB on this host,
+SQLite WAL queue with synchronous=FULL, confluent-kafka consumer group) except the schema
+registry: the HTTP double of tests/support/registry_double.py (one lookup per run).
+
+e2e events/s     N canonical Customer events are in the topic (3 partitions) before the
+                 timer: N/2 CREATEs of distinct keys, then an UPDATE of each with its before
+                 image (so the conflict check reads the local rows FOR UPDATE). Agent.start() (scheduler every 0.05 s,
+                 source batch 2000, delivery batch 2000); timer = first event in the local
+                 queue .. N rows in the ledger (each committed with its row in one local
+                 transaction). The consumer-group join (~3 s on tansu) is excluded and
+                 reported on its own.
+consume-only /s  same window, until the queue had captured all N (the applier runs too).
+apply-only /s    this process: SqlApplySink.write() over the same N events already encoded
+                 (decode + reverse mapping + conflict prefetch with FOR UPDATE + upsert
+                 executemany + ledger insert + commit), batches of 2000, fresh table.
+The reverse mapping is tests/support/inbound.py's REVERSE (timestamp conflict detection).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sqlalchemy as sa  # noqa: E402
+
+from agent import config as config_module  # noqa: E402
+from agent.contracts import AdapterContext  # noqa: E402
+from agent.runtime import Agent  # noqa: E402
+from tests.support.inbound import (CATALOG, LOOKUPS, REVERSE, FabricProducer, create_local, customer, event,  # noqa: E402
+                                   inbound_config, queued)
+from tests.support.registry_double import RegistryDouble  # noqa: E402
+from tests.support.services import Broker  # noqa: E402
+
+SERVERS = {"postgres": ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", 'CREATE DATABASE "{n}"',
+                        'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)'),
+           "mariadb": ("mysql+pymysql://root@127.0.0.1:3306/", "CREATE DATABASE `{n}` CHARACTER SET utf8mb4",
+                       "DROP DATABASE IF EXISTS `{n}`")}
+
+
+class FreshDatabase:
+    def __init__(self, target: str):
+        server, self.create, self.drop = SERVERS[target]
+        self.name = "outpost_bench_" + uuid.uuid4().hex[:8]
+        self.admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(self.create.format(n=self.name))
+        self.url = sa.engine.make_url(server).set(database=self.name).render_as_string(hide_password=False)
+
+    def close(self):
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(self.drop.format(n=self.name))
+        self.admin.dispose()
+
+
+def scalar(engine, sql):
+    try:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql(sql).scalar()
+    except sa.exc.ProgrammingError:
+        return 0
+
+
+def e2e(target, n, broker, registry, events) -> dict:
+    db = FreshDatabase(target)
+    try:
+        engine = sa.create_engine(db.url)
+        create_local(engine, with_audit=False)
+        topic = f"bench{uuid.uuid4().hex[:8]}.customer"
+        broker.create_topic(topic, partitions=3)
+        FabricProducer(broker.bootstrap, registry.url, topic).send(events)
+        with tempfile.TemporaryDirectory() as state:
+            document = inbound_config(Path(state), db.url, broker.bootstrap, registry.url, topic, every="0.05s")
+            document["sources"]["fabric_in"]["batch_size"] = 2000
+            document["queue"] = {"delivery_batch": 2000}
+            document["log"] = {"level": "WARNING"}
+            agent = Agent(config_module.parse(document), drain_timeout=5)
+            started = time.monotonic()
+            agent.start()
+            first = consumed = None
+            try:
+                while True:
+                    captured = agent.queue.status().get("inbound", {}).get("captured_total", 0)
+                    if first is None and captured:
+                        first = time.monotonic()
+                    if consumed is None and captured >= n:
+                        consumed = time.monotonic()
+                    if scalar(engine, "SELECT count(*) FROM outpost_applied_events") >= n:
+                        break
+                    if time.monotonic() - started > 600:
+                        raise RuntimeError("timed out")
+                    time.sleep(0.05)
+                done = time.monotonic()
+            finally:
+                agent.stop()
+        assert scalar(engine, "SELECT count(*) FROM erp_customer") == n // 2
+        engine.dispose()
+        return {"join_s": round(first - started, 1), "e2e_per_s": round(n / (done - first)),
+                "consume_per_s": round(n / (consumed - first)), "e2e_incl_join_per_s": round(n / (done - started))}
+    finally:
+        db.close()
+
+
+def apply_only(target, n, events) -> float:
+    from adapters.sql_apply.sink import SqlApplySink
+    db = FreshDatabase(target)
+    try:
+        engine = sa.create_engine(db.url)
+        create_local(engine, with_audit=False)
+        context = AdapterContext(name="erp_apply", state_dir=Path(tempfile.gettempdir()), schemas=CATALOG,
+                                 log=logging.getLogger("bench"))
+        sink = SqlApplySink({"url": db.url, "entities": REVERSE, "lookups": LOOKUPS}, context)
+        sink.open()
+        batch = queued(events)
+        started = time.monotonic()
+        for start in range(0, n, 2000):
+            report = sink.write(batch[start:start + 2000])
+            assert len(report.delivered) == len(batch[start:start + 2000]), report
+        elapsed = time.monotonic() - started
+        sink.close()
+        engine.dispose()
+        return round(n / elapsed)
+    finally:
+        db.close()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--targets", default="postgres,mariadb")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)   # "skipped: max instances" while a run streams
+    half = args.events // 2
+    firsts = [customer(f"C-{i:07d}", f"Customer {i}", limit=f"{i % 100000}.25") for i in range(half)]
+    events = [event(c, operation="CREATE") for c in firsts] + [
+        event({**c, "name": c["name"] + " (renamed)", "updated_at": c["updated_at"] + dt.timedelta(seconds=1)},
+              before=c) for c in firsts]
+    broker = Broker(Path(tempfile.mkdtemp()) / "tansu.log")
+    registry = RegistryDouble()
+    try:
+        for target in args.targets.split(","):
+            result = e2e(target, args.events, broker, registry, events)
+            result["apply_only_per_s"] = apply_only(target, args.events, events)
+            print(target, args.events, result, flush=True)
+    finally:
+        registry.stop()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Helpers for inbound tests: canonical Customer events, a producer that frames them the
+Confluent way (magic byte + registry id) for the real tansu broker, and configs.
+
+The registry is the HTTP double of ``registry_double`` (no registry server can run here).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import uuid
+from decimal import Decimal
+from typing import Optional
+
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+from agent.contracts import QueuedEvent
+from agent.schemas import SchemaCatalog
+
+CATALOG = SchemaCatalog.load()
+CUSTOMER = CATALOG.entity("Customer")
+T0 = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.timezone.utc)
+
+# legacy ERP customer table, as the CRM's updates must land in it
+LOCAL_DDL = {
+    "default": ("CREATE TABLE erp_customer (cust_no VARCHAR(20) PRIMARY KEY, cust_name VARCHAR(60) NOT NULL,"
+                " company VARCHAR(4), curr VARCHAR(3), tax_code VARCHAR(8), credit_lim NUMERIC(18,2),"
+                " status VARCHAR(10), updated_at {ts}, deleted CHAR(1) DEFAULT 'N')"),
+    "audit": "CREATE TABLE apply_audit (n INTEGER PRIMARY KEY {auto}, cust_no VARCHAR(20), cust_name VARCHAR(60))",
+}
+LOOKUPS = {"legal_entity": {"01": "US01", "02": "UK01"}, "tax_jurisdiction": {"NY": "US-NY", "LDN": "GB"}}
+REVERSE = {"Customer": {"tables": [{
+    "table": "erp_customer", "key": "cust_no",
+    "columns": {"cust_no": "customer_number", "cust_name": "name",
+                "company": {"field": "legal_entity", "lookup": "legal_entity"},
+                "curr": "currency", "tax_code": {"field": "tax_jurisdiction", "lookup": "tax_jurisdiction"},
+                "credit_lim": "credit_limit", "status": "status", "updated_at": "updated_at"},
+    "conflict": {"mode": "timestamp", "column": "updated_at", "field": "updated_at"},
+    "delete": {"policy": "soft", "column": "deleted", "value": "Y"}}]}}
+
+
+def create_local(engine, with_audit: bool = True) -> None:
+    """The target table plus (optionally) an audit trigger counting every write to it."""
+    dialect = engine.dialect.name
+    ts = {"postgresql": "TIMESTAMPTZ", "sqlite": "DATETIME", "mysql": "DATETIME(6)"}[dialect]
+    auto = {"postgresql": "GENERATED ALWAYS AS IDENTITY", "sqlite": "AUTOINCREMENT", "mysql": "AUTO_INCREMENT"}[dialect]
+    with engine.begin() as conn:
+        conn.exec_driver_sql(LOCAL_DDL["default"].format(ts=ts))
+        if not with_audit:
+            return
+        conn.exec_driver_sql(LOCAL_DDL["audit"].format(auto=auto))
+        for op in ("INSERT", "UPDATE"):
+            if dialect == "postgresql":
+                if op == "INSERT":
+                    conn.exec_driver_sql(
+                        "CREATE FUNCTION audit_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                        " INSERT INTO apply_audit (cust_no, cust_name) VALUES (NEW.cust_no, NEW.cust_name);"
+                        " RETURN NEW; END $$")
+                conn.exec_driver_sql(f"CREATE TRIGGER audit_{op.lower()} AFTER {op} ON erp_customer"
+                                     " FOR EACH ROW EXECUTE FUNCTION audit_write()")
+            else:
+                conn.exec_driver_sql(
+                    f"CREATE TRIGGER audit_{op.lower()} AFTER {op} ON erp_customer FOR EACH ROW"
+                    + (" BEGIN " if dialect == "sqlite" else " ")
+                    + "INSERT INTO apply_audit (cust_no, cust_name) VALUES (NEW.cust_no, NEW.cust_name)"
+                    + ("; END" if dialect == "sqlite" else ""))
+
+
+def customer(no: str, name: str = "Acme", *, limit: str = "100.00", company: str = "US01",
+             updated_at: Optional[dt.datetime] = None, **extra) -> dict:
+    return {"customer_number": no, "name": name, "legal_entity": company, "country": "US", "currency": "USD",
+            "tax_jurisdiction": "US-NY", "credit_limit": Decimal(limit), "status": "active",
+            "updated_at": updated_at or T0, **extra}
+
+
+def event(after: Optional[dict], *, before: Optional[dict] = None, operation: str = "UPDATE",
+          event_id: Optional[str] = None, correlation_id: Optional[str] = None) -> dict:
+    image = after or before
+    identity = event_id or str(uuid.uuid4())
+    return {"metadata": {"event_id": identity, "correlation_id": correlation_id or f"corr-{identity}",
+                         "causation_id": "crm-deal-1", "source": {"system": "crm", "object": "deal",
+                                                                  "position": identity},
+                         "operation": operation, "occurred_at": T0, "captured_at": T0, "schema_version": 2},
+            "key": image["customer_number"], "before": before, "after": after}
+
+
+def queued(events: list[dict], route: str = "inbound") -> list[QueuedEvent]:
+    """Events as the pass-through translator would queue them (for direct sink tests)."""
+    out = []
+    for seq, e in enumerate(events, 1):
+        op = e["metadata"]["operation"].lower()
+        out.append(QueuedEvent(seq, e["metadata"]["event_id"], route, "Customer", e["key"], CUSTOMER.fingerprint,
+                               CUSTOMER.encode(e), e["metadata"]["correlation_id"], op, 0.0))
+    return out
+
+
+class FabricProducer:
+    """Publishes canonical events as the fabric does: Confluent framing, registry id."""
+
+    def __init__(self, bootstrap: str, registry_url: str, topic: str):
+        self.topic = topic
+        self.registry = SchemaRegistryClient({"url": registry_url})
+        self.schema_id = self.registry.register_schema(f"{topic}-value", Schema(CUSTOMER.schema_json, "AVRO"))
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+
+    def send(self, events: list[dict], raw: Optional[list[bytes]] = None) -> None:
+        for e in events:
+            self.producer.produce(self.topic, key=e["key"].encode(), value=self.frame(CUSTOMER.encode(e)),
+                                  headers=[("event_id", e["metadata"]["event_id"].encode())])
+        for value in raw or []:
+            self.producer.produce(self.topic, key=b"poison", value=value)
+        assert self.producer.flush(30) == 0
+
+    def frame(self, body: bytes, schema_id: Optional[int] = None) -> bytes:
+        return b"\x00" + struct.pack(">I", schema_id or self.schema_id) + body
+
+
+TANSU_CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+def inbound_config(state_dir, db_url: str, bootstrap: str, registry_url: str, topic: str, *,
+                   reverse: Optional[dict] = None, sink_extra: Optional[dict] = None, consumer: Optional[dict] = None,
+                   every: str = "0.2s") -> dict:
+    return {
+        "state_dir": str(state_dir),
+        "fabric": {"kafka": {"bootstrap.servers": bootstrap}, "schema_registry": {"url": registry_url}},
+        "sources": {"fabric_in": {"type": "kafka", "topics": [topic], "group_id": f"g-{uuid.uuid4().hex[:8]}",
+                                  # tansu holds a join for about half the session timeout
+                                  "poll_timeout_s": 0.5, "consumer": {**TANSU_CONSUMER, **(consumer or {})}}},
+        "sinks": {"erp_apply": {"type": "sql_apply", "url": db_url, "entities": reverse or REVERSE,
+                                "lookups": LOOKUPS, **(sink_extra or {})}},
+        "routes": {"inbound": {"source": "fabric_in", "sink": "erp_apply", "schedule": {"every": every}}},
+    }

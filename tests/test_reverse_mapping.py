@@ -1,0 +1,97 @@
+"""Reverse mapping (canonical -> local), pure: values, lookups, conversions, conflicts, fit."""
+import datetime as dt
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from adapters.sql_apply.reverse_mapping import ApplyRejected, Column, TablePlan, fit, reverse_lookups, side_by_side
+from adapters.sql_apply.spec import SinkOptions, TableTarget
+from tests.support.inbound import LOOKUPS, REVERSE, customer
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc)
+UTC = ZoneInfo("UTC")
+
+
+def plan(**changes) -> TablePlan:
+    target = {**REVERSE["Customer"]["tables"][0], **changes}
+    lookups, problems = reverse_lookups(LOOKUPS)
+    assert problems == []
+    return TablePlan(TableTarget.model_validate(target), "Customer", lookups)
+
+
+def test_values_reverse_lookups_and_keep_decimals():
+    row = plan().values(customer("C-1", limit="12.30"), NOW)
+    assert row == {"cust_no": "C-1", "cust_name": "Acme", "company": "01", "curr": "USD", "tax_code": "NY",
+                   "credit_lim": Decimal("12.30"), "status": "active", "updated_at": customer("C-1")["updated_at"]}
+
+
+def test_unknown_code_is_rejected_with_the_field_and_column():
+    with pytest.raises(ApplyRejected, match=r"unknown legal_entity code 'DE01' for column company"):
+        plan().values(customer("C-1", company="DE01"), NOW)
+
+
+def test_ambiguous_reverse_lookup_is_reported():
+    _, problems = reverse_lookups({"legal_entity": {"01": "US01", "1": "US01"}})
+    assert problems and "US01" in problems[0]
+
+
+def test_explicit_map_constants_conversions_and_now():
+    columns = {"cust_no": {"field": "customer_number", "convert": ["lower"]},
+               "company": {"field": "legal_entity", "map": {"US01": "X1"}},
+               "source_flag": {"const": "CRM"}, "touched": {"now": True}, "cust_name": {"field": "name",
+                                                                                     "convert": "upper"}}
+    row = plan(columns=columns, conflict={"mode": "none"}, delete={"policy": "ignore"}).values(customer("C-1"), NOW)
+    assert row == {"cust_no": "c-1", "company": "X1", "source_flag": "CRM", "touched": NOW, "cust_name": "ACME"}
+
+
+def test_column_rule_needs_exactly_one_origin_and_known_lookups():
+    with pytest.raises(ValueError, match="exactly one"):
+        SinkOptions.model_validate({"url": "sqlite://", "entities": {"Customer": {"tables": [
+            {"table": "t", "key": "a", "columns": {"a": {"field": "customer_number", "const": 1}}}]}}})
+    with pytest.raises(ValueError, match="not in this sink's 'lookups'"):
+        SinkOptions.model_validate({"url": "sqlite://", "entities": {"Customer": {"tables": [
+            {"table": "t", "key": "a", "columns": {"a": {"field": "customer_number", "lookup": "nope"}}}]}}})
+
+
+def test_timestamp_conflict_when_the_local_row_is_newer_than_the_base():
+    p = plan()
+    base = customer("C-1")
+    local = {"updated_at": (base["updated_at"] + dt.timedelta(minutes=5)).replace(tzinfo=None)}   # naive UTC
+    assert "later than the event's base" in p.conflict(local, base, NOW)
+    assert p.conflict({"updated_at": base["updated_at"]}, base, NOW) is None
+    assert p.conflict(None, base, NOW) is None, "no local row: nothing to conflict with"
+    assert p.conflict(local, None, NOW) is None, "no before image (create): applied as an upsert"
+
+
+def test_version_and_before_image_conflicts():
+    version = plan(conflict={"mode": "version", "column": "credit_lim", "field": "credit_limit"})
+    assert version.conflict({"credit_lim": 100}, customer("C-1"), NOW) is None      # 100 == 100.00
+    assert "credit_lim=" in version.conflict({"credit_lim": Decimal("7")}, customer("C-1"), NOW)
+    image = plan(conflict={"mode": "before_image"})
+    local = image.values(customer("C-1"), NOW)
+    assert image.conflict(local, customer("C-1"), NOW) is None
+    assert "cust_name" in image.conflict({**local, "cust_name": "Changed locally"}, customer("C-1"), NOW)
+
+
+def test_fit_rejects_what_the_column_cannot_hold():
+    text = Column("cust_name", "string", length=10)
+    assert fit(text, "'; DROP TABLE x; --"[:10], UTC) == "'; DROP TA"
+    with pytest.raises(ApplyRejected, match="at most 10 characters"):
+        fit(text, "x" * 11, UTC)
+    with pytest.raises(ApplyRejected, match="never floats"):
+        fit(Column("amount", "numeric", precision=18, scale=2), 1.5, UTC)
+    with pytest.raises(ApplyRejected, match="does not fit"):
+        fit(Column("amount", "numeric", precision=5, scale=2), Decimal("1234.5"), UTC)
+    with pytest.raises(ApplyRejected, match="whole numbers"):
+        fit(Column("n", "integer"), "12; DELETE", UTC)
+    with pytest.raises(ApplyRejected, match="NOT NULL"):
+        fit(Column("n", "integer", nullable=False), None, UTC)
+    berlin = fit(Column("ts", "datetime"), NOW, ZoneInfo("Europe/Berlin"))
+    assert berlin == dt.datetime(2026, 11, 27, 13, 0) and berlin.tzinfo is None
+
+
+def test_side_by_side_shows_local_row_and_event_images():
+    text = side_by_side({"cust_name": "Local"}, {"before": {"name": "A"}, "after": {"name": "B"},
+                                                 "metadata": {"event_id": "e1"}})
+    assert '"local_row": {"cust_name": "Local"}' in text and '"after": {"name": "B"}' in text and "e1" in text
