@@ -35,8 +35,8 @@ ensure_venv() {
     local stamp=.venv/.outpost-deps want
     want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        say "installing outpost with extras test,postgres,mysql"
-        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,postgres,mysql]'
+        say "installing outpost with extras test,postgres,mysql,debezium"
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,postgres,mysql,debezium]'
         echo "$want" >"$stamp"
     fi
 }

@@ -1,0 +1,83 @@
+"""A PostgreSQL database for log-based capture tests: a dedicated LOGIN REPLICATION role that
+owns a fresh database (so ``publication.autocreate.mode=filtered`` can create the
+publication), and a config for ``debezium`` routes to the real broker. At the end every
+replication slot and publication of that database is dropped, then the database and the
+role, so the shared server keeps no WAL pinned.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Iterator
+
+import psycopg
+import pytest
+
+ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+class PgReplicationDb:
+    def __init__(self, port: int = 5432, admin: str = ADMIN):
+        suffix = uuid.uuid4().hex[:8]
+        self.name, self.user, self.password, self.port = f"outpost_dbz_{suffix}", f"outpost_dbz_{suffix}", \
+            uuid.uuid4().hex, port
+        self.admin = admin
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {self.user} LOGIN REPLICATION PASSWORD '{self.password}'")
+            conn.execute(f"CREATE DATABASE {self.name} OWNER {self.user}")
+
+    def connect(self, **kw) -> psycopg.Connection:
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
+                               dbname=self.name, autocommit=True, **kw)
+
+    def execute(self, *statements: str, params=None) -> None:
+        with self.connect() as conn:
+            for statement in statements:
+                conn.execute(statement, params)
+
+    def slots(self) -> list[str]:
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            return [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s",
+                                               (self.name,))]
+
+    def source(self, **extra) -> dict:
+        return {"type": "debezium", "connector": "postgres", "hostname": "127.0.0.1", "port": self.port,
+                "user": self.user, "password": self.password, "database": self.name, **extra}
+
+    def drop(self) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                         " WHERE database = %s AND active_pid IS NOT NULL", (self.name,))
+            deadline = time.monotonic() + 10
+            while self.slots() and time.monotonic() < deadline:
+                for slot in self.slots():
+                    try:
+                        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                    except psycopg.Error:
+                        time.sleep(0.2)   # its walsender is still exiting
+            conn.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+            conn.execute(f"DROP ROLE IF EXISTS {self.user}")
+
+
+@pytest.fixture
+def pg_repl() -> Iterator[PgReplicationDb]:
+    db = PgReplicationDb()
+    try:
+        yield db
+    finally:
+        db.drop()
+
+
+def debezium_config(state_dir, db: PgReplicationDb, bootstrap: str, registry_url: str, routes: dict,
+                    mappings: dict, lookups: dict, source_extra=None) -> dict:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    return {
+        "state_dir": str(state_dir),
+        "fabric": {"kafka": {"bootstrap.servers": bootstrap}, "schema_registry": {"url": registry_url},
+                   "topic_template": prefix + ".{entity}", "create_topics": True, "topic_partitions": 3},
+        "lookups": lookups,
+        "mappings": mappings,
+        "sources": {"erp": db.source(**(source_extra or {}))},
+        "sinks": {"fabric": {"type": "kafka", "delivery_timeout_s": 30}},
+        "routes": routes,
+    }
