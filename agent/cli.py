@@ -11,24 +11,8 @@ from pathlib import Path
 
 import click
 
-from . import config as config_module
-from .contracts import ConfigError
-
-CONFIG_OPTION = click.option(
-    "-c", "--config", "config_path", type=click.Path(path_type=Path), show_default=True,
-    default=lambda: os.environ.get("OUTPOST_CONFIG", "outpost.yaml"),
-    help="The YAML config file (default: $OUTPOST_CONFIG or ./outpost.yaml).")
-
-
-def _load(config_path: Path):
-    try:
-        return config_module.load(config_path)
-    except ConfigError as exc:
-        click.echo(f"{config_path}: {len(exc.problems)} problem(s) in the configuration:", err=True)
-        for problem in exc.problems:
-            click.echo(f"  - {problem}", err=True)
-        sys.exit(2)
-
+from .cli_common import CONFIG_OPTION, load_config as _load
+from .registry import adapter_commands
 
 def _setup_logging(cfg, level=None):
     from .logs import setup
@@ -87,10 +71,13 @@ def check(config_path):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(config_path, as_json):
     """Per route: last capture, queue depth, oldest queued age, last publish, errors."""
+    from .metrics import objectives, render_objectives
     from .status import collect, render
     cfg = _load(config_path)
     report = collect(cfg)
-    click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
+    report["objectives"] = objectives(cfg, report["routes"])
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else
+               render(report) + render_objectives(report["objectives"]))
 
 
 @main.group()
@@ -212,7 +199,14 @@ def demo(directory):
     run_demo(directory)
 
 
-main.add_command(__import__("adapters.debezium.cli", fromlist=["debezium"]).debezium)  # no JVM: click + spec
+def _register_commands() -> None:
+    from .service_windows import service     # pywin32 is imported only when a command runs
+    from .snapshot_cmd import snapshot
+    for command in (service, snapshot, *adapter_commands()):
+        main.add_command(command)
+
+
+_register_commands()
 
 
 if __name__ == "__main__":

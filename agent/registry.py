@@ -8,6 +8,8 @@ the Debezium bridge, and database drivers, out of processes that do not use them
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import pkgutil
 import re
 from typing import Any, Mapping
 
@@ -71,3 +73,17 @@ def adapter_class(kind: str, adapter: str):
     """The Source or Sink class of an adapter (imports its implementation now)."""
     module = _module(kind, adapter, kind)
     return getattr(module, kind.capitalize())
+
+
+def adapter_commands() -> list:
+    """CLI commands adapters contribute: ``COMMANDS`` in ``adapters/<name>/cli.py``.
+
+    Those modules must import lightly (click and their spec): they load on every
+    ``outpost`` invocation, unlike the adapters themselves.
+    """
+    commands = []
+    for info in pkgutil.iter_modules(importlib.import_module(ADAPTER_PACKAGE).__path__):
+        name = f"{ADAPTER_PACKAGE}.{info.name}.cli"
+        if info.ispkg and importlib.util.find_spec(name) is not None:
+            commands.extend(getattr(importlib.import_module(name), "COMMANDS", []))
+    return commands

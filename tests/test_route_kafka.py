@@ -8,7 +8,6 @@ import time
 from collections import defaultdict
 from decimal import Decimal
 
-import pytest
 import sqlalchemy as sa
 
 from agent import config as config_module

@@ -10,20 +10,18 @@
 """
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import click
 
+from agent.cli_common import CONFIG_OPTION, load_config
 from agent.contracts import ConfigError, TransientError
 
 from .spec import SourceOptions, route_key, slot_and_publication, state_paths
 
 
 def _routes(config_path, source: str, route: str | None):
-    from agent.cli import _load
-    cfg = _load(config_path)
+    cfg = load_config(config_path)
     if cfg.sources.get(source, {}).get("type") != "debezium":
         raise click.ClickException(f"{source!r} is not a debezium source in {config_path}")
     names = [n for n, r in cfg.routes.items() if r.source == source and (route is None or n == route)]
@@ -32,20 +30,13 @@ def _routes(config_path, source: str, route: str | None):
     return cfg, [(n, SourceOptions.model_validate(cfg.source_options(n))) for n in names]
 
 
-def _config_option():
-    # The same option as agent.cli's (not imported from there: agent.cli imports this module).
-    return click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), show_default=True,
-                        default=lambda: os.environ.get("OUTPOST_CONFIG", "outpost.yaml"),
-                        help="The YAML config file (default: $OUTPOST_CONFIG or ./outpost.yaml).")
-
-
 @click.group("debezium")
 def debezium():
     """Log-based capture housekeeping: replication slots and stored offsets."""
 
 
 @debezium.command("slots")
-@_config_option()
+@CONFIG_OPTION
 @click.argument("source")
 def slots(config_path, source):
     """Show each route's replication slot and the WAL it retains."""
@@ -64,7 +55,7 @@ def slots(config_path, source):
 
 
 @debezium.command("reset")
-@_config_option()
+@CONFIG_OPTION
 @click.argument("source")
 @click.option("--route", default=None, help="Only this route (default: every route of SOURCE).")
 def reset(config_path, source, route):
@@ -80,7 +71,7 @@ def reset(config_path, source, route):
 
 
 @debezium.command("drop-slot")
-@_config_option()
+@CONFIG_OPTION
 @click.argument("source")
 @click.option("--route", default=None, help="Only this route (default: every route of SOURCE).")
 def drop_slot(config_path, source, route):
@@ -99,3 +90,7 @@ def drop_slot(config_path, source, route):
             failed = True
             click.echo(f"route {name}: {exc}", err=True)
     sys.exit(1 if failed else 0)
+
+
+# found by agent.registry.adapter_commands()
+COMMANDS = [debezium]
