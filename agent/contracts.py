@@ -123,12 +123,26 @@ class AdapterContext:
     validate: Callable[[SourceRecord], list] = lambda record: []
 
 
-class Source(abc.ABC):
-    """Captures changes. One instance per route (a route reads one object)."""
+class _Adapter:
+    """Validates the options once: set ``options_model`` to the adapter's pydantic model
+    and ``self.spec`` holds the validated options (every problem in one ConfigError)."""
+
+    options_model: Any = None
 
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         self.options = options
         self.context = context
+        if self.options_model is not None:
+            from pydantic import ValidationError
+            try:
+                self.spec = self.options_model.model_validate(dict(options or {}))
+            except ValidationError as exc:
+                raise ConfigError([f"{context.name}: {'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
+                                   for e in exc.errors()]) from None
+
+
+class Source(_Adapter, abc.ABC):
+    """Captures changes. One instance per route (a route reads one object)."""
 
     def open(self) -> None:
         """Connect. Raise TransientError if the source is unreachable."""
@@ -153,12 +167,8 @@ class Source(abc.ABC):
         """Release connections. Must be safe to call twice."""
 
 
-class Sink(abc.ABC):
+class Sink(_Adapter, abc.ABC):
     """Delivers queued events. A successful return of ``write`` is the ack."""
-
-    def __init__(self, options: Mapping[str, Any], context: AdapterContext):
-        self.options = options
-        self.context = context
 
     def open(self) -> None:
         """Connect. Raise TransientError if the destination is unreachable."""

@@ -21,7 +21,6 @@ from typing import Any, Iterator, Mapping, Optional
 
 import pymysql
 import sqlalchemy as sa
-from pydantic import ValidationError
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (GtidEvent, HeartbeatLogEvent, MariadbGtidEvent, QueryEvent, RotateEvent,
                                       XidEvent)
@@ -48,13 +47,10 @@ logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)   # its reconnec
 
 
 class BinlogSource(SnapshotSupport, Source):
+    options_model = SourceOptions
+
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)
-        try:
-            self.spec = SourceOptions.model_validate(dict(options))
-        except ValidationError as e:
-            raise ConfigError([f"binlog {'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}"
-                               for err in e.errors()]) from None
         url = sa.engine.make_url(self.spec.url)
         self.schema = self.spec.schema_ or url.database
         if not self.schema:

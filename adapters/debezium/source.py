@@ -25,7 +25,6 @@ import time
 import uuid
 from typing import Any, Iterator, Mapping, Optional
 
-from pydantic import ValidationError
 
 from agent.contracts import AdapterContext, ConfigError, Source, SourceBatch, TransientError
 
@@ -75,13 +74,10 @@ _long_pass_filter = _LongPassFilter()
 
 
 class DebeziumSource(Source):
+    options_model = SourceOptions
+
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)
-        try:
-            self.spec = SourceOptions.model_validate(dict(options))
-        except ValidationError as e:
-            raise ConfigError([f"debezium {'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}"
-                               for err in e.errors()]) from None
         self.name = context.name
         self.key = route_key(self.name, self.spec)
         self.paths = state_paths(context.state_dir, self.key)

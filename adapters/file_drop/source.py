@@ -30,7 +30,6 @@ import threading
 import time
 from typing import Any, Iterator, Mapping, Optional
 
-from pydantic import ValidationError
 
 from agent.contracts import AdapterContext, ConfigError, Source, SourceBatch, SourceRecord, TransientError
 
@@ -47,13 +46,10 @@ IDLE = {"v": VERSION, "file": None}
 
 
 class FileDropSource(Source):
+    options_model = SourceOptions
+
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)
-        try:
-            self.spec = SourceOptions.model_validate(dict(options))
-        except ValidationError as exc:
-            raise ConfigError([f"file_drop {'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
-                               for e in exc.errors()]) from None
         self.log = context.log
         self.wake = threading.Event()
         self.readiness = Readiness(self.spec.min_age, self.spec.settle)

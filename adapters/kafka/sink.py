@@ -23,14 +23,13 @@ import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
-from urllib.parse import urlsplit
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from pydantic import ValidationError
 
+from adapters.kafka.fabric import connection
 from adapters.kafka.spec import DEFAULTS, SinkOptions
 from agent import contracts
 from agent.contracts import AdapterContext, ConfigError, DeliveryReport, QueuedEvent
@@ -41,7 +40,6 @@ __all__ = ["KafkaSink", "Sink"]
 _PERMANENT = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
               KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE,
               KafkaError.INVALID_TIMESTAMP}
-_SECRET_KEY = re.compile(r"password|secret|user\.info|credentials|token|sasl\.oauthbearer\.config")
 _MARGIN_S = 5.0
 
 
@@ -68,13 +66,10 @@ class _Resolution(Exception):
 
 
 class KafkaSink(contracts.Sink):
+    options_model = SinkOptions
+
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)
-        try:
-            self.spec = SinkOptions.model_validate(dict(options or {}))
-        except ValidationError as exc:
-            raise ConfigError([f"sink {context.name}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
-                               for e in exc.errors()]) from None
         fabric = dict(context.fabric or {})
 
         def pick(name):
@@ -85,19 +80,7 @@ class KafkaSink(contracts.Sink):
         self.auto_register = bool(pick("auto_register"))
         self.create_topics = bool(pick("create_topics"))
         self.topic_partitions = int(pick("topic_partitions"))
-        self._kafka_conf = dict(fabric.get("kafka") or {})
-        self._registry_conf = dict(fabric.get("schema_registry") or {})
-        problems = []
-        if not self._kafka_conf.get("bootstrap.servers"):
-            problems.append("fabric.kafka.bootstrap.servers is required by the kafka sink")
-        if not self._registry_conf.get("url"):
-            problems.append("fabric.schema_registry.url is required by the kafka sink")
-        if problems:
-            raise ConfigError(problems)
-        self._secrets = [str(v) for k, v in {**self._kafka_conf, **self._registry_conf}.items()
-                         if _SECRET_KEY.search(k) and v]
-        self._secrets += [p for p in (urlsplit(u.strip()).password
-                                      for u in str(self._registry_conf["url"]).split(",")) if p]
+        self._kafka_conf, self._registry_conf, self._scrub = connection(self.context, "sink")
         timeout_ms = self._kafka_conf.get("message.timeout.ms",
                                           self._kafka_conf.get("delivery.timeout.ms"))
         self._message_timeout_s = (float(timeout_ms) / 1000 if timeout_ms is not None
@@ -360,14 +343,6 @@ class KafkaSink(contracts.Sink):
                     problems.append(f"schema of {name} is not registered under subject {subject} "
                                     f"and auto_register is off")
         return problems
-
-    # ------------------------------------------------------------------ secrets
-
-    def _scrub(self, text: Any) -> str:
-        text = str(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 Sink = KafkaSink

@@ -35,9 +35,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader
-from pydantic import ValidationError
 
-from adapters.kafka.sink import _SECRET_KEY
+from adapters.kafka.fabric import connection
 from adapters.kafka.spec import SourceOptions
 from agent import contracts
 from agent.contracts import AdapterContext, ConfigError, SourceBatch, SourceRecord, TransientError
@@ -57,27 +56,13 @@ class _Writer:
 
 
 class KafkaSource(contracts.Source):
+    options_model = SourceOptions
+
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)
-        try:
-            self.spec = SourceOptions.model_validate(dict(options or {}))
-        except ValidationError as exc:
-            raise ConfigError([f"source {context.name}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
-                               for e in exc.errors()]) from None
-        fabric = dict(context.fabric or {})
-        self._kafka_conf = dict(fabric.get("kafka") or {})
-        self._registry_conf = dict(fabric.get("schema_registry") or {})
-        problems = []
-        if not self._kafka_conf.get("bootstrap.servers"):
-            problems.append("fabric.kafka.bootstrap.servers is required by the kafka source")
-        if not self._registry_conf.get("url"):
-            problems.append("fabric.schema_registry.url is required by the kafka source")
-        if problems:
-            raise ConfigError(problems)
+        self._kafka_conf, self._registry_conf, self._scrub = connection(context, "source")
         self._pinned = dict(self.spec.topics) if isinstance(self.spec.topics, dict) else {}
         self._topics = list(self.spec.topics)
-        self._secrets = [str(v) for k, v in {**self._kafka_conf, **self._registry_conf}.items()
-                         if _SECRET_KEY.search(k) and v]
         self._consumer: Optional[Consumer] = None
         self._registry: Optional[SchemaRegistryClient] = None
         self._dlq: Optional[Producer] = None
@@ -311,12 +296,6 @@ class KafkaSource(contracts.Source):
         except Exception as exc:
             problems.append(f"schema registry unreachable: {self._scrub(exc)}")
         return problems
-
-    def _scrub(self, text: Any) -> str:
-        text = str(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 Source = KafkaSource

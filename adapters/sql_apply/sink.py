@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from typing import Any, Mapping, Optional, Sequence
 
 import sqlalchemy as sa
-from pydantic import ValidationError
 
 from adapters.sql_apply import statements as sql
 from adapters.sql_apply.bookkeeping import Bookkeeping
@@ -59,13 +58,10 @@ def _describe(column: sa.Column) -> Column:
 
 
 class SqlApplySink(contracts.Sink):
+    options_model = SinkOptions
+
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)
-        try:
-            self.spec = SinkOptions.model_validate(dict(options or {}))
-        except ValidationError as exc:
-            raise ConfigError([f"sink {context.name}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
-                               for e in exc.errors()]) from None
         lookups, problems = reverse_lookups(self.spec.lookups)
         self.targets: dict[str, list] = {}
         for entity, target in self.spec.entities.items():

@@ -28,7 +28,6 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from pydantic import ValidationError
 
 from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, SourceRecord,
                              TransientError)
@@ -124,13 +123,10 @@ def keyset_after(pairs: Sequence[tuple[Any, Any]]):
 # ---- the adapter --------------------------------------------------------------------
 
 class SqlPollSource(Source):
+    options_model = SourceOptions
+
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)
-        try:
-            self.spec = SourceOptions.model_validate(dict(options))
-        except ValidationError as e:
-            raise ConfigError([f"sql_poll {'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}"
-                               for err in e.errors()]) from None
         self.zone = ZoneInfo(self.spec.source_timezone)
         self.object = f"{self.spec.schema_}.{self.spec.table}" if self.spec.schema_ else self.spec.table
         self._engine: Optional[sa.Engine] = None
