@@ -77,7 +77,8 @@ def test_a_file_cut_short_by_a_crash_is_salvaged(tmp_path):
     temp = next((tmp_path / "outbox" / "customer").glob(".*.tmp"))
     with open(temp, "ab") as handle:      # a torn block, as if the process died mid-write
         handle.write(b"\x06\x80\x01garbage")
-    sink._timer = None                    # the crashed process never closed it
+    sink._closing.set()                   # the crashed process's threads are gone, and it
+    sink._timer.join()                    # never finalised its file
     restarted = make_sink(tmp_path)
     restarted.close()
     assert [r["key"] for r in read_all(tmp_path / "outbox" / "customer")] == ["C-1", "C-2"]

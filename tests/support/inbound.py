@@ -5,6 +5,8 @@ The registry is the HTTP double of ``registry_double`` (no registry server can r
 """
 from __future__ import annotations
 
+import copy
+
 import datetime as dt
 import struct
 import uuid
@@ -128,6 +130,6 @@ def inbound_config(state_dir, db_url: str, bootstrap: str, registry_url: str, to
                                   # tansu holds a join for about half the session timeout
                                   "poll_timeout_s": 0.5, "consumer": {**TANSU_CONSUMER, **(consumer or {})}}},
         "sinks": {"erp_apply": {"type": "sql_apply", "url": db_url, "entities": reverse or REVERSE,
-                                "lookups": LOOKUPS, **(sink_extra or {})}},
+                                "lookups": copy.deepcopy(LOOKUPS), **(sink_extra or {})}},
         "routes": {"inbound": {"source": "fabric_in", "sink": "erp_apply", "schedule": {"every": every}}},
     }
