@@ -73,23 +73,6 @@ def fill(a, one_transaction: bool, multi_row: bool) -> float:
     return time.perf_counter() - t0
 
 
-class AckSpy:
-    """Wraps the sink's Producer: records when each key's delivery callback fired."""
-
-    def __init__(self, producer, acked):
-        self._p, self._acked = producer, acked
-
-    def __getattr__(self, name):
-        return getattr(self._p, name)
-
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
-        def cb(err, msg, k=key.decode()):
-            if err is None:
-                self._acked[k] = time.time()
-            on_delivery(err, msg)
-        self._p.produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
-
-
 def child(a) -> dict:
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     agent = make_agent(a, every="0.2s" if a.child == "latency" else "1h")
@@ -99,6 +82,7 @@ def child(a) -> dict:
         acked, queued = {}, {}
         sink = agent.deliveries["out"].sink
         new_producer = sink._new_producer
+        from bench_polling_route import AckSpy   # same folder: wraps the producer's callbacks
         sink._new_producer = lambda: AckSpy(new_producer(), acked)
         commit = agent.queue.commit_capture
 
