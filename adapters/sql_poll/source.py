@@ -150,7 +150,7 @@ class SqlPollSource(Source):
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
             raise ConfigError([f"sql_poll url {self._safe_url}: {self._scrub(e)}"]) from None
         try:
-            with self._db_errors("connect to"), engine.connect() as conn:
+            with self._db_errors("connect"), engine.connect() as conn:
                 try:
                     table = sa.Table(self.spec.table, sa.MetaData(), schema=self.spec.schema_,
                                      autoload_with=conn)
