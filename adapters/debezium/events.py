@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections import deque
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping, Optional
 
@@ -124,16 +125,19 @@ def occurred_at(source: Mapping[str, Any]) -> Optional[dt.datetime]:
 
 
 def to_records(items: Iterable[tuple], kinds: Mapping[str, Mapping[str, str]],
-               skip: Iterable[str] = ()) -> tuple[list[SourceRecord], dict]:
+               skip: Iterable[str] = (), marker: Optional[str] = None,
+               echoes: Optional["EchoTransactions"] = None) -> tuple[list[SourceRecord], dict]:
     """(destination, value JSON, key JSON) triples -> records, plus facts for the checkpoint.
 
     ``kinds`` maps "schema.table" to its column kinds. Heartbeats and tombstones carry no
     change: they are skipped, but still acknowledged with the batch (that is what moves the
     replication slot forward on an idle database). So are changes of the tables in ``skip``
-    (the heartbeat and signalling tables the route also captures).
+    (the heartbeat and signalling tables the route also captures), and, with a ``marker``
+    table, every change of a transaction that wrote the marker: the sql_apply sink writes
+    it first in each apply transaction, so those changes are Outpost's own (no echo).
     """
     records: list[SourceRecord] = []
-    facts = {"heartbeats": 0, "lsn": None, "snapshot": None}
+    facts = {"heartbeats": 0, "lsn": None, "snapshot": None, "echoes": 0}
     for destination, value, key in items:
         if destination.startswith(HEARTBEAT_PREFIX):
             facts["heartbeats"] += 1
@@ -149,6 +153,11 @@ def to_records(items: Iterable[tuple], kinds: Mapping[str, Mapping[str, str]],
         if table in skip:
             facts["heartbeats"] += 1
             continue
+        if echoes is not None and (table == marker or source.get("txId") in echoes):
+            if table == marker:
+                echoes.add(source.get("txId"))
+            facts["echoes"] += 1
+            continue
         table_kinds = kinds.get(table, {})
         records.append(SourceRecord(
             object=table, operation=op, position=position(source, key, event.get("op"), event.get("after")),
@@ -159,6 +168,26 @@ def to_records(items: Iterable[tuple], kinds: Mapping[str, Mapping[str, str]],
         if source.get("snapshot") not in (None, "false"):
             facts["snapshot"] = source["snapshot"]
     return records, facts
+
+
+class EchoTransactions:
+    """The ids of the latest transactions that wrote the marker (bounded: a transaction's
+    changes arrive together, so only recent ones can still be followed by more changes)."""
+
+    def __init__(self, keep: int = 1000):
+        self._order: deque = deque(maxlen=keep)
+        self._ids: set = set()
+
+    def add(self, tx_id) -> None:
+        if tx_id is None or tx_id in self._ids:
+            return
+        if len(self._order) == self._order.maxlen:
+            self._ids.discard(self._order[0])
+        self._order.append(tx_id)
+        self._ids.add(tx_id)
+
+    def __contains__(self, tx_id) -> bool:
+        return tx_id is not None and tx_id in self._ids
 
 
 _NOTE_FIELD = re.compile(r"(\w+)=('([^']*)'|[^,{}]*)")

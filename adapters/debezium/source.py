@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from agent.contracts import AdapterContext, ConfigError, Source, SourceBatch, TransientError
 
-from .events import parse_notification, to_records
+from .events import EchoTransactions, parse_notification, to_records
 from .spec import (SourceOptions, engine_properties, qualified_table, route_key, slot_and_publication,
                    state_paths)
 
@@ -85,6 +85,7 @@ class DebeziumSource(Source):
         self.slot, self.publication = slot_and_publication(self.name, self.spec)
         self.table = qualified_table(self.spec)
         self._skip = {t for t in (self.spec.signal_table, self.spec.heartbeat_table) if t}
+        self._echoes = EchoTransactions() if self.spec.echo_marker_table else None
         self.runner = None
         self._inflight = None
         self._kinds: dict = {}
@@ -217,7 +218,8 @@ class DebeziumSource(Source):
             self.context.report_status(capture_state="ok", engine_state="streaming", source_error=None)
 
     def _to_batch(self, items) -> SourceBatch:
-        records, facts = to_records(items, self._kinds, skip=self._skip)
+        records, facts = to_records(items, self._kinds, skip=self._skip, marker=self.spec.echo_marker_table,
+                                    echoes=self._echoes)
         self._seq += 1
         self._last_lsn = facts["lsn"] or self._last_lsn
         checkpoint = {"v": 1, "run": self._run, "seq": self._seq, "lsn": self._last_lsn}

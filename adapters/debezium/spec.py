@@ -58,6 +58,9 @@ class SourceOptions(BaseModel):
     # A one-row table in the source database that each heartbeat updates, so that the slot
     # keeps moving while the captured table is idle but other tables are written.
     heartbeat_table: Optional[str] = None
+    # The sql_apply sink's marker table (docs/inbound.md) when this database is also applied
+    # to: every change of a transaction that wrote it is Outpost's own, and is not re-published.
+    echo_marker_table: Optional[str] = None
     slot_warn_bytes: Size = parse_size("1GiB")
     slot_check_interval: float = Field(30.0, gt=0)
     heap: str = "256m"
@@ -90,7 +93,7 @@ class SourceOptions(BaseModel):
             raise ValueError(f"expected lower-case letters, digits and _ (at most 63), found {v!r}")
         return v
 
-    @field_validator("signal_table", "heartbeat_table")
+    @field_validator("signal_table", "heartbeat_table", "echo_marker_table")
     @classmethod
     def _qualified(cls, v: Optional[str]) -> Optional[str]:
         if v is not None and "." not in v:
@@ -143,7 +146,7 @@ def engine_properties(source_name: str, spec: SourceOptions, state_dir: Path) ->
     key = route_key(source_name, spec)
     paths = state_paths(state_dir, key)
     table = qualified_table(spec)
-    tables = [table] + [t for t in (spec.signal_table, spec.heartbeat_table) if t]
+    tables = [table] + [t for t in (spec.signal_table, spec.heartbeat_table, spec.echo_marker_table) if t]
     props: dict[str, Any] = {
         "name": key,
         "connector.class": CONNECTORS[spec.connector],

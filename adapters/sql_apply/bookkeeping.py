@@ -37,11 +37,15 @@ class Bookkeeping:
         return done
 
     def record(self, conn, applied: list, touched: dict, now: dt.datetime) -> None:
-        """Ledger rows, row versions and marker, in the caller's transaction."""
+        """Ledger rows and row versions, in the caller's transaction."""
         conn.execute(sa.insert(self.ledger), [
             {"event_id": e.event_id, "entity": e.entity, "entity_key": e.key[:255],
              "correlation_id": (e.correlation_id or "")[:64], "applied_at": _naive(now)} for e in applied])
         self._record_versions(conn, touched, now)
+
+    def mark(self, conn, now: dt.datetime) -> None:
+        """The Debezium marker row, written FIRST in an apply transaction: the debezium
+        source then knows the transaction is Outpost's own before its changes arrive."""
         if self.marker is not None:
             stmt, params = self._upsert(conn, self.marker, ["applier"], ["applier", "txn_id", "applied_at"])
             conn.execute(stmt, params({"applier": self.applier, "txn_id": uuid.uuid4().hex, "applied_at": _naive(now)}))

@@ -212,6 +212,8 @@ class SqlApplySink(contracts.Sink):
                 for kind, plan, row in steps:
                     if kind != "delete" and isinstance(plan, TablePlan) and plan.target.capture_cursor:
                         touched[plan.object][plan.key_of(row)] = (plan, event.event_id)
+            if ops:
+                self._books.mark(conn, now)
             self._execute(conn, ops)
             if applied:
                 self._books.record(conn, applied, touched, now)
