@@ -21,6 +21,12 @@ def collect(cfg) -> dict:
         store.close()
 
 
+# What log-based and file sources report about themselves (see their docs), when present.
+_SOURCE_DETAILS = (("engine", "engine_state"), ("replication slot retains (bytes)", "slot_retained_bytes"),
+                   ("slot warning", "slot_warning"), ("binlog", "binlog"), ("snapshot", "snapshot"),
+                   ("source warning", "source_warning"), ("waiting for companion file", "waiting_for_companion"))
+
+
 def _ago(timestamp) -> str:
     if not timestamp:
         return "never"
@@ -41,6 +47,9 @@ def render(report: dict) -> str:
                      f", captured {r.get('captured_total', 0)}, rejected {r.get('rejected_total', 0)}")
         if r.get("progress"):
             lines.append(f"  progress: {r['progress']}")
+        for label, key in _SOURCE_DETAILS:
+            if r.get(key) not in (None, "", {}):
+                lines.append(f"  {label}: {r[key]}")
         lines.append(f"  queue: {r['queue_depth']} waiting" + (f", oldest {age:.1f}s" if age is not None else ""))
         lines.append(f"  publish: last {_ago(r.get('last_publish_at'))}, published {r.get('published_total', 0)}, "
                      f"dead-lettered {r.get('dead_lettered_total', 0)}, open exceptions {r['open_exceptions']}")
