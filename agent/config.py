@@ -30,6 +30,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def expand_shorthand(value, origin: str):
+    """A bare string names the ``origin`` (a column, or a canonical field for inbound
+    mappings), and a single conversion may be written without a list."""
+    if isinstance(value, str):
+        return {origin: value}
+    if isinstance(value, dict) and isinstance(value.get("convert"), str):
+        value = {**value, "convert": [value["convert"]]}
+    return value
+
+
 class FieldRule(_Strict):
     """How one canonical field is filled: from a column, or a constant."""
 
@@ -42,11 +52,7 @@ class FieldRule(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value):
-        if isinstance(value, str):                     # "name: CUST_NAME" means a column
-            return {"column": value}
-        if isinstance(value, dict) and isinstance(value.get("convert"), str):
-            value = {**value, "convert": [value["convert"]]}
-        return value
+        return expand_shorthand(value, "column")       # "name: CUST_NAME" means a column
 
     @model_validator(mode="after")
     def _one_origin(self):

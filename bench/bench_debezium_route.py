@@ -186,19 +186,11 @@ def _latency(a, db, agent, acked) -> dict:
     import psycopg
     _wait_active(db)
     time.sleep(1.0)
-    total, commits = int(a.rate * a.seconds), {}
+    from bench_polling_route import paced_inserts   # same folder
+    total = int(a.rate * a.seconds)
     with psycopg.connect(host="127.0.0.1", user=db["user"], password=db["password"], dbname=db["name"],
                          autocommit=True) as conn:
-        start = time.time()
-        for i in range(total):
-            delay = start + i / a.rate - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            key = f"L-{i:07d}"
-            conn.execute("INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim)"
-                         " VALUES (%s, 'Latency probe', '01', 'USD', 'NY', 10.00)", (key,))
-            commits[key] = time.time()
-        achieved = total / (time.time() - start)
+        commits, achieved = paced_inserts(conn, a.rate, total)
     deadline = time.monotonic() + 60
     while len(acked) < total and time.monotonic() < deadline:
         time.sleep(0.1)

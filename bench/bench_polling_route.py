@@ -252,24 +252,29 @@ def ceilings(a, pg_url, work) -> dict:
     return res
 
 
+def paced_inserts(conn, rate: float, total: int) -> tuple[dict, float]:
+    """Single-row autocommit inserts at ``rate``/s: {key: commit time}, and the rate achieved."""
+    commits = {}
+    start = time.time()
+    for i in range(total):
+        delay = start + i / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        key = f"L-{i:07d}"
+        conn.execute("INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim)"
+                     " VALUES (%s, 'Latency probe', '01', 'USD', 'NY', 10.00)", (key,))
+        commits[key] = time.time()
+    return commits, total / (time.time() - start)
+
+
 def latency(a, work) -> dict:
     import psycopg
     name, url = fresh_db(a.cursor_index)
     total = int(a.rate * a.seconds)
     proc, out = run_child(a, "latency", url, work, seconds=a.seconds, expect=total)
     assert proc.stdout.readline().strip() == "READY"
-    commits = {}
     with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={name}", autocommit=True) as conn:
-        start = time.time()
-        for i in range(total):
-            delay = start + i / a.rate - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            key = f"L-{i:07d}"
-            conn.execute("INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim)"
-                         " VALUES (%s, 'Latency probe', '01', 'USD', 'NY', 10.00)", (key,))
-            commits[key] = time.time()
-        achieved = total / (time.time() - start)
+        commits, achieved = paced_inserts(conn, a.rate, total)
     proc.wait()
     res = json.load(open(out))
     drop_dbs([name])

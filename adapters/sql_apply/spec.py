@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.config import expand_shorthand
+
 __all__ = ["SinkOptions", "ColumnRule", "TableTarget", "ProcedureTarget", "EntityTarget", "REVERSE_CONVERSIONS"]
 
 # canonical value -> local value; kept in sync with reverse_mapping.CONVERSIONS
@@ -33,11 +35,7 @@ class ColumnRule(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value):
-        if isinstance(value, str):                      # "cust_name: name" means a field
-            return {"field": value}
-        if isinstance(value, dict) and isinstance(value.get("convert"), str):
-            value = {**value, "convert": [value["convert"]]}
-        return value
+        return expand_shorthand(value, "field")        # "cust_name: name" means a field
 
     @model_validator(mode="after")
     def _one_origin(self):
