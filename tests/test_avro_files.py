@@ -91,3 +91,27 @@ def test_unwritable_outbox_is_transient_and_acks_nothing(tmp_path):
     report = sink.write([queued(1)])
     assert report.transient_error and not report.delivered
     sink.close()
+
+
+def test_sizes_and_durations_as_the_example_config_writes_them(tmp_path):
+    """``rotate_bytes: 64MB`` / ``rotate_seconds: 5m`` passed ``outpost check`` and then
+    crashed ``run`` (the sink re-read the raw option with int()); the agent must build
+    the sink from the options the config check validated."""
+    from agent.config import parse
+    from agent.runtime import Agent
+    config = parse({"state_dir": str(tmp_path / "state"),
+                    "mappings": {"c": {"entity": "Customer", "fields": {
+                        "customer_number": "id", "name": "id", "legal_entity": "id", "currency": "id",
+                        "tax_jurisdiction": "id", "updated_at": "id"}}},
+                    "sources": {"db": {"type": "sql_poll", "url": f"sqlite:///{tmp_path / 'db.sqlite'}"}},
+                    "sinks": {"files": {"type": "avro_files", "directory": "outbox", "rotate_bytes": "64MB",
+                                        "rotate_seconds": "5m"}},
+                    "routes": {"r": {"source": "db", "sink": "files", "mapping": "c",
+                                     "capture": {"table": "t", "cursor": "id"}}}})
+    agent = Agent(config)
+    agent.build()
+    try:
+        sink = agent.deliveries["files"].sink
+        assert (sink.rotate_bytes, sink.rotate_seconds) == (64 << 20, 300.0)
+    finally:
+        agent.stop()

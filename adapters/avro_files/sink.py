@@ -20,6 +20,8 @@ import fastavro
 
 from agent.contracts import DeliveryReport, QueuedEvent, Sink, TransientError
 
+from .spec import SinkOptions
+
 
 def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
@@ -65,13 +67,15 @@ class _PartFile:
 
 
 class AvroFilesSink(Sink):
+    options_model = SinkOptions
+
     def __init__(self, options, context):
         super().__init__(options, context)
-        directory = Path(options["directory"])
+        directory = self.spec.directory
         self.directory = directory if directory.is_absolute() else context.state_dir / directory
-        self.rotate_bytes = int(options.get("rotate_bytes", 64 << 20))
-        self.rotate_seconds = float(options.get("rotate_seconds", 300))
-        self.codec = options.get("codec", "deflate")
+        self.rotate_bytes = self.spec.rotate_bytes
+        self.rotate_seconds = self.spec.rotate_seconds
+        self.codec = self.spec.codec
         self._parts: dict[str, _PartFile] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
