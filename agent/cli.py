@@ -22,6 +22,9 @@ def _setup_logging(cfg, level=None):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Outpost: capture legacy ERP/PSA changes as canonical Avro events for the fabric."""
+    # Every command may create files in the state directory (the queue's -wal, offsets):
+    # they hold customer data and must never be readable by other local users.
+    os.umask(0o077)
 
 
 @main.command()
@@ -30,11 +33,18 @@ def main():
 def run(config_path, once):
     """Run the agent in the foreground until SIGTERM/SIGINT."""
     from .runtime import Agent
+    from .statedir import StateDirInUse
     cfg = _load(config_path)
     _setup_logging(cfg)
     agent = Agent(cfg)
-    if once:
+    try:
         agent.build()
+    except StateDirInUse as exc:
+        if cfg.log.file:     # the service's journal or log file must say why it did not start
+            logging.getLogger("outpost.agent").error("not starting: %s", exc)
+        click.echo(f"outpost: not starting: {exc}", err=True)
+        sys.exit(3)
+    if once:
         agent.start(capture=False)
         agent.run_pass()
         delivered = agent.deliver_all()

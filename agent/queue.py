@@ -88,7 +88,7 @@ def migrate(conn: sqlite3.Connection, path, migrations: Optional[dict] = None, t
 class DurableQueue:
     def __init__(self, state_dir: Path, *, max_bytes: int = 2 << 30, dedup_retention: float = 7 * 86400):
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = self.state_dir / "queue.db"
         self.max_bytes = max_bytes
         self.dedup_retention = dedup_retention

@@ -26,6 +26,7 @@ from .pipeline import RouteCapture, SinkDelivery, Translator
 from .queue import DurableQueue
 from .registry import adapter_class
 from .schemas import SchemaCatalog
+from .statedir import StateLock
 
 log = logging.getLogger("outpost.agent")
 
@@ -51,6 +52,7 @@ class Agent:
         self.captures: dict[str, RouteCapture] = {}
         self.scheduler: Optional[BackgroundScheduler] = None
         self.capture_started: dict[str, Optional[float]] = {}   # route -> when its running pass began
+        self.lock = StateLock(config.state_dir, "outpost run")
 
     def _context(self, name: str, **extra) -> AdapterContext:
         return AdapterContext(name=name, state_dir=self.config.state_dir, schemas=self.catalog,
@@ -59,6 +61,14 @@ class Agent:
 
     def build(self) -> None:
         """Create the queue, sinks and sources (imports only the adapters configured)."""
+        self.lock.acquire()     # before anything is opened: a second agent must not capture
+        try:
+            self._build()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self) -> None:
         cfg = self.config
         self.queue = ObservedQueue(cfg.state_dir, max_bytes=cfg.queue.max_bytes,
                                   dedup_retention=cfg.queue.dedup_retention)
@@ -163,6 +173,7 @@ class Agent:
             _quietly(capture.close, f"closing source of route {name}")
         if self.queue is not None:
             self.queue.close()
+        self.lock.release()
         self.state = State.STOPPED
         log.info("agent stopped" + ("" if clean else " (shutdown bound reached)"))
         return clean

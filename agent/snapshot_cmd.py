@@ -12,6 +12,7 @@ import click
 
 from . import snapshots
 from .cli_common import CONFIG_OPTION, load_config as _load
+from .statedir import StateDirInUse, StateLock
 
 
 @click.command("snapshot")
@@ -61,7 +62,11 @@ def _reset(cfg, route: str) -> None:
     if not path.exists():
         click.echo(f"route {route}: no stored position")
         return
-    with closing(sqlite3.connect(path, timeout=30)) as db:
+    try:   # a running agent would write its next checkpoint over the reset
+        lock = StateLock(cfg.state_dir, "outpost snapshot --reset-checkpoint").acquire()
+    except StateDirInUse as exc:
+        raise click.ClickException(f"stop the agent first: {exc}") from None
+    with lock, closing(sqlite3.connect(path, timeout=30)) as db:
         row = db.execute("SELECT value FROM checkpoints WHERE route=?", (route,)).fetchone()
         db.execute("DELETE FROM checkpoints WHERE route=?", (route,))
         db.commit()

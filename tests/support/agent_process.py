@@ -1,0 +1,95 @@
+"""A real ``outpost`` process for tests, and the few things tests ask of it.
+
+Every test that starts, kills or stops the agent as a separate process uses this one
+helper (no test module keeps its own copy): the agent runs as ``python -m agent.cli``
+from the checkout under test, its output goes to a log file the test can read.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def outpost(*args, timeout: float = 120, env: Optional[dict] = None, **kw) -> subprocess.CompletedProcess:
+    """Run one ``outpost`` command to completion (text output captured)."""
+    return subprocess.run([sys.executable, "-m", "agent.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                          **kw)
+
+
+class AgentProcess:
+    """``outpost run -c CONFIG`` as a child process."""
+
+    def __init__(self, config_path: Path, log_path: Path, args: Sequence[str] = ("run",),
+                 env: Optional[dict] = None):
+        self.config_path, self.log_path = Path(config_path), Path(log_path)
+        self.args, self.env = list(args), env or {}
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self) -> "AgentProcess":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", *self.args, "-c", str(self.config_path)], cwd=ROOT,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(ROOT), **self.env})
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no handler runs, nothing is flushed."""
+        if self.alive():
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> bool:
+        return wait_for(lambda: text in self.log(), timeout)
+
+    def __enter__(self) -> "AgentProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.alive():
+            self.kill()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60, every: float = 0.2) -> bool:
+    """Poll ``condition`` until it is truthy; False at the timeout (the test asserts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return bool(condition())
+
+
+def queue_depth(state_dir: Path) -> int:
+    """Events waiting in the agent's local queue, read as another process would."""
+    path = Path(state_dir) / "queue.db"
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path, timeout=10) as db:
+        return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
