@@ -29,9 +29,10 @@ import threading
 import time
 from typing import Callable, Mapping, Optional
 
+from .supervise import RETRY_CAP_S as MAX_BACKOFF_S   # SinkDelivery's default backoff cap
+
 log = logging.getLogger("outpost.notify")
 
-MAX_BACKOFF_S = 30.0          # SinkDelivery's default max_backoff
 WRITE_MARGIN_S = 15.0
 
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
 import threading
 import time
 from typing import Optional
 
-from tenacity import wait_exponential_jitter
-
 from .contracts import ConfigError, DeliveryReport, SourceBatch, SourceRecord, TerminalError, TransientError
 from .events import envelope, event_id
 from .queue import DurableQueue
+from .supervise import RETRY_CAP_S, Backoff
 
 log = logging.getLogger("outpost.pipeline")
 
@@ -126,19 +126,21 @@ class RouteCapture:
         self.stop, self.on_enqueue = stop, on_enqueue
         self._opened = False
         self.stopped_reason: Optional[str] = None
-        self._failures = 0
         self._retry_at = 0.0
-        self._backoff = wait_exponential_jitter(multiplier=1, max=60)
+        self.backoff = Backoff()
 
     def run_once(self) -> int:
+        """One pass; never raises (the scheduler calls it again): every failure is retried."""
         if self.stopped_reason or time.monotonic() < self._retry_at:
-            return 0
-        if self.queue.over_quota():
-            self.queue.update_status(self.name, backpressure=True, capture_state="paused: queue quota reached")
-            log.warning("route %s: capture paused, the local queue reached its quota", self.name)
             return 0
         added = 0
         try:
+            if self.queue.over_quota():
+                self.queue.update_status(self.name, backpressure=True,
+                                         capture_state="paused: queue quota reached (events waiting to be delivered)")
+                log.warning("route %s: capture paused, the events waiting in the local queue reached its quota",
+                            self.name)
+                return 0
             if not self._opened:
                 self.source.open()
                 self._opened = True
@@ -155,17 +157,22 @@ class RouteCapture:
             self.stopped_reason = str(exc)
             log.error("route %s stopped until the configuration is fixed and the agent restarted: %s",
                       self.name, exc)
-            self.queue.update_status(self.name, capture_state="stopped: configuration problem",
-                                     source_error=str(exc)[:500], source_error_at=time.time())
+            self._note(capture_state="stopped: configuration problem", source_error=str(exc)[:500],
+                       source_error_at=time.time())
+        except sqlite3.Error as exc:
+            # The local queue, not the source: a full disk or a locked file under the state
+            # directory. The source stays open; what it yielded is captured again (same ids).
+            self._retry_later(f"local queue unavailable: {exc}", "paused: local queue unavailable",
+                              close_source=False)
         except TransientError as exc:
-            self._source_error(exc)
+            self._retry_later(f"source unavailable: {exc}", "retrying")
         except Exception as exc:   # unknown errors are transient: retried on the next run
             log.exception("route %s: capture failed", self.name)
-            self._source_error(exc)
+            self._retry_later(f"capture failed: {type(exc).__name__}: {exc}", "retrying")
         else:
-            self._failures = 0
-            self.queue.update_status(self.name, capture_state="ok", source_error=None, backpressure=False,
-                                     last_capture_run_at=time.time())
+            self.backoff.succeeded()
+            self._note(capture_state="ok", source_error=None, backpressure=False, next_attempt_at=None,
+                       last_capture_run_at=time.time())
         return added
 
     def _commit(self, batch: SourceBatch) -> int:
@@ -189,19 +196,25 @@ class RouteCapture:
             self.on_enqueue()
         return added
 
-    def _source_error(self, exc: Exception) -> None:
-        self._opened = False
-        try:
-            self.source.close()
-        except Exception:
-            log.debug("route %s: closing the source after an error failed", self.name, exc_info=True)
-        self._failures += 1
-        delay = self._backoff(_RetryState(self._failures))
+    def _retry_later(self, problem: str, state: str, close_source: bool = True) -> None:
+        if close_source:
+            self._opened = False
+            try:
+                self.source.close()
+            except Exception:
+                log.debug("route %s: closing the source after an error failed", self.name, exc_info=True)
+        delay = self.backoff.failed()
         self._retry_at = time.monotonic() + delay
-        log.warning("route %s: source unavailable (attempt %d), retrying in %.0fs: %s", self.name, self._failures,
-                    delay, exc)
-        self.queue.update_status(self.name, capture_state=f"retrying (attempt {self._failures})",
-                                 source_error=str(exc)[:500], source_error_at=time.time())
+        log.warning("route %s: %s (attempt %d), retrying in %.1fs", self.name, problem, self.backoff.failures, delay)
+        self._note(capture_state=f"{state} (attempt {self.backoff.failures})", source_error=problem[:500],
+                   source_error_at=time.time(), next_attempt_at=self.backoff.next_attempt_at)
+
+    def _note(self, **status) -> None:
+        """Status is for people: failing to record it (full disk) must not stop the route."""
+        try:
+            self.queue.update_status(self.name, **status)
+        except sqlite3.Error as exc:
+            log.debug("route %s: status not recorded: %s", self.name, exc)
 
     def close(self) -> None:
         self._opened = False
@@ -212,15 +225,14 @@ class SinkDelivery(threading.Thread):
     """Drains one sink's queue in order; backs off while the sink is unreachable."""
 
     def __init__(self, name: str, sink, queue: DurableQueue, stop: threading.Event, batch_size: int = 500,
-                 max_backoff: float = 30.0, stall_after: float = 5.0):
+                 max_backoff: float = RETRY_CAP_S, stall_after: float = 5.0):
         super().__init__(name=f"deliver-{name}", daemon=True)
         self.sink_name, self.sink, self.queue, self.stop = name, sink, queue, stop
         self.batch_size = batch_size
         self.stall_after = stall_after
         self.wakeup = threading.Event()
         self.connected = False
-        self._backoff = wait_exponential_jitter(multiplier=0.5, max=max_backoff)
-        self._failures = 0
+        self.backoff = Backoff(initial=0.5, cap=max_backoff)
         self._opened = False
         # The worker thread and a synchronous drain must never send the same batch twice.
         self._one_at_a_time = threading.Lock()
@@ -282,26 +294,39 @@ class SinkDelivery(threading.Thread):
                 self.queue.update_status(route, sink_error=message)
 
     def run(self) -> None:
+        """Until the agent stops: no error ends this loop (a dead delivery thread would
+        leave the agent alive and delivering nothing)."""
         while not self.stop.is_set():
-            settled = self.deliver_once()
+            settled = self._attempt()
             if settled is None:
-                self._failures += 1
-                delay = self._backoff(_RetryState(self._failures))
-                log.warning("sink %s unavailable (%d queued), retrying in %.1fs", self.sink_name,
-                            self.queue.depth(self.sink_name), delay)
+                delay = self.backoff.failed()
+                log.warning("sink %s unavailable, retrying in %.1fs", self.sink_name, delay)
                 self.stop.wait(delay)
             elif settled == 0:
-                self._failures = 0
+                self.backoff.succeeded()
                 self.wakeup.wait(1.0)
                 self.wakeup.clear()
             else:
-                self._failures = 0
+                self.backoff.succeeded()
+
+    def _attempt(self) -> Optional[int]:
+        """``deliver_once``, with the local queue's own failures (a full disk) reported and
+        retried like an unreachable sink. An event the sink acknowledged but the queue
+        could not settle is sent again under the same id (consumers de-duplicate)."""
+        try:
+            return self.deliver_once()
+        except Exception as exc:
+            self.connected = False
+            kind = "local queue unavailable" if isinstance(exc, sqlite3.Error) else "delivery failed"
+            log.error("sink %s: %s: %s: %s", self.sink_name, kind, type(exc).__name__, exc,
+                      exc_info=not isinstance(exc, sqlite3.Error))
+            return None
 
     def drain(self, timeout: float) -> bool:
         """Deliver the backlog before capture starts; False if the sink is unavailable."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stop.is_set():
-            settled = self.deliver_once()
+            settled = self._attempt()
             if settled is None:
                 return False
             if settled == 0:
@@ -311,9 +336,3 @@ class SinkDelivery(threading.Thread):
     def close(self) -> None:
         self.sink.close()
 
-
-class _RetryState:
-    """The one attribute tenacity's wait strategies read."""
-
-    def __init__(self, attempt_number: int):
-        self.attempt_number = attempt_number

@@ -1,7 +1,9 @@
 """`outpost status`: read from the queue database, so it works while the agent runs."""
 from __future__ import annotations
 
+import shutil
 import time
+from typing import Optional
 
 from .queue import DurableQueue
 
@@ -14,12 +16,23 @@ def collect(cfg) -> dict:
         for name, route in cfg.routes.items():
             entry = per_route.get(name, {"queue_depth": 0, "oldest_queued_age_s": None, "open_exceptions": 0})
             routes[name] = {"source": route.source, "sink": route.sink, **entry}
-        return {"state_dir": str(cfg.state_dir), "queue_bytes": store.used_bytes(),
+        return {"state_dir": str(cfg.state_dir), "state_dir_free_bytes": _free_bytes(cfg.state_dir),
+                "queue_bytes": store.used_bytes(),
                 "queue_quota_bytes": cfg.queue.max_bytes, "backpressure": store.over_quota(),
                 "open_exceptions": store.count_exceptions(), "routes": routes}
     finally:
         store.close()
 
+
+def _free_bytes(path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+# A full disk under the state directory stops capture and settling: say so before it happens.
+LOW_DISK_BYTES = 64 << 20
 
 # What log-based and file sources report about themselves (see their docs), when present.
 _SOURCE_DETAILS = (("engine", "engine_state"), ("replication slot retains (bytes)", "slot_retained_bytes"),
@@ -35,16 +48,28 @@ def _ago(timestamp) -> str:
         else f"{seconds / 3600:.1f}h ago"
 
 
+def _next_attempt(at) -> str:
+    if not at:
+        return ""
+    seconds = float(at) - time.time()
+    return f", next attempt in {seconds:.0f}s" if seconds > 0 else ", next attempt due now"
+
+
 def render(report: dict) -> str:
     lines = [f"state: {report['state_dir']}  queue: {report['queue_bytes'] / 1e6:.1f} MB of "
              f"{report['queue_quota_bytes'] / 1e6:.0f} MB" + ("  BACKPRESSURE: capture paused" if report["backpressure"]
                                                               else "")
              + f"  open exceptions: {report['open_exceptions']}"]
+    free = report.get("state_dir_free_bytes")
+    if free is not None and free < LOW_DISK_BYTES:
+        lines.append(f"WARNING: only {free / 1e6:.1f} MB free under the state directory; capture and delivery "
+                     "stop (and retry) while the disk is full")
     for name, r in report["routes"].items():
         age = r.get("oldest_queued_age_s")
         lines.append(f"route {name} ({r['source']} -> {r['sink']})")
         lines.append(f"  capture: {r.get('capture_state', 'not run yet')}, last change {_ago(r.get('last_capture_at'))}"
-                     f", captured {r.get('captured_total', 0)}, rejected {r.get('rejected_total', 0)}")
+                     f", captured {r.get('captured_total', 0)}, rejected {r.get('rejected_total', 0)}"
+                     + _next_attempt(r.get("next_attempt_at")))
         if r.get("progress"):
             lines.append(f"  progress: {r['progress']}")
         for label, key in _SOURCE_DETAILS:

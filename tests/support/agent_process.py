@@ -6,6 +6,7 @@ from the checkout under test, its output goes to a log file the test can read.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -86,10 +87,28 @@ def wait_for(condition: Callable[[], object], timeout: float = 60, every: float 
     return bool(condition())
 
 
-def queue_depth(state_dir: Path) -> int:
-    """Events waiting in the agent's local queue, read as another process would."""
+def _read(state_dir: Path, sql: str, args=(), default=None):
+    """One query on the agent's queue, read-only as another process would; ``default``
+    while the agent has not created it yet."""
     path = Path(state_dir) / "queue.db"
     if not path.exists():
-        return 0
-    with sqlite3.connect(path, timeout=10) as db:
-        return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        return default
+    try:
+        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10) as db:
+            row = db.execute(sql, args).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return default
+        raise
+    return default if row is None else row[0]
+
+
+def queue_depth(state_dir: Path) -> int:
+    """Events waiting in the agent's local queue."""
+    return _read(state_dir, "SELECT count(*) FROM outbox", default=0)
+
+
+def route_status(state_dir: Path, route: str) -> dict:
+    """What ``outpost status`` shows for a route (its stored status fields)."""
+    value = _read(state_dir, "SELECT value FROM route_status WHERE route=?", (route,))
+    return json.loads(value) if value else {}
