@@ -95,8 +95,9 @@ class RouteConfig(_Strict):
 
 
 class QueueConfig(_Strict):
-    max_bytes: Size = parse_size("2GiB")          # disk quota; capture pauses beyond it
+    max_bytes: Size = parse_size("2GiB")          # events waiting to be delivered; capture pauses beyond it
     dedup_retention: Duration = parse_duration("7d")
+    prune_every: Duration = Field(default=60.0, gt=0)   # forgetting old delivered ids, on a timer
     delivery_batch: int = Field(default=500, ge=1, le=100_000)
 
 

@@ -33,11 +33,15 @@ from .contracts import DeliveryReport, OutpostError, QueuedEvent
 
 log = logging.getLogger("outpost.queue")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_PENDING_BYTES = "SELECT coalesce(sum(length(body)), 0) FROM outbox"
 # Upgrades of a kept state directory: MIGRATIONS[n](conn) takes a version-n queue to n+1
 # (ALTER TABLE, backfills), each in its own transaction when the queue opens. ``_DDL``
 # only creates what is missing. An older agent refuses a newer queue rather than guess.
-MIGRATIONS: dict = {}
+MIGRATIONS: dict = {
+    # v2 counts the bytes waiting to be delivered (the quota): start from what is queued.
+    1: lambda conn: conn.execute(f"UPDATE counters SET value=({_PENDING_BYTES}) WHERE name='pending_bytes'"),
+}
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -60,6 +64,14 @@ CREATE TABLE IF NOT EXISTS exceptions (
 CREATE INDEX IF NOT EXISTS exceptions_open ON exceptions (status, id);
 CREATE INDEX IF NOT EXISTS exceptions_by_event ON exceptions (event_id);
 CREATE TABLE IF NOT EXISTS route_status (route TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The quota counts only what waits to be delivered. Triggers keep the count exact in the
+-- same transaction as every insert and delete, whoever makes it (capture, settle, retry).
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters VALUES ('pending_bytes', 0);
+CREATE TRIGGER IF NOT EXISTS outbox_pending_in AFTER INSERT ON outbox BEGIN
+    UPDATE counters SET value = value + length(NEW.body) WHERE name = 'pending_bytes'; END;
+CREATE TRIGGER IF NOT EXISTS outbox_pending_out AFTER DELETE ON outbox BEGIN
+    UPDATE counters SET value = value - length(OLD.body) WHERE name = 'pending_bytes'; END;
 """
 _EVENT_COLUMNS = ("event_id", "route", "sink", "entity", "key", "operation", "schema_fingerprint",
                   "body", "correlation_id", "occurred_at")
@@ -95,7 +107,6 @@ class DurableQueue:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._last_prune = 0.0
         conn = self._conn()
         conn.executescript(_DDL)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -149,18 +160,17 @@ class DurableQueue:
         """
         now = time.time()
         with self._write() as db:
-            before = db.total_changes
             # ON CONFLICT, not OR IGNORE: only a duplicate id may be skipped silently;
             # any other constraint failure must abort the whole transaction.
-            db.executemany(
+            # (rowcount, not total_changes: the quota triggers' updates must not count.)
+            added = db.executemany(
                 "INSERT INTO outbox (event_id, route, sink, entity, key, operation, schema_fingerprint,"
                 " body, correlation_id, occurred_at, enqueued_at)"
                 " SELECT ?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE event_id=?)"
                 # a parked event delivered again upstream (Kafka after a crash) stays parked once
                 " AND NOT EXISTS (SELECT 1 FROM exceptions WHERE event_id=? AND status='open')"
                 " ON CONFLICT(event_id) DO NOTHING",
-                [tuple(e[c] for c in _EVENT_COLUMNS) + (now, e["event_id"], e["event_id"]) for e in events])
-            added = db.total_changes - before
+                [tuple(e[c] for c in _EVENT_COLUMNS) + (now, e["event_id"], e["event_id"]) for e in events]).rowcount
             self._insert_exceptions(db, [{**x, "route": route} for x in exceptions], now)
             if checkpoint is not None:
                 db.execute("INSERT INTO checkpoints VALUES (?,?,?) ON CONFLICT(route) DO UPDATE"
@@ -181,13 +191,32 @@ class DurableQueue:
               x.get("body"), x.get("correlation_id"), x.get("occurred_at"), now) for x in exceptions])
 
     def used_bytes(self) -> int:
+        """The whole queue file on disk (waiting events, delivered ids, exceptions, WAL)."""
         conn = self._conn()
         pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
         wal = self.path.with_name(self.path.name + "-wal")
         return pages * conn.execute("PRAGMA page_size").fetchone()[0] + (wal.stat().st_size if wal.exists() else 0)
 
+    def pending_bytes(self) -> int:
+        """Bytes of event bodies waiting to be delivered: what the quota limits."""
+        return self._conn().execute("SELECT value FROM counters WHERE name='pending_bytes'").fetchone()[0]
+
     def over_quota(self) -> bool:
-        return self.used_bytes() >= self.max_bytes
+        """Only waiting events count: delivered ids and the exception queue never pause capture."""
+        return self.pending_bytes() >= self.max_bytes
+
+    def prune(self, now: Optional[float] = None, chunk: int = 50_000) -> int:
+        """Forget delivered ids older than ``dedup_retention``; runs on a timer, so it does
+        not depend on anything being delivered. Chunked: the write lock is held briefly."""
+        cutoff = (time.time() if now is None else now) - self.dedup_retention
+        removed = 0
+        while True:
+            with self._write() as db:
+                count = db.execute("DELETE FROM delivered WHERE event_id IN (SELECT event_id FROM delivered"
+                                   " WHERE delivered_at < ? LIMIT ?)", (cutoff, chunk)).rowcount
+            removed += count
+            if count < chunk:
+                return removed
 
     # -- delivery side ------------------------------------------------------------------
     def peek(self, sink: str, limit: int) -> list[QueuedEvent]:
@@ -237,9 +266,6 @@ class DurableQueue:
                     update["last_publish_latency_s"] = max(0.0, now - max(e.occurred_at or e.enqueued_at for e in done))
                 update["sink_error"] = report.transient_error
                 self._merge_status(db, route, update)
-            if now - self._last_prune > 60:
-                self._last_prune = now
-                db.execute("DELETE FROM delivered WHERE delivered_at < ?", (now - self.dedup_retention,))
 
     def depth(self, sink: Optional[str] = None) -> int:
         sql, args = ("SELECT count(*) FROM outbox", ()) if sink is None else \

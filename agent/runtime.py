@@ -10,6 +10,7 @@ import datetime as dt
 import enum
 import functools
 import logging
+import sqlite3
 import threading
 import time
 from typing import Optional
@@ -108,6 +109,10 @@ class Agent:
                 # run at once on start, then on the schedule
                 self.scheduler.add_job(functools.partial(self._capture, name), trigger, id=name,
                                        name=f"capture {name}", next_run_time=dt.datetime.now(self.scheduler.timezone))
+            # on a timer, not after deliveries: an idle queue must forget old ids too
+            self.scheduler.add_job(self._prune, IntervalTrigger(seconds=self.config.queue.prune_every),
+                                   id="outpost-prune", name="forget old delivered ids",
+                                   next_run_time=dt.datetime.now(self.scheduler.timezone))
             self.scheduler.start()
         self.state = State.RUNNING
         log.info("agent running: %d route(s), %d sink(s), state in %s", len(self.captures), len(self.deliveries),
@@ -120,6 +125,15 @@ class Agent:
             return self.captures[name].run_once()
         finally:
             self.capture_started[name] = None
+
+    def _prune(self) -> None:
+        try:
+            removed = self.queue.prune()
+        except sqlite3.Error as exc:     # a full disk: the next tick tries again
+            log.warning("forgetting old delivered ids failed: %s", exc)
+            return
+        if removed:
+            log.info("forgot %d delivered event id(s) older than %.0fs", removed, self.config.queue.dedup_retention)
 
     def run_pass(self) -> int:
         """Capture every route once, synchronously (used by tests, the demo and one-shot runs)."""

@@ -126,6 +126,54 @@ def test_quota_pauses_capture_and_status_says_so(tmp_path):
     queue.close()
 
 
+def test_delivered_ids_never_count_against_the_quota(tmp_path):
+    """The quota tripped with an empty queue: delivered ids counted, and capture stayed
+    paused with nothing left to deliver."""
+    queue = DurableQueue(tmp_path, max_bytes=64 * 1024)
+    for start in range(0, 6000, 500):
+        queue.commit_capture("r", [event(n) | {"event_id": f"id-{n}"} for n in range(start, start + 500)], [], None)
+        batch = queue.peek("s", 500)
+        queue.settle("s", batch, DeliveryReport(delivered={e.event_id for e in batch}))
+    assert queue.depth() == 0 and queue.used_bytes() > 64 * 1024, "the delivered ids alone exceed the quota"
+    assert queue.pending_bytes() == 0 and not queue.over_quota()
+    capture = RouteCapture("r", _EndlessSource({}, None), _PassThrough(), queue, threading.Event())
+    assert capture.run_once() > 0, "capture must not pause while nothing waits"
+    assert queue.pending_bytes() == sum(len(e.body) for e in queue.peek("s", 10**6))
+    queue.close()
+
+
+def test_pending_bytes_follow_every_way_in_and_out(queue):
+    queue.commit_capture("r", [event(1), event(2), event(3)], [], None)
+    assert queue.pending_bytes() == 6
+    assert queue.commit_capture("r", [event(1)], [], None) == 0 and queue.pending_bytes() == 6, "a duplicate adds nothing"
+    batch = queue.peek("s", 10)
+    queue.settle("s", batch, DeliveryReport(delivered={"id-1"}, rejected={"id-2": "no"}))
+    assert queue.pending_bytes() == 2
+    (parked,) = queue.exceptions()
+    assert queue.requeue_exception(parked["id"]) and queue.pending_bytes() == 4
+
+
+def test_old_delivered_ids_are_pruned_without_any_delivery(queue):
+    queue.commit_capture("r", [event(1), event(2)], [], None)
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(delivered={"id-1", "id-2"}))
+    week = queue.dedup_retention
+    assert queue.prune(now=__import__("time").time() + week / 2) == 0, "still inside the retention"
+    assert queue.prune(now=__import__("time").time() + week + 1) == 2
+    assert queue.commit_capture("r", [event(1)], [], None) == 1, "forgotten after the retention"
+
+
+def test_a_queue_from_the_previous_version_counts_what_it_holds(tmp_path):
+    queue = DurableQueue(tmp_path)
+    queue.commit_capture("r", [event(1), event(2)], [], None)
+    conn = queue._conn()
+    conn.executescript("DROP TRIGGER outbox_pending_in; DROP TRIGGER outbox_pending_out; DROP TABLE counters;"
+                       " UPDATE meta SET value='1' WHERE key='schema_version';")
+    queue.close()
+    upgraded = DurableQueue(tmp_path)
+    assert upgraded.pending_bytes() == 4
+    upgraded.close()
+
+
 def test_a_parked_event_captured_again_is_not_queued_or_parked_twice(queue):
     queue.commit_capture("r", [event(1)], [], None)
     queue.settle("s", queue.peek("s", 10), DeliveryReport(rejected={"id-1": "constraint violated"}))

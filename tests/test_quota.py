@@ -1,0 +1,73 @@
+"""The queue quota limits what waits to be delivered, and never freezes an empty queue.
+
+Real parts: PostgreSQL as the ERP, the tansu broker (frozen with SIGSTOP for the outage),
+the agent as a real process; the registry is the HTTP double (no registry server can run
+here).
+"""
+import sqlite3
+import time
+
+import pytest
+import yaml
+
+from agent.config import parse
+from agent.runtime import Agent
+from tests.support.agent_process import AgentProcess, queue_depth, route_status, wait_for
+from tests.support.route import create_tables, decode_messages, insert_customers, route_config
+
+
+@pytest.mark.slow
+def test_a_small_quota_pauses_capture_only_while_events_wait(tmp_path, pg_url, broker, registry):
+    engine = create_tables(pg_url)
+    document = route_config(tmp_path / "state", pg_url, broker.bootstrap, registry.url, delivery_timeout=5)
+    document["queue"] = {"max_bytes": "512KiB"}
+    config = tmp_path / "outpost.yaml"
+    config.write_text(yaml.safe_dump(document))
+    topic = document["fabric"]["topic_template"].format(entity="customer")
+    with AgentProcess(config, tmp_path / "agent.log") as agent:
+        # enough delivered ids that their dedup entries alone outgrow the quota
+        for start in range(1, 6001, 1000):
+            insert_customers(engine, range(start, start + 1000))
+        assert wait_for(lambda: _status(tmp_path).get("published_total", 0) >= 6000, 120), agent.log()
+        with broker.outage():
+            insert_customers(engine, range(6001, 9001))
+            assert wait_for(lambda: "paused: queue quota reached" in str(_status(tmp_path).get("capture_state")),
+                            60), agent.log()
+            assert queue_depth(tmp_path / "state") > 0, "paused with something waiting"
+        insert_customers(engine, range(9001, 9011))
+        assert wait_for(lambda: _status(tmp_path).get("published_total", 0) >= 9010, 120), \
+            (agent.log()[-3000:], _status(tmp_path))
+    keys = {event["_key"] for event in decode_messages(broker.consume(topic, expected=9010, timeout=120), registry)}
+    assert keys == {f"C-{n:05d}" for n in range(1, 9011)}
+
+
+def _status(tmp_path) -> dict:
+    return route_status(tmp_path / "state", "customers")
+
+
+def test_the_agent_forgets_old_delivered_ids_with_nothing_to_deliver(tmp_path):
+    database = tmp_path / "erp.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE cust (id INTEGER PRIMARY KEY, updated_at DATETIME)")
+    config = parse({"state_dir": str(tmp_path / "state"), "queue": {"dedup_retention": "1h", "prune_every": "0.2s"},
+                    "mappings": {"c": {"entity": "Customer", "fields": {
+                        "customer_number": "id", "name": "id", "legal_entity": "id", "currency": "id",
+                        "tax_jurisdiction": "id", "updated_at": "updated_at"}}},
+                    "sources": {"db": {"type": "sql_poll", "url": f"sqlite:///{database}"}},
+                    "sinks": {"files": {"type": "avro_files", "directory": "outbox"}},
+                    "routes": {"r": {"source": "db", "sink": "files", "mapping": "c",
+                                     "capture": {"table": "cust", "cursor": "updated_at"}}}})
+    agent = Agent(config)
+    agent.build()
+    old = time.time() - 2 * 3600
+    with sqlite3.connect(tmp_path / "state" / "queue.db") as db:
+        db.executemany("INSERT INTO delivered VALUES (?, ?)", [(f"old-{n}", old) for n in range(1000)])
+        db.execute("INSERT INTO delivered VALUES ('recent', ?)", (time.time(),))
+    agent.start()
+    try:
+        def left():
+            with sqlite3.connect(tmp_path / "state" / "queue.db") as db:
+                return [r[0] for r in db.execute("SELECT event_id FROM delivered")]
+        assert wait_for(lambda: left() == ["recent"], 10), len(left())
+    finally:
+        agent.stop()
