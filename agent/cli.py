@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from .cli_common import CONFIG_OPTION, load_config as _load
+from .logs import escape_controls
 from .registry import adapter_commands
 
 def _setup_logging(cfg, level=None):
@@ -87,7 +88,7 @@ def status(config_path, as_json):
     report = collect(cfg)
     report["objectives"] = objectives(cfg, report["routes"])
     click.echo(json.dumps(report, indent=2, default=str) if as_json else
-               render(report) + render_objectives(report["objectives"]))
+               "\n".join(map(escape_controls, (render(report) + render_objectives(report["objectives"])).split("\n"))))
 
 
 @main.group()
@@ -108,8 +109,8 @@ def queue_list(config_path, state, route):
         click.echo(f"no {state} exceptions")
     for item in items:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["created_at"]))
-        click.echo(f"{item['id']:>6}  {when}  {item['route']:<16} {item['stage']:<8} "
-                   f"{item['entity'] or '-'} {item['key'] or '-'}: {item['reason']}")
+        click.echo(escape_controls(f"{item['id']:>6}  {when}  {item['route']:<16} {item['stage']:<8} "
+                                   f"{item['entity'] or '-'} {item['key'] or '-'}: {item['reason']}"))
 
 
 @queue.command("show")

@@ -10,6 +10,17 @@ from typing import Iterable, Optional
 
 REDACTED = "***"
 
+# C0 and C1 controls, DEL and the Unicode line breaks: a file or table name carrying them
+# could forge a log line ("\n... ERROR outpost.agent: ...") or drive the operator's terminal
+# (ANSI escapes). Text output shows them escaped; JSON lines escape them by themselves.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7f, 0xa0))}
+_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape, on one line."""
+    return text.translate(_CONTROLS)
+
 
 class RedactingFilter(logging.Filter):
     """Replaces every known secret value in the formatted message (and its arguments)."""
@@ -48,7 +59,9 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Human-readable; a line about an event ends with its event and correlation ids."""
+    """Human-readable, one record a line: a line about an event ends with its event and
+    correlation ids; control characters are escaped and traceback lines indented, so no
+    text that came from outside can start a line of its own."""
 
     def __init__(self):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -57,7 +70,26 @@ class TextFormatter(logging.Formatter):
         line = super().formatMessage(record)
         ids = " ".join(f"{attr}={getattr(record, attr)}" for attr in ("event_id", "correlation_id")
                        if getattr(record, attr, None))
-        return f"{line} [{ids}]" if ids else line
+        return escape_controls(f"{line} [{ids}]" if ids else line)
+
+    def formatException(self, exc_info) -> str:
+        return _indented(super().formatException(exc_info))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(stack_info)
+
+    def format(self, record: logging.LogRecord) -> str:
+        # exc_text may come ready-made (the redacting filter formats it): indent it too
+        if record.exc_text and not record.exc_text.startswith(_INDENT):
+            record.exc_text = _indented(record.exc_text)
+        return super().format(record)
+
+
+_INDENT = "    | "
+
+
+def _indented(text: str) -> str:
+    return "\n".join(_INDENT + escape_controls(line) for line in text.splitlines())
 
 
 class EventLogHandler(logging.Handler):

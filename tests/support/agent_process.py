@@ -67,7 +67,11 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_for_log(self, text: str, timeout: float = 60) -> bool:
-        return wait_for(lambda: text in self.log(), timeout)
+        return self.until(lambda: text in self.log(), timeout)
+
+    def until(self, condition: Callable[[], object], timeout: float = 60) -> bool:
+        """``wait_for``, but gives up at once when the agent has exited."""
+        return wait_for(lambda: condition() or not self.alive(), timeout) and bool(condition())
 
     def __enter__(self) -> "AgentProcess":
         return self.start()
