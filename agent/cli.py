@@ -168,6 +168,23 @@ def queue_discard(config_path, exception_ids):
         click.echo(f"{exception_id}: " + ("discarded" if store.discard_exception(exception_id) else "not open"))
 
 
+@queue.command("purge")
+@CONFIG_OPTION
+@click.option("--older-than", "older_than", required=True, metavar="DURATION",
+              help="Resolved (retried or discarded) longer ago than this, e.g. 30d.")
+def queue_purge(config_path, older_than):
+    """Delete retried and discarded entries (they may hold personal data); open entries stay,
+    and discarded events stay refused."""
+    from .queue import DurableQueue
+    from .units import parse_duration
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    cfg = _load(config_path)
+    click.echo(f"purged {DurableQueue(cfg.state_dir).purge_exceptions(seconds)} resolved exception(s)")
+
+
 @main.group()
 def schemas():
     """The canonical Avro schemas."""

@@ -98,6 +98,9 @@ class QueueConfig(_Strict):
     max_bytes: Size = parse_size("2GiB")          # events waiting to be delivered; capture pauses beyond it
     dedup_retention: Duration = parse_duration("7d")
     prune_every: Duration = Field(default=60.0, gt=0)   # forgetting old delivered ids, on a timer
+    # What an exception entry keeps of a rejected source row: the mapped columns (with the
+    # business key), or the whole row. Source rows hold personal data; keep them minimal.
+    exception_context: Literal["mapped", "full"] = "mapped"
     delivery_batch: int = Field(default=500, ge=1, le=100_000)
 
 

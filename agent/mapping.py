@@ -167,6 +167,11 @@ class EntityMapping:
     def entity(self) -> str:
         return self.schema.entity
 
+    @property
+    def columns(self) -> frozenset:
+        """The source columns this mapping reads (what an exception entry keeps of a row)."""
+        return frozenset(rule.column for rule in self.config.fields.values() if rule.column is not None)
+
     def describe(self) -> dict:
         """The mapping as data, for the exception queue's context."""
         return {"name": self.name, "entity": self.entity,

@@ -25,18 +25,38 @@ from .supervise import RETRY_CAP_S, Backoff
 log = logging.getLogger("outpost.pipeline")
 
 
-def _row_context(record: SourceRecord) -> dict:
+def _only(image, columns):
+    if not isinstance(image, dict) or columns is None:
+        return image
+    return {name: value for name, value in image.items() if name in columns}
+
+
+def _row_context(record: SourceRecord, columns=None) -> dict:
     return {"object": record.object, "position": record.position, "operation": record.operation,
-            "before": record.before, "after": record.after,
+            "before": _only(record.before, columns), "after": _only(record.after, columns),
             "occurred_at": record.occurred_at.isoformat() if record.occurred_at else None}
 
 
-class Translator:
-    """Pure: source records -> (queue rows, exception entries). No I/O."""
+def limit_context(entry: dict, columns) -> dict:
+    """An exception entry from a source (a row that could not be parsed) keeps only the
+    mapped columns of the row it carries: the exception queue is not a copy of the ERP."""
+    context = entry.get("context")
+    if columns is None or not isinstance(context, dict) or not isinstance(context.get("values"), dict):
+        return entry
+    return {**entry, "context": {**context, "values": _only(context["values"], columns)}}
 
-    def __init__(self, route: str, sink: str, system: str, mapping):
+
+class Translator:
+    """Pure: source records -> (queue rows, exception entries). No I/O.
+
+    ``keep_columns``: what an exception entry keeps of a rejected row (the mapped columns,
+    which include the business key); None keeps the whole row (``queue.exception_context:
+    full``)."""
+
+    def __init__(self, route: str, sink: str, system: str, mapping, keep_columns=None):
         self.route, self.sink, self.system, self.mapping = route, sink, system, mapping
         self.schema = mapping.schema
+        self.keep_columns = keep_columns
 
     def translate(self, records, captured_at: Optional[dt.datetime] = None) -> tuple[list[dict], list[dict]]:
         captured_at = captured_at or dt.datetime.now(dt.timezone.utc)
@@ -87,7 +107,7 @@ class Translator:
         reason = "; ".join(f"{p['field']}: {p['message']}" for p in problems) if problems else str(exc)
         return {"stage": "mapping", "reason": reason, "entity": self.schema.entity, "sink": self.sink,
                 "operation": record.operation,
-                "context": {"record": _row_context(record), "mapping": self.mapping.describe(),
+                "context": {"record": _row_context(record, self.keep_columns), "mapping": self.mapping.describe(),
                             "problems": problems, "system": self.system}}
 
 
@@ -190,8 +210,9 @@ class RouteCapture:
         status = {"last_capture_at": time.time()} if batch.records else {}
         if batch.progress:
             status["progress"] = batch.progress
-        added = self.queue.commit_capture(self.name, events, failures + list(batch.exceptions), batch.checkpoint,
-                                          status)
+        keep = getattr(self.translator, "keep_columns", None)
+        rejected = failures + [limit_context(entry, keep) for entry in batch.exceptions]
+        added = self.queue.commit_capture(self.name, events, rejected, batch.checkpoint, status)
         if added:
             self.on_enqueue()
         return added

@@ -9,8 +9,9 @@ It is what lets capture go on while the fabric is down. Delivery invariants (DES
 3. A queue row is removed only after the sink confirms it (``settle`` with the sink's
    ``DeliveryReport``): unconfirmed rows stay and are sent again, in order.
 4. ``event_id`` is deterministic (``agent.events.event_id``); the queue ignores an id it
-   already holds, or delivered within ``dedup_retention``, so re-capture after a crash
-   never yields a second event.
+   already holds, delivered within ``dedup_retention``, or ever discarded by an operator
+   (the ``delivered`` table keeps those for good), so re-capture after a crash never
+   yields a second event and a replay never brings back what a person threw away.
 5. Order is kept per sink in ``seq`` order, hence per entity key. A rejected event is
    the only thing that may reorder: it moves to the exception queue, and is logged,
    counted and visible there.
@@ -73,6 +74,7 @@ CREATE TRIGGER IF NOT EXISTS outbox_pending_in AFTER INSERT ON outbox BEGIN
 CREATE TRIGGER IF NOT EXISTS outbox_pending_out AFTER DELETE ON outbox BEGIN
     UPDATE counters SET value = value - length(OLD.body) WHERE name = 'pending_bytes'; END;
 """
+_FOREVER = float("inf")     # "delivered at" of a discarded id: never pruned
 _EVENT_COLUMNS = ("event_id", "route", "sink", "entity", "key", "operation", "schema_fingerprint",
                   "body", "correlation_id", "occurred_at")
 
@@ -341,9 +343,23 @@ class DurableQueue:
         return True
 
     def discard_exception(self, exception_id: int) -> bool:
+        """Never send it; its event id stays refused for good (an upstream replay or a
+        consumer-group reset must not bring it back), even after ``purge_exceptions``."""
         with self._write() as db:
-            return db.execute("UPDATE exceptions SET status='discarded', resolved_at=? WHERE id=? AND status='open'",
+            done = db.execute("UPDATE exceptions SET status='discarded', resolved_at=? WHERE id=? AND status='open'",
                               (time.time(), exception_id)).rowcount == 1
+            if done:
+                db.execute("INSERT OR REPLACE INTO delivered SELECT event_id, ? FROM exceptions"
+                           " WHERE id=? AND event_id IS NOT NULL", (_FOREVER, exception_id))
+            return done
+
+    def purge_exceptions(self, older_than: float, now: Optional[float] = None) -> int:
+        """Delete retried and discarded entries resolved more than ``older_than`` seconds
+        ago (their rows may hold personal data); open entries are never purged."""
+        cutoff = (time.time() if now is None else now) - older_than
+        with self._write() as db:
+            return db.execute("DELETE FROM exceptions WHERE status IN ('retried', 'discarded') AND resolved_at < ?",
+                              (cutoff,)).rowcount
 
     def refresh_exception(self, exception_id: int, reason: str, context: dict) -> None:
         """A retry that failed again: keep it open with what went wrong this time."""

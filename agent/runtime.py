@@ -201,7 +201,8 @@ def make_translator(config: Config, catalog: SchemaCatalog, route_name: str) -> 
     mapping_cfg = config.mappings[route.mapping]
     mapping = EntityMapping(route.mapping, mapping_cfg, catalog.entity(mapping_cfg.entity), config.lookups)
     system = config.sources[route.source].get("system") or route.source
-    return Translator(route_name, route.sink, system, mapping)
+    keep = None if config.queue.exception_context == "full" else mapping.columns
+    return Translator(route_name, route.sink, system, mapping, keep_columns=keep)
 
 
 def _quietly(action, what: str) -> None:

@@ -182,4 +182,21 @@ def test_a_parked_event_captured_again_is_not_queued_or_parked_twice(queue):
     assert queue.depth() == 0 and queue.count_exceptions() == 1
     (item,) = queue.exceptions()
     assert queue.discard_exception(item["id"])
-    assert queue.commit_capture("r", [event(1)], [], None) == 1, "once discarded, a new capture is new work"
+    assert queue.commit_capture("r", [event(1)], [], None) == 0, "a discarded event stays discarded"
+    assert queue.prune(now=__import__("time").time() + 10 * queue.dedup_retention) == 0
+    assert queue.purge_exceptions(older_than=0, now=__import__("time").time() + 1) == 1
+    assert queue.count_exceptions("discarded") == 0
+    assert queue.commit_capture("r", [event(1)], [], None) == 0, "purging the entry keeps the refusal"
+    assert queue.commit_capture("r", [event(2)], [], None) == 1, "another version is new work"
+
+
+def test_purge_keeps_open_and_recent_entries(queue):
+    import time
+    queue.commit_capture("r", [event(1), event(2), event(3)], [], None)
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(rejected={f"id-{n}": "refused" for n in (1, 2, 3)}))
+    first, second, third = (item["id"] for item in queue.exceptions())
+    assert queue.discard_exception(first)
+    assert queue.requeue_exception(second)
+    assert queue.purge_exceptions(older_than=30 * 86400) == 0, "resolved just now"
+    assert queue.purge_exceptions(older_than=30 * 86400, now=time.time() + 31 * 86400) == 2
+    assert [item["id"] for item in queue.exceptions()] == [third]
