@@ -89,3 +89,16 @@ def test_state_directory_and_files_are_private_whatever_the_umask(tmp_path):
              if stat.S_IMODE(p.stat().st_mode) & 0o077]
     assert loose == [], loose
     assert (state / "queue.db").exists() and any((state / "outbox").rglob("*.avro"))
+
+
+def test_a_rejected_row_keeps_only_its_mapped_columns(tmp_path):
+    """Another local user read customer e-mails out of queue.db-wal: a rejected row was
+    stored whole, with columns the mapping never reads."""
+    config, state = _config(tmp_path)
+    with AgentProcess(config, tmp_path / "agent.log") as agent:
+        assert agent.until(lambda: "legal_entity" in outpost("queue", "list", "-c", config).stdout, 60), agent.log()
+        shown = outpost("queue", "show", "1", "-c", config)
+        assert shown.returncode == 0 and "Bad Co" in shown.stdout, shown
+        assert "cfo@bad.example" not in shown.stdout
+    stored = b"".join(p.read_bytes() for p in state.glob("queue.db*"))
+    assert b"Bad Co" in stored and b"cfo@bad.example" not in stored
