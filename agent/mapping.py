@@ -9,6 +9,7 @@ caller sends it to the exception queue with the row, the mapping and every probl
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import lru_cache
@@ -69,6 +70,16 @@ def _is_iso4217(code: str) -> bool:
     return pycountry.currencies.get(alpha_3=code) is not None
 
 
+# Text that may become a number, a date or a time: ASCII digits in one plain form only.
+# Python itself accepts far more ('1_000.50', '1e3', Arabic-Indic or full-width digits,
+# 'NaN', ISO week dates), and a finance value must never be guessed at.
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+_DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_TIMESTAMP_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?)?"
+                             r"(?:Z|[+-][0-9]{2}:?[0-9]{2})?")
+
+
 def _to_decimal(value, scale: int, precision: int) -> Decimal:
     if isinstance(value, bool):
         raise ValueError("a boolean is not an amount")
@@ -77,8 +88,12 @@ def _to_decimal(value, scale: int, precision: int) -> Decimal:
         # stands for (repr), then round half-even to the schema's scale.
         number = Decimal(repr(value)).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
     else:
+        if isinstance(value, str):
+            if not _DECIMAL_TEXT.fullmatch(value.strip()):
+                raise ValueError(f"expected a plain decimal amount such as 1234.50, found {value!r}")
+            value = value.strip()
         try:
-            number = Decimal(value.strip() if isinstance(value, str) else value)
+            number = Decimal(value)
         except (InvalidOperation, TypeError):
             raise ValueError(f"expected a decimal amount, found {value!r}") from None
         if not number.is_finite():
@@ -94,6 +109,8 @@ def _to_decimal(value, scale: int, precision: int) -> Decimal:
 
 def _to_utc(value, zone: dt.tzinfo) -> dt.datetime:
     if isinstance(value, str):
+        if not _TIMESTAMP_TEXT.fullmatch(value.strip()):
+            raise ValueError(f"expected an ISO 8601 timestamp such as 2026-11-27T10:00:00Z, found {value!r}")
         value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         value = dt.datetime(value.year, value.month, value.day)
@@ -109,9 +126,9 @@ def _to_date(value) -> dt.date:
         return value.date()
     if isinstance(value, dt.date):
         return value
-    if isinstance(value, str):
-        return dt.date.fromisoformat(value.strip()[:10])
-    raise ValueError(f"expected a date, found {value!r}")
+    if isinstance(value, str) and _DATE_TEXT.fullmatch(value.strip()):
+        return dt.date.fromisoformat(value.strip())
+    raise ValueError(f"expected a date such as 2026-11-27, found {value!r}")
 
 
 def _to_bool(value) -> bool:
@@ -126,7 +143,11 @@ def _to_bool(value) -> bool:
 
 
 def _to_int(value) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+    if isinstance(value, str):
+        if not _INTEGER_TEXT.fullmatch(value.strip()):
+            raise ValueError(f"expected a whole number, found {value!r}")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)) or value != int(value):
         raise ValueError(f"expected a whole number, found {value!r}")
     return int(value)
 
@@ -184,8 +205,11 @@ class EntityMapping:
             rule = self.config.fields.get(spec.name)
             converters = tuple(CONVERSIONS[name] for name in rule.convert) if rule else ()
             lookup = (rule.lookup, self.lookups[rule.lookup]) if rule and rule.lookup else None
+            # "" is missing for every non-string field, and for a required string too
+            # (17 invoices once went out with customer_number "")
+            blank_is_missing = spec.avro_type != "string" or not spec.nullable
             plan.append((spec, rule, rule.column if rule else None, converters, lookup,
-                         rule.default if rule else None, spec.avro_type != "string"))
+                         rule.default if rule else None, blank_is_missing))
         return plan
 
     def apply(self, row: Optional[Mapping[str, Any]]) -> tuple[Optional[dict], list[Problem]]:
@@ -210,7 +234,7 @@ class EntityMapping:
                     value = table[code]
                 if default is not None and (value is None or value == ""):
                     value = default
-                if value is None or (blank_is_missing and value == ""):
+                if value is None or (blank_is_missing and isinstance(value, str) and not value.strip()):
                     if not spec.nullable:
                         problems.append(Problem(spec.name, "required", "is required but missing", column, value))
                     payload[spec.name] = None

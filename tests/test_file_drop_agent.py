@@ -148,6 +148,23 @@ def test_one_bad_row_rejects_the_whole_file_with_a_full_report(tmp_path, run):
     assert (r.inbox / "error" / "inv.csv").read_text() == body, "nothing is deleted or changed"
 
 
+def test_loosely_written_amounts_and_dates_reject_the_file_with_line_and_value(tmp_path, run):
+    """'2025-01-20 garbage' became a date and '1_000.50' an amount: a finance file with
+    such values is refused as a whole, every value named with its line."""
+    r = run(config(tmp_path, {"format": "csv"}))
+    lines = [invoice_line(1), invoice_line(2).replace("2026-11-27", "2025-01-20 garbage"),
+             invoice_line(3, net="1_000.50"), invoice_line(4, net="\u0661\u0662\u0663.\u0664\u0665"),
+             invoice_line(5).replace("2026-11-27", "2025-01-22T99:99"), invoice_line(6, net="1e3")]
+    (r.inbox / "inv.csv").write_text(HEADER + "".join(lines), encoding="utf-8")
+    r.passes()
+    assert published(r.out) == []
+    report = json.loads((r.inbox / "error" / "inv.csv.error.json").read_text())
+    found = {(p["line"], p["column"], p["value"]) for p in report["problems"]}
+    assert found == {(3, "inv_date", "2025-01-20 garbage"), (4, "net", "1_000.50"),
+                     (5, "net", "\u0661\u0662\u0663.\u0664\u0665"), (6, "inv_date", "2025-01-22T99:99"),
+                     (7, "net", "1e3")}
+
+
 def test_every_problem_is_counted_and_the_report_is_bounded(tmp_path, run):
     r = run(config(tmp_path, {"format": "csv", "max_problems": 3}))
     (r.inbox / "inv.csv").write_text(HEADER + "".join(invoice_line(n, company="99") for n in range(1, 8)))

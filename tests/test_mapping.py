@@ -115,3 +115,56 @@ def test_event_id_is_the_rfc4122_uuid5_of_the_source_identity(position):
 
     from agent.events import EVENT_NAMESPACE, event_id
     assert event_id("erp", "cust", position) == str(uuid.uuid5(EVENT_NAMESPACE, f"erp\x1fcust\x1f{position}"))
+
+
+@pytest.mark.parametrize("text", ["1_000.50", "1e3", "\u0661\u0662\u0663.\u0664\u0665", "\uff11\uff12.\uff15\uff10",
+                                  "NaN", "Infinity", "12.50 EUR", "1,000.00", "0x1F"])
+def test_money_text_in_any_but_the_plain_form_is_rejected_not_guessed(text):
+    payload, problems = customer_mapping().apply({**ROW, "LIMIT": text})
+    assert [(p.field, p.rule, p.value) for p in problems] == [("credit_limit", "type", text)]
+
+
+@pytest.mark.parametrize("text, expected", [(" 12.5 ", Decimal("12.50")), ("+7", Decimal("7.00")), (".5", Decimal("0.50"))])
+def test_plain_money_text_is_exact(text, expected):
+    payload, problems = customer_mapping().apply({**ROW, "LIMIT": text})
+    assert problems == [] and payload["credit_limit"] == expected
+
+
+def invoice_mapping():
+    fields = {"invoice_number": "NO", "customer_number": "CUST", "legal_entity": {"column": "CO", "lookup": "legal_entity"},
+              "currency": "CURR", "tax_jurisdiction": {"column": "TAX", "lookup": "tax_jurisdiction"},
+              "invoice_date": "DATE", "net_amount": "NET", "tax_amount": "VAT", "total_amount": "GROSS",
+              "status": "STATUS"}
+    return EntityMapping("invoice", MappingConfig.model_validate({"entity": "Invoice", "fields": fields}),
+                         CATALOG.entity("Invoice"), LOOKUPS)
+
+
+INVOICE = {"NO": "I-1", "CUST": "C-1", "CO": "01", "CURR": "USD", "TAX": "NY", "DATE": "2025-01-20",
+           "NET": "100.00", "VAT": "8.00", "GROSS": "108.00", "STATUS": "open"}
+
+
+@pytest.mark.parametrize("text", ["2025-01-20 garbage", "2025-01-22T99:99", "20250120", "2025-W03-1",
+                                  "\u0662\u0660\u0662\u0665-01-20", "2025-1-20"])
+def test_dates_in_any_but_the_iso_form_are_rejected_not_truncated(text):
+    payload, problems = invoice_mapping().apply({**INVOICE, "DATE": text})
+    assert [(p.field, p.value) for p in problems] == [("invoice_date", text)]
+
+
+@pytest.mark.parametrize("text", ["2025-01-22T99:99", "20250120T1000", "2026-11-27T10:00:00.1234567", "yesterday"])
+def test_timestamps_in_any_but_the_iso_form_are_rejected(text):
+    payload, problems = customer_mapping().apply({**ROW, "TS": text})
+    assert [(p.field, p.value) for p in problems] == [("updated_at", text)]
+
+
+def test_a_required_text_field_refuses_blank():
+    """17 invoices were published with customer_number "": only the key was checked."""
+    payload, problems = invoice_mapping().apply({**INVOICE, "CUST": "  "})
+    assert [(p.field, p.rule) for p in problems] == [("customer_number", "required")]
+
+
+def test_whole_numbers_are_never_truncated():
+    from agent.mapping import _to_int
+    for bad in ("\u0661\u0662\u0663", "1_000", "12.5", Decimal("12.5"), 12.5, True):
+        with pytest.raises(ValueError):
+            _to_int(bad)
+    assert [_to_int(v) for v in (" 12 ", Decimal("12"), 12.0, -3)] == [12, 12, 12, -3]
