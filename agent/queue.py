@@ -79,9 +79,10 @@ _EVENT_COLUMNS = ("event_id", "route", "sink", "entity", "key", "operation", "sc
                   "body", "correlation_id", "occurred_at")
 
 
-def migrate(conn: sqlite3.Connection, path, migrations: Optional[dict] = None, target: int = SCHEMA_VERSION) -> int:
-    """Bring the queue's schema to ``target``; returns the version found."""
+def migrate(conn: sqlite3.Connection, path, migrations: Optional[dict] = None, target: Optional[int] = None) -> int:
+    """Bring the queue's schema to ``target`` (this agent's version); returns the version found."""
     migrations = MIGRATIONS if migrations is None else migrations
+    target = SCHEMA_VERSION if target is None else target
     found = int(conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
     if found > target:
         raise OutpostError(f"{path}: queue schema version {found} is newer than this agent's {target}; "

@@ -22,7 +22,7 @@ from agent.contracts import AdapterContext, ConfigError
 from tests.support.binlog import (CUSTOMER_DDL, INSERT_CUSTOMER, PrivateMariaDB, binlog_config, customer_rows,
                                   execute, fetch, kafka_sink)
 from tests.support.route import decode_messages
-from tests.test_crash_recovery import AgentProcess, queue_depth
+from tests.support.agent_process import AgentProcess, checkpoint_of, queue_depth, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,8 @@ def test_sigkill_during_a_stream_loses_nothing_and_never_changes_an_id(tmp_path,
     topic = fabric["topic_template"].format(entity="customer")
     agent = AgentProcess(config_path, tmp_path / "agent.log")
     agent.start()
-    time.sleep(2.5)                                        # the first run records the start position
+    # the first run records the start position (seconds on a loaded machine)
+    assert wait_for(lambda: checkpoint_of(tmp_path / "state", "customers"), 60), (tmp_path / "agent.log").read_text()
     done = threading.Event()
 
     def writer():

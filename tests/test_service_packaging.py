@@ -72,17 +72,17 @@ def test_pyinstaller_folder_runs_without_the_source_tree(tmp_path):
 def test_the_state_directory_schema_is_versioned_and_migrated(tmp_path, monkeypatch):
     queue = DurableQueue(tmp_path)
     queue.close()
-    with sqlite3.connect(tmp_path / "queue.db") as db:          # a state dir from an older release
-        db.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
+    # this release's queue, opened by the next release that adds a column
+    current = queue_module.SCHEMA_VERSION
     applied = []
-    monkeypatch.setitem(queue_module.MIGRATIONS, 0,
+    monkeypatch.setitem(queue_module.MIGRATIONS, current,
                         lambda conn: applied.append(conn.execute("ALTER TABLE outbox ADD COLUMN note TEXT")))
-    monkeypatch.setattr(queue_module, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(queue_module, "SCHEMA_VERSION", current + 1)
     with sqlite3.connect(tmp_path / "queue.db", isolation_level=None) as db:
-        assert migrate(db, tmp_path / "queue.db") == 0
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+        assert migrate(db, tmp_path / "queue.db") == current
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(current + 1),)
         assert "note" in [row[1] for row in db.execute("PRAGMA table_info(outbox)")]
-        assert migrate(db, tmp_path / "queue.db") == 1 and len(applied) == 1, "runs once"
+        assert migrate(db, tmp_path / "queue.db") == current + 1 and len(applied) == 1, "runs once"
         db.execute("UPDATE meta SET value='9' WHERE key='schema_version'")   # written by a newer agent
     with pytest.raises(OutpostError, match="newer than this agent"):
         DurableQueue(tmp_path)

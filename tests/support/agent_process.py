@@ -112,6 +112,12 @@ def queue_depth(state_dir: Path) -> int:
     return _read(state_dir, "SELECT count(*) FROM outbox", default=0)
 
 
+def checkpoint_of(state_dir: Path, route: str):
+    """The route's committed source checkpoint (None before its first commit)."""
+    value = _read(state_dir, "SELECT value FROM checkpoints WHERE route=?", (route,))
+    return json.loads(value) if value else None
+
+
 def route_status(state_dir: Path, route: str) -> dict:
     """What ``outpost status`` shows for a route (its stored status fields)."""
     value = _read(state_dir, "SELECT value FROM route_status WHERE route=?", (route,))
