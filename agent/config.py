@@ -3,7 +3,8 @@
 Every problem is collected and reported together (key path, what was expected, what was
 found) so that an engineer fixes the file in one pass. Secrets are never written in the
 file: ``${ENV_VAR}`` and ``${file:/path}`` references are resolved here, and every
-resolved value is remembered so the log filter can redact it.
+resolved value is remembered so the log filter, and every problem reported here, can
+redact it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .contracts import ConfigError
+from .logs import RedactingFilter
 from .registry import describe_error, validate_options
 from .units import parse_duration, parse_size
 
@@ -136,8 +138,8 @@ class Config(_Strict):
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
 
-    # filled by load(): every value that came from ${...}, for log redaction
-    secrets: frozenset[str] = frozenset()
+    # filled by parse(): every value that came from ${...}, for redaction
+    secrets: frozenset[str] = Field(frozenset(), exclude=True)
 
     def source_options(self, route_name: str) -> dict[str, Any]:
         """What a route's source adapter receives: its source section plus the route's capture."""
@@ -192,7 +194,7 @@ def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
     try:
         config = Config.model_validate({**resolved, "secrets": frozenset(secrets)})
     except ValidationError as exc:
-        problems.extend(describe_error("", e) for e in exc.errors())
+        problems.extend(describe_error("", e, secrets, Config) for e in exc.errors())
         # Drop what is broken and validate the rest, so cross-references and adapter
         # options are reported in the same pass.
         config = _validate_without(resolved, [e["loc"] for e in exc.errors()], secrets)
@@ -201,7 +203,10 @@ def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
             config = config.model_copy(update={"state_dir": (base_dir / config.state_dir).resolve()})
         problems.extend(cross_check(config))
     if problems:
-        raise ConfigError(problems)
+        # Redacted here, whatever produced them: every problem below ends up on a terminal or
+        # in the journal. A problem shared by the routes of one source is said once.
+        redact = RedactingFilter(secrets).redact
+        raise ConfigError(list(dict.fromkeys(redact(p) for p in problems)))
     return config
 
 
@@ -260,8 +265,9 @@ def cross_check(config: Config) -> list[str]:
         problems.extend(check_mapping(f"mappings.{name}", mapping, catalog, config.lookups))
     for kind, section in (("source", config.sources), ("sink", config.sinks)):
         for name, options in section.items():
-            if "type" not in options:
-                problems.append(f"{kind}s.{name}.type: expected an adapter name, found nothing")
+            if not isinstance(options.get("type"), str):
+                found = "nothing" if options.get("type") is None else repr(options["type"])
+                problems.append(f"{kind}s.{name}.type: expected an adapter name, found {found}")
     for name, route in config.routes.items():
         where = f"routes.{name}"
         for attr, section in (("source", config.sources), ("sink", config.sinks), ("mapping", config.mappings)):
@@ -271,13 +277,28 @@ def cross_check(config: Config) -> list[str]:
             if ref not in section:
                 known = ", ".join(sorted(section)) or "none defined"
                 problems.append(f"{where}.{attr}: expected one of {known}, found {ref!r}")
-        if route.source in config.sources and "type" in config.sources[route.source]:
-            problems.extend(validate_options("source", config.sources[route.source]["type"],
-                                             config.source_options(name), where))
+        source = config.sources.get(route.source, {})
+        if isinstance(source.get("type"), str):
+            problems.extend(validate_options(
+                "source", source["type"], config.source_options(name), f"{where}.capture",
+                secrets=config.secrets, located=_written_at(route.source, source, name, route)))
     for name, options in config.sinks.items():
-        if "type" in options:
-            problems.extend(validate_options("sink", options["type"], config.sink_options(name), f"sinks.{name}"))
+        if isinstance(options.get("type"), str):
+            problems.extend(validate_options("sink", options["type"], config.sink_options(name), f"sinks.{name}",
+                                             secrets=config.secrets))
     return problems
+
+
+def _written_at(source_name: str, source: dict, route_name: str, route: RouteConfig):
+    """Where a source option of a route was written: the route's capture wins over the
+    source section; a missing option may go in either."""
+    def located(option: str) -> str:
+        if option in route.capture:
+            return f"routes.{route_name}.capture.{option}"
+        if option in source:
+            return f"sources.{source_name}.{option}"
+        return f"routes.{route_name}.capture.{option} (or sources.{source_name}.{option})"
+    return located
 
 
 def _emits_canonical_events(source: Optional[dict]) -> bool:
@@ -285,7 +306,7 @@ def _emits_canonical_events(source: Optional[dict]) -> bool:
     routes need no mapping. An unknown adapter is reported elsewhere."""
     from .registry import _module
     try:
-        return bool(getattr(_module("source", (source or {}).get("type", ""), "spec"),
+        return bool(getattr(_module("source", str((source or {}).get("type", "")), "spec"),
                             "SOURCE_EMITS_CANONICAL_EVENTS", False))
     except LookupError:
         return True
