@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from . import yaml_load
 from .contracts import ConfigError
 from .logs import RedactingFilter
 from .registry import describe_error, validate_options
@@ -237,17 +237,24 @@ def _remove(tree: Any, loc) -> None:
 
 
 def load(path: Path) -> Config:
-    """Read and validate a config file; relative paths are relative to the file."""
+    """Read and validate a config file; relative paths are relative to the file.
+
+    Duplicate keys are reported with the validation problems, and a problem about a
+    scalar YAML 1.1 retyped (``01`` -> 1, ``NO`` -> False) says to quote it."""
     path = Path(path)
+    document = yaml_load.read(path)
+    problems = list(document.problems)
+    # Code tables are text: a retyped value would be used silently (010 as 8, yes as 1);
+    # retyped keys are refused by the model (they are not strings).
+    problems += [f"{where}: found {scalar.text} unquoted" for where, scalar in document.retyped.items()
+                 if where.startswith("lookups.") and where.count(".") == 2 and not scalar.is_key]
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from exc
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
-    return parse(document, base_dir=path.resolve().parent)
+        config = parse(document.data, base_dir=path.resolve().parent)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(document.with_hints(problems))
+    return config
 
 
 def cross_check(config: Config) -> list[str]:
