@@ -3,8 +3,9 @@
 Every problem is collected and reported together (key path, what was expected, what was
 found) so that an engineer fixes the file in one pass. Secrets are never written in the
 file: ``${ENV_VAR}`` and ``${file:/path}`` references are resolved here, and every
-resolved value is remembered so the log filter, and every problem reported here, can
-redact it.
+resolved value (and its percent-encoded forms) is remembered so the log filter, and every
+problem reported here, can redact it. A reference inside the userinfo or a query value of
+a URL is percent-encoded where it lands (a password ``p@ss/w#rd`` must not end the host).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
+from urllib.parse import quote, quote_plus
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -26,6 +28,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 _REFERENCE = re.compile(r"\$\{(file:)?([^}]+)\}")
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class _Strict(BaseModel):
@@ -138,7 +141,7 @@ class Config(_Strict):
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
 
-    # filled by parse(): every value that came from ${...}, for redaction
+    # filled by parse(): every value that came from ${...} and its encoded forms, for redaction
     secrets: frozenset[str] = Field(frozenset(), exclude=True)
 
     def source_options(self, route_name: str) -> dict[str, Any]:
@@ -160,6 +163,7 @@ def resolve_references(value: Any, path: str, problems: list[str], secrets: set[
         return [resolve_references(v, f"{path}[{i}]", problems, secrets) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
+    encoded = _url_encoded_spans(value)
 
     def substitute(match: re.Match) -> str:
         is_file, name = match.group(1), match.group(2).strip()
@@ -175,10 +179,42 @@ def resolve_references(value: Any, path: str, problems: list[str], secrets: set[
             problems.append(f"{path}: expected environment variable {name} to be set, found it unset")
             return ""
         if found:
-            secrets.add(found)
+            secrets.update(encoded_forms(found))
+        if any(start <= match.start() < end for start, end in encoded):
+            return quote(found, safe="")
         return found
 
     return _REFERENCE.sub(substitute, value)
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """A secret as it may be written out: raw, percent-encoded (as substituted into URLs,
+    and as form-encoded query values), and as SQLAlchemy renders a URL's password."""
+    return {secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret, safe=" +")}
+
+
+def _url_encoded_spans(template: str) -> list[tuple[int, int]]:
+    """Where, in a string written as a URL, a substituted value must be percent-encoded:
+    the userinfo (``user:password@``) and query values. The URL's shape is read from
+    the text as written, with the references masked, since their values are data."""
+    masked = _REFERENCE.sub(lambda m: "x" * len(m.group(0)), template)
+    scheme = _URL_SCHEME.match(masked)
+    if not scheme:
+        return []
+    spans = []
+    authority_end = min((i for i in (masked.find(c, scheme.end()) for c in "/?#") if i != -1), default=len(masked))
+    userinfo_end = masked.rfind("@", scheme.end(), authority_end)
+    if userinfo_end != -1:
+        spans.append((scheme.end(), userinfo_end))
+    query_start = masked.find("?", scheme.end())
+    if query_start != -1:
+        query_end = masked.find("#", query_start)
+        query_end = len(masked) if query_end == -1 else query_end
+        for pair in re.finditer(r"[^&]+", masked[query_start + 1:query_end]):
+            if "=" in pair.group(0):
+                value_start = query_start + 1 + pair.start() + pair.group(0).index("=") + 1
+                spans.append((value_start, query_start + 1 + pair.end()))
+    return spans
 
 
 def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
