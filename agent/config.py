@@ -179,7 +179,7 @@ def resolve_references(value: Any, path: str, problems: list[str], secrets: set[
             problems.append(f"{path}: expected environment variable {name} to be set, found it unset")
             return ""
         if found:
-            secrets.update(encoded_forms(found))
+            secrets.update(_encoded_forms(found))
         if any(start <= match.start() < end for start, end in encoded):
             return quote(found, safe="")
         return found
@@ -187,7 +187,7 @@ def resolve_references(value: Any, path: str, problems: list[str], secrets: set[
     return _REFERENCE.sub(substitute, value)
 
 
-def encoded_forms(secret: str) -> set[str]:
+def _encoded_forms(secret: str) -> set[str]:
     """A secret as it may be written out: raw, percent-encoded (as substituted into URLs,
     and as form-encoded query values), and as SQLAlchemy renders a URL's password."""
     return {secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret, safe=" +")}

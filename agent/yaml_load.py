@@ -36,11 +36,11 @@ class Retyped:
     """A plain scalar YAML 1.1 read as a number or a boolean although it looks like text."""
 
     text: str
+    kind: str          # "a number" or "a boolean"
     is_key: bool
 
     def hint(self) -> str:
-        kind = "a number" if self.text[-1:].isdigit() else "a boolean"
-        return f'YAML reads the unquoted {self.text} as {kind}: write "{self.text}" in quotes if you mean the text'
+        return f'YAML reads the unquoted {self.text} as {self.kind}: write "{self.text}" in quotes if you mean the text'
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _walk(loader, root) -> tuple[list[str], dict[str, Retyped]]:
         elif isinstance(node, SequenceNode):
             stack.extend((child, path + (i,), via_alias) for i, child in reversed(list(enumerate(node.value))))
         elif isinstance(node, MappingNode):
-            lines: dict[Any, list[int]] = {}
+            marks: dict[Any, list] = {}
             children = []
             for key_node, value_node in node.value:
                 if key_node.tag == _MERGE:          # "<<: *base": its keys are checked where written
@@ -130,12 +130,12 @@ def _walk(loader, root) -> tuple[list[str], dict[str, Retyped]]:
                     continue
                 key = _key(loader, key_node)
                 _note_retyped(key_node, path + (key,), True, retyped)
-                lines.setdefault(key, []).append(key_node.start_mark)
+                marks.setdefault(key, []).append(key_node.start_mark)
                 children.append((value_node, path + (key,), via_alias))
             if not via_alias:
-                duplicates += [f"{_dotted(path + (key,))}: duplicate key at {_positions(marks)} "
+                duplicates += [f"{_dotted(path + (key,))}: duplicate key at {_positions(at)} "
                                f"(YAML would keep only the last one); merge them or rename one"
-                               for key, marks in lines.items() if len(marks) > 1]
+                               for key, at in marks.items() if len(at) > 1]
             stack.extend(reversed(children))
     return duplicates, retyped
 
@@ -157,9 +157,10 @@ def _note_retyped(node: ScalarNode, path: tuple, is_key: bool, retyped: dict[str
         return
     text = node.value
     digits = text.lstrip("+-")
-    if (node.tag == _BOOL and text.lower() not in ("true", "false")) or \
-            (node.tag == _INT and digits != "0" and (digits.startswith("0") or ":" in digits)):
-        retyped.setdefault(_dotted(path), Retyped(text, is_key))
+    if node.tag == _BOOL and text.lower() not in ("true", "false"):
+        retyped.setdefault(_dotted(path), Retyped(text, "a boolean", is_key))
+    elif node.tag == _INT and digits != "0" and (digits.startswith("0") or ":" in digits):   # 01, 0x1F, 1:20
+        retyped.setdefault(_dotted(path), Retyped(text, "a number", is_key))
 
 
 def _positions(marks) -> str:
