@@ -57,7 +57,7 @@ def test_outpost_check_refuses_a_billion_laughs_without_blowing_up(tmp_path):
             pytest.fail("outpost check still running after 60 s")
         time.sleep(0.05)
     _, status, usage = waited
-    child.returncode = os.waitstatus_to_exitcode(status)
+    child.returncode = os.waitstatus_to_exitcode(status)     # reaped here: tell Popen
     assert child.returncode == 2, (tmp_path / "stderr").read_text()
     assert "aliases expand to more than" in (tmp_path / "stderr").read_text()
     assert usage.ru_maxrss < 400 * 1024, f"peak RSS {usage.ru_maxrss} KiB"      # Linux reports KiB
