@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,12 +17,20 @@ CONFIG_OPTION = click.option(
     help="The YAML config file (default: $OUTPOST_CONFIG or ./outpost.yaml).")
 
 
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
 def load_config(config_path: Path):
-    """The validated config, or every problem on stderr and exit code 2."""
+    """The validated config, or every problem on stderr and exit code 2.
+
+    The problems come redacted from ``config.load``. Control characters (a key written
+    with an ANSI escape) are shown escaped and a line break indents, so a value cannot
+    forge a line of its own."""
     try:
         return config_module.load(config_path)
     except ConfigError as exc:
         click.echo(f"{config_path}: {len(exc.problems)} problem(s) in the configuration:", err=True)
         for problem in exc.problems:
-            click.echo(f"  - {problem}", err=True)
+            shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], problem).replace("\n", "\n    ")
+            click.echo(f"  - {shown}", err=True)
         sys.exit(2)

@@ -3,7 +3,9 @@
 Every problem is collected and reported together (key path, what was expected, what was
 found) so that an engineer fixes the file in one pass. Secrets are never written in the
 file: ``${ENV_VAR}`` and ``${file:/path}`` references are resolved here, and every
-resolved value is remembered so the log filter can redact it.
+resolved value (and its percent-encoded forms) is remembered so the log filter, and every
+problem reported here, can redact it. A reference inside the userinfo or a query value of
+a URL is percent-encoded where it lands (a password ``p@ss/w#rd`` must not end the host).
 """
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
+from urllib.parse import quote, quote_plus
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from . import yaml_load
 from .contracts import ConfigError
+from .logs import RedactingFilter
 from .registry import describe_error, validate_options
 from .units import parse_duration, parse_size
 
@@ -24,6 +28,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 _REFERENCE = re.compile(r"\$\{(file:)?([^}]+)\}")
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class _Strict(BaseModel):
@@ -140,8 +145,8 @@ class Config(_Strict):
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
 
-    # filled by load(): every value that came from ${...}, for log redaction
-    secrets: frozenset[str] = frozenset()
+    # filled by parse(): every value that came from ${...} and its encoded forms, for redaction
+    secrets: frozenset[str] = Field(frozenset(), exclude=True)
 
     def source_options(self, route_name: str) -> dict[str, Any]:
         """What a route's source adapter receives: its source section plus the route's capture."""
@@ -162,6 +167,7 @@ def resolve_references(value: Any, path: str, problems: list[str], secrets: set[
         return [resolve_references(v, f"{path}[{i}]", problems, secrets) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
+    encoded = _url_encoded_spans(value)
 
     def substitute(match: re.Match) -> str:
         is_file, name = match.group(1), match.group(2).strip()
@@ -177,10 +183,42 @@ def resolve_references(value: Any, path: str, problems: list[str], secrets: set[
             problems.append(f"{path}: expected environment variable {name} to be set, found it unset")
             return ""
         if found:
-            secrets.add(found)
+            secrets.update(_encoded_forms(found))
+        if any(start <= match.start() < end for start, end in encoded):
+            return quote(found, safe="")
         return found
 
     return _REFERENCE.sub(substitute, value)
+
+
+def _encoded_forms(secret: str) -> set[str]:
+    """A secret as it may be written out: raw, percent-encoded (as substituted into URLs,
+    and as form-encoded query values), and as SQLAlchemy renders a URL's password."""
+    return {secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret, safe=" +")}
+
+
+def _url_encoded_spans(template: str) -> list[tuple[int, int]]:
+    """Where, in a string written as a URL, a substituted value must be percent-encoded:
+    the userinfo (``user:password@``) and query values. The URL's shape is read from
+    the text as written, with the references masked, since their values are data."""
+    masked = _REFERENCE.sub(lambda m: "x" * len(m.group(0)), template)
+    scheme = _URL_SCHEME.match(masked)
+    if not scheme:
+        return []
+    spans = []
+    authority_end = min((i for i in (masked.find(c, scheme.end()) for c in "/?#") if i != -1), default=len(masked))
+    userinfo_end = masked.rfind("@", scheme.end(), authority_end)
+    if userinfo_end != -1:
+        spans.append((scheme.end(), userinfo_end))
+    query_start = masked.find("?", scheme.end())
+    if query_start != -1:
+        query_end = masked.find("#", query_start)
+        query_end = len(masked) if query_end == -1 else query_end
+        for pair in re.finditer(r"[^&]+", masked[query_start + 1:query_end]):
+            if "=" in pair.group(0):
+                value_start = query_start + 1 + pair.start() + pair.group(0).index("=") + 1
+                spans.append((value_start, query_start + 1 + pair.end()))
+    return spans
 
 
 def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
@@ -196,7 +234,7 @@ def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
     try:
         config = Config.model_validate({**resolved, "secrets": frozenset(secrets)})
     except ValidationError as exc:
-        problems.extend(describe_error("", e) for e in exc.errors())
+        problems.extend(describe_error("", e, secrets, Config) for e in exc.errors())
         # Drop what is broken and validate the rest, so cross-references and adapter
         # options are reported in the same pass.
         config = _validate_without(resolved, [e["loc"] for e in exc.errors()], secrets)
@@ -205,7 +243,10 @@ def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
             config = config.model_copy(update={"state_dir": (base_dir / config.state_dir).resolve()})
         problems.extend(cross_check(config))
     if problems:
-        raise ConfigError(problems)
+        # Redacted here, whatever produced them: every problem below ends up on a terminal or
+        # in the journal. A problem shared by the routes of one source is said once.
+        redact = RedactingFilter(secrets).redact
+        raise ConfigError(list(dict.fromkeys(redact(p) for p in problems)))
     return config
 
 
@@ -236,17 +277,24 @@ def _remove(tree: Any, loc) -> None:
 
 
 def load(path: Path) -> Config:
-    """Read and validate a config file; relative paths are relative to the file."""
+    """Read and validate a config file; relative paths are relative to the file.
+
+    Duplicate keys are reported with the validation problems, and a problem about a
+    scalar YAML 1.1 retyped (``01`` -> 1, ``NO`` -> False) says to quote it."""
     path = Path(path)
+    document = yaml_load.read(path)
+    problems = list(document.problems)
+    # Code tables are text: a retyped value would be used silently (010 as 8, yes as 1);
+    # retyped keys are refused by the model (they are not strings).
+    problems += [f"{where}: found {scalar.text} unquoted" for where, scalar in document.retyped.items()
+                 if where.startswith("lookups.") and where.count(".") == 2 and not scalar.is_key]
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from exc
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
-    return parse(document, base_dir=path.resolve().parent)
+        config = parse(document.data, base_dir=path.resolve().parent)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(document.with_hints(problems))
+    return config
 
 
 def cross_check(config: Config) -> list[str]:
@@ -264,8 +312,9 @@ def cross_check(config: Config) -> list[str]:
         problems.extend(check_mapping(f"mappings.{name}", mapping, catalog, config.lookups))
     for kind, section in (("source", config.sources), ("sink", config.sinks)):
         for name, options in section.items():
-            if "type" not in options:
-                problems.append(f"{kind}s.{name}.type: expected an adapter name, found nothing")
+            if not isinstance(options.get("type"), str):
+                found = "nothing" if options.get("type") is None else repr(options["type"])
+                problems.append(f"{kind}s.{name}.type: expected an adapter name, found {found}")
     for name, route in config.routes.items():
         where = f"routes.{name}"
         for attr, section in (("source", config.sources), ("sink", config.sinks), ("mapping", config.mappings)):
@@ -275,13 +324,28 @@ def cross_check(config: Config) -> list[str]:
             if ref not in section:
                 known = ", ".join(sorted(section)) or "none defined"
                 problems.append(f"{where}.{attr}: expected one of {known}, found {ref!r}")
-        if route.source in config.sources and "type" in config.sources[route.source]:
-            problems.extend(validate_options("source", config.sources[route.source]["type"],
-                                             config.source_options(name), where))
+        source = config.sources.get(route.source, {})
+        if isinstance(source.get("type"), str):
+            problems.extend(validate_options(
+                "source", source["type"], config.source_options(name), f"{where}.capture",
+                secrets=config.secrets, located=_written_at(route.source, source, name, route)))
     for name, options in config.sinks.items():
-        if "type" in options:
-            problems.extend(validate_options("sink", options["type"], config.sink_options(name), f"sinks.{name}"))
+        if isinstance(options.get("type"), str):
+            problems.extend(validate_options("sink", options["type"], config.sink_options(name), f"sinks.{name}",
+                                             secrets=config.secrets))
     return problems
+
+
+def _written_at(source_name: str, source: dict, route_name: str, route: RouteConfig):
+    """Where a source option of a route was written: the route's capture wins over the
+    source section; a missing option may go in either."""
+    def located(option: str) -> str:
+        if option in route.capture:
+            return f"routes.{route_name}.capture.{option}"
+        if option in source:
+            return f"sources.{source_name}.{option}"
+        return f"routes.{route_name}.capture.{option} (or sources.{source_name}.{option})"
+    return located
 
 
 def _emits_canonical_events(source: Optional[dict]) -> bool:
@@ -289,7 +353,7 @@ def _emits_canonical_events(source: Optional[dict]) -> bool:
     routes need no mapping. An unknown adapter is reported elsewhere."""
     from .registry import _module
     try:
-        return bool(getattr(_module("source", (source or {}).get("type", ""), "spec"),
+        return bool(getattr(_module("source", str((source or {}).get("type", "")), "spec"),
                             "SOURCE_EMITS_CANONICAL_EVENTS", False))
     except LookupError:
         return True

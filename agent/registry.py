@@ -7,13 +7,18 @@ the Debezium bridge, and database drivers, out of processes that do not use them
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import pkgutil
 import re
-from typing import Any, Mapping
+import types
+import typing
+from typing import Any, Callable, Iterable, Mapping, Optional
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+from .logs import RedactingFilter
 
 ADAPTER_PACKAGE = "adapters"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -37,31 +42,112 @@ def _module(kind: str, adapter: str, role: str):
         raise
 
 
-def validate_options(kind: str, adapter: str, options: Mapping[str, Any], where: str) -> list[str]:
-    """Problems with an adapter's options, each prefixed with its config path."""
+def validate_options(kind: str, adapter: str, options: Mapping[str, Any], where: str, *,
+                     secrets: Iterable[str] = (), located: Optional[Callable[[str], str]] = None) -> list[str]:
+    """Problems with an adapter's options, each prefixed with its config path.
+
+    ``located(option)`` is the path where an option was written, for options merged from
+    several sections (a source and a route's capture); by default ``where.option``.
+    Problems about the options as a whole go under ``where``. Values are redacted.
+    """
+    located = located or (lambda option: f"{where}.{option}")
     try:
         model = getattr(_module(kind, adapter, "spec"), _OPTIONS_MODEL[kind], None)
     except LookupError as exc:
-        return [f"{where}: {exc}"]
+        return [f"{located('type')}: {exc}{_suggestion(str(adapter), adapter_names(kind), 'types')}"]
     if model is None:
-        return [f"{where}: adapter {adapter!r} cannot be used as a {kind}"]
+        return [f"{located('type')}: adapter {adapter!r} cannot be used as a {kind}"
+                f"{_suggestion(str(adapter), adapter_names(kind), 'types')}"]
     try:
         model.model_validate(dict(options))
     except ValidationError as exc:
-        return [describe_error(where, e) for e in exc.errors()]
+        return [describe_error(where, e, secrets, model, located) for e in exc.errors()]
     return []
 
 
-def describe_error(where: str, error: dict) -> str:
-    """One pydantic error as 'key.path: what was expected (found what)'."""
-    location = ".".join([where] * bool(where) + [str(part) for part in error["loc"]]) or "(top level)"
-    message = error["msg"].removeprefix("Value error, ")
+def adapter_names(kind: str) -> list[str]:
+    """The adapters that can serve as a ``kind`` (without importing their implementation)."""
+    package = importlib.import_module(ADAPTER_PACKAGE)
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__)
+                  if info.ispkg and importlib.util.find_spec(f"{package.__name__}.{info.name}.{kind}") is not None)
+
+
+def describe_error(where: str, error: dict, secrets: Iterable[str] = (), model: Optional[type] = None,
+                   located: Optional[Callable[[str], str]] = None) -> str:
+    """One pydantic error as 'key.path: what was expected (found what)'.
+
+    The path is ``where`` and the error's location, or ``located(first key)`` and the rest.
+    The found value is shown short (a mapping by its keys) with every secret redacted
+    before it is shortened, so no part of a secret survives. ``model`` (the model that was
+    validated) lets an unknown key be answered with the valid keys and the closest one.
+    """
+    redact = RedactingFilter(secrets).redact
+    loc = [str(part) for part in error["loc"]]
+    message = redact(error["msg"].removeprefix("Value error, "))
+    if loc[-1:] == ["[key]"]:      # a mapping key of the wrong type: name the key as written
+        loc[-2:] = [str(error.get("input"))]
+        message = message.replace("Input", "the key", 1)
+    if located and loc:
+        location = ".".join([located(loc[0])] + loc[1:])
+    else:
+        location = ".".join([where] * bool(where) + loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{location}: unknown key{_suggestion(loc[-1], _valid_keys(model, error['loc'][:-1]), 'keys')}"
     if "found" in message:      # our own validators already say what they found
         return f"{location}: {message}"
-    shown = "nothing" if error["type"] == "missing" else repr(error.get("input"))
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return f"{location}: {message} (found {shown})"
+    if error["type"] == "missing":
+        return f"{location}: {message} (found nothing)"
+    if not loc and isinstance(error.get("input"), Mapping):
+        return f"{location}: {message}"     # about a whole section: its contents would say nothing more
+    return f"{location}: {message} (found {_short(error.get('input'), redact)})"
+
+
+def _short(value: Any, redact: Callable[[str], str]) -> str:
+    """A value as a problem shows it: a mapping by its keys, a list by its length, the
+    rest redacted then cut to one short line."""
+    if isinstance(value, Mapping):
+        keys = [redact(str(k)) for k in value]
+        listed = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+        return f"a mapping with keys {listed}" if keys else "an empty mapping"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item(s)"
+    shown = repr(redact(value)) if isinstance(value, str) else redact(repr(value))
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _suggestion(word: str, valid: Iterable[str], what: str) -> str:
+    valid = sorted(valid)
+    if not valid:
+        return ""
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    guess = f", did you mean {close[0]!r}?" if close else ""
+    return f"{guess} (valid {what}: {', '.join(valid)})"
+
+
+def _valid_keys(model: Optional[type], loc: tuple) -> list[str]:
+    """The keys the model at ``loc`` accepts (empty when it cannot be told)."""
+    annotation: Any = model
+    for part in (*loc, None):
+        annotation = _model_or_container(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if part is None:
+                return [f.alias or name for name, f in annotation.model_fields.items() if not f.exclude]
+            fields = {f.alias or name: f for name, f in annotation.model_fields.items()}
+            annotation = fields[part].annotation if part in fields else None
+        elif part is not None and typing.get_origin(annotation) in (dict, list):
+            annotation = typing.get_args(annotation)[-1]
+        else:
+            return []
+    return []
+
+
+def _model_or_container(annotation: Any) -> Any:
+    """Through Optional/Union/Annotated to the model or dict/list inside, if any."""
+    while typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
+        args = [a for a in typing.get_args(annotation)[:1 if typing.get_origin(annotation) is typing.Annotated
+                                                         else None] if a is not type(None)]
+        annotation = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), args[0])
+    return annotation
 
 
 def load_options(kind: str, adapter: str, options: Mapping[str, Any]):

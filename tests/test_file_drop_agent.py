@@ -315,7 +315,7 @@ def test_bad_file_specs_are_reported_all_at_once_by_the_config_check(tmp_path):
         parse(document)
     text = "\n".join(caught.value.problems)
     for expected in ("encoding", "pattern", "trigger", "min_age"):
-        assert f"routes.invoices.{expected}" in text, text
+        assert f"routes.invoices.capture.{expected}" in text, text      # where each was written
 
 
 def test_graceful_stop_in_the_middle_of_a_file_resumes_without_duplicates(tmp_path, run):
