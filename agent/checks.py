@@ -4,11 +4,20 @@ from __future__ import annotations
 from typing import Iterator
 
 from .contracts import OutpostError
+from .logs import RedactingFilter
 from .registry import adapter_class
 from .runtime import Agent
 
 
 def run_checks(cfg) -> Iterator[tuple[str, list[str]]]:
+    """(subject, problems) pairs; every problem redacted with the config's secrets (an
+    adapter's error can quote a value that came from ``${...}``)."""
+    redact = RedactingFilter(cfg.secrets).redact
+    for subject, problems in _checks(cfg):
+        yield subject, [redact(problem) for problem in problems]
+
+
+def _checks(cfg) -> Iterator[tuple[str, list[str]]]:
     agent = Agent(cfg)
     catalog = agent.catalog
     schema_problems = [f"{name}: {p}" for name in catalog.names() for p in catalog.check_backward(name)]

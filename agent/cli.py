@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import CONFIG_OPTION, load_config as _load
+from .cli_common import CONFIG_OPTION, load_config as _load, open_queue
 from .logs import escape_controls
 from .registry import adapter_commands
 
@@ -102,9 +102,8 @@ def queue():
 @click.option("--route", default=None)
 def queue_list(config_path, state, route):
     """List parked entries."""
-    from .queue import DurableQueue
     cfg = _load(config_path)
-    items = DurableQueue(cfg.state_dir).exceptions(state, route)
+    items = open_queue(cfg).exceptions(state, route)
     if not items:
         click.echo(f"no {state} exceptions")
     for item in items:
@@ -118,9 +117,8 @@ def queue_list(config_path, state, route):
 @click.argument("exception_id", type=int)
 def queue_show(config_path, exception_id):
     """Show one entry with its full context (source row, mapping, every failed rule)."""
-    from .queue import DurableQueue
     cfg = _load(config_path)
-    item = DurableQueue(cfg.state_dir).exception(exception_id)
+    item = open_queue(cfg).exception(exception_id)
     if item is None:
         raise click.ClickException(f"no exception {exception_id}")
     if item.get("body") is not None:
@@ -135,11 +133,10 @@ def queue_show(config_path, exception_id):
 def queue_retry(config_path, exception_ids, retry_all):
     """Map again (after master data was fixed) and re-queue; the running agent sends them."""
     from .pipeline import retry_exception
-    from .queue import DurableQueue
     from .runtime import make_translator
     from .schemas import SchemaCatalog
     cfg = _load(config_path)
-    store = DurableQueue(cfg.state_dir)
+    store = open_queue(cfg)
     catalog = SchemaCatalog.load(cfg.schema_dir)
     ids = [i["id"] for i in store.exceptions("open", limit=10**9)] if retry_all else list(exception_ids)
     failed = 0
@@ -161,9 +158,8 @@ def queue_retry(config_path, exception_ids, retry_all):
 @click.argument("exception_ids", type=int, nargs=-1, required=True)
 def queue_discard(config_path, exception_ids):
     """Mark entries as discarded (kept for audit, never sent)."""
-    from .queue import DurableQueue
     cfg = _load(config_path)
-    store = DurableQueue(cfg.state_dir)
+    store = open_queue(cfg)
     for exception_id in exception_ids:
         click.echo(f"{exception_id}: " + ("discarded" if store.discard_exception(exception_id) else "not open"))
 
@@ -175,14 +171,13 @@ def queue_discard(config_path, exception_ids):
 def queue_purge(config_path, older_than):
     """Delete retried and discarded entries (they may hold personal data); open entries stay,
     and discarded events stay refused."""
-    from .queue import DurableQueue
     from .units import parse_duration
     try:
         seconds = parse_duration(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     cfg = _load(config_path)
-    click.echo(f"purged {DurableQueue(cfg.state_dir).purge_exceptions(seconds)} resolved exception(s)")
+    click.echo(f"purged {open_queue(cfg).purge_exceptions(seconds)} resolved exception(s)")
 
 
 @main.group()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -10,14 +9,12 @@ import click
 
 from . import config as config_module
 from .contracts import ConfigError
+from .logs import escape_controls
 
 CONFIG_OPTION = click.option(
     "-c", "--config", "config_path", type=click.Path(path_type=Path), show_default=True,
     default=lambda: os.environ.get("OUTPOST_CONFIG", "outpost.yaml"),
     help="The YAML config file (default: $OUTPOST_CONFIG or ./outpost.yaml).")
-
-
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
 def load_config(config_path: Path):
@@ -31,6 +28,14 @@ def load_config(config_path: Path):
     except ConfigError as exc:
         click.echo(f"{config_path}: {len(exc.problems)} problem(s) in the configuration:", err=True)
         for problem in exc.problems:
-            shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], problem).replace("\n", "\n    ")
+            shown = "\n    ".join(escape_controls(line) for line in problem.split("\n"))
             click.echo(f"  - {shown}", err=True)
         sys.exit(2)
+
+
+def open_queue(cfg, **options):
+    """The state directory's queue for an operator command; what it writes about failures
+    is redacted with the config's secrets, as the agent's own writes are."""
+    from .logs import RedactingFilter
+    from .queue import DurableQueue
+    return DurableQueue(cfg.state_dir, redact=RedactingFilter(cfg.secrets).redact, **options)

@@ -28,7 +28,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from .contracts import DeliveryReport, OutpostError, QueuedEvent
 
@@ -101,7 +101,11 @@ def migrate(conn: sqlite3.Connection, path, migrations: Optional[dict] = None, t
 
 
 class DurableQueue:
-    def __init__(self, state_dir: Path, *, max_bytes: int = 2 << 30, dedup_retention: float = 7 * 86400):
+    def __init__(self, state_dir: Path, *, max_bytes: int = 2 << 30, dedup_retention: float = 7 * 86400,
+                 redact: Callable[[str], str] = lambda text: text):
+        """``redact``: applied to every text this queue stores about failures (status, exception
+        reasons and contexts): error messages can carry the secrets the logs hide."""
+        self.redact = redact
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = self.state_dir / "queue.db"
@@ -184,12 +188,13 @@ class DurableQueue:
                                                "rejected_total+": len(exceptions)})
         return added
 
-    @staticmethod
-    def _insert_exceptions(db, exceptions, now):
+    def _insert_exceptions(self, db, exceptions, now):
+        redact = self.redact
         db.executemany(
             "INSERT INTO exceptions (route, stage, reason, context, event_id, entity, key, sink, operation,"
             " schema_fingerprint, body, correlation_id, occurred_at, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [(x["route"], x["stage"], x["reason"], json.dumps(x.get("context", {}), default=str), x.get("event_id"),
+            [(x["route"], x["stage"], redact(x["reason"]), redact(json.dumps(x.get("context", {}), default=str)),
+              x.get("event_id"),
               x.get("entity"), x.get("key"), x.get("sink"), x.get("operation"), x.get("schema_fingerprint"),
               x.get("body"), x.get("correlation_id"), x.get("occurred_at"), now) for x in exceptions])
 
@@ -286,7 +291,7 @@ class DurableQueue:
             else:
                 current[name] = value
         db.execute("INSERT INTO route_status VALUES (?,?) ON CONFLICT(route) DO UPDATE SET value=excluded.value",
-                   (route, json.dumps(current, default=str)))
+                   (route, self.redact(json.dumps(current, default=str))))
 
     def update_status(self, route: str, **update) -> None:
         with self._write() as db:
@@ -366,7 +371,7 @@ class DurableQueue:
         """A retry that failed again: keep it open with what went wrong this time."""
         with self._write() as db:
             db.execute("UPDATE exceptions SET reason=?, context=? WHERE id=?",
-                       (reason, json.dumps(context, default=str), exception_id))
+                       (self.redact(reason), self.redact(json.dumps(context, default=str)), exception_id))
 
     def count_exceptions(self, status: str = "open") -> int:
         return self._conn().execute("SELECT count(*) FROM exceptions WHERE status=?", (status,)).fetchone()[0]

@@ -21,6 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config
 from .contracts import AdapterContext
+from .logs import RedactingFilter
 from .mapping import EntityMapping
 from .metrics import ObservedQueue, instrument
 from .pipeline import RouteCapture, SinkDelivery, Translator
@@ -72,7 +73,7 @@ class Agent:
     def _build(self) -> None:
         cfg = self.config
         self.queue = ObservedQueue(cfg.state_dir, max_bytes=cfg.queue.max_bytes,
-                                  dedup_retention=cfg.queue.dedup_retention)
+                                  dedup_retention=cfg.queue.dedup_retention, redact=RedactingFilter(cfg.secrets).redact)
         used_sinks = {route.sink for route in cfg.routes.values()}
         for name in sorted(used_sinks):
             sink = adapter_class("sink", cfg.sinks[name]["type"])(cfg.sink_options(name), self._context(name))

@@ -5,11 +5,11 @@ import shutil
 import time
 from typing import Optional
 
-from .queue import DurableQueue
+from .cli_common import open_queue
 
 
 def collect(cfg) -> dict:
-    store = DurableQueue(cfg.state_dir, max_bytes=cfg.queue.max_bytes)
+    store = open_queue(cfg, max_bytes=cfg.queue.max_bytes)
     try:
         per_route = store.status()
         routes = {}

@@ -203,3 +203,33 @@ def _status(tmp_path) -> str:
     with sqlite3.connect(tmp_path / "state" / "queue.db", timeout=10) as db:
         row = db.execute("SELECT value FROM route_status WHERE route='customers'").fetchone()
     return row[0] if row else ""
+
+
+def test_a_secret_quoted_by_an_error_is_redacted_in_status_and_check(tmp_path):
+    """A secret used as a table name (``${TBL}``) came back raw in two places the log
+    filter does not cover: the stored route status (so ``status`` and ``/status``) and
+    the problems ``outpost check`` prints. Both are redacted where they are written."""
+    from tests.support.agent_process import outpost, route_status
+    secret = "Secret-Table-Tok3n"
+    database = tmp_path / "erp.db"
+    sqlite3.connect(database).close()
+    document = {"state_dir": str(tmp_path / "state"),
+                "mappings": {"c": {"entity": "Customer", "fields": {
+                    "customer_number": "id", "name": "id", "legal_entity": "id", "currency": "id",
+                    "tax_jurisdiction": "id", "updated_at": "ts"}}},
+                "sources": {"db": {"type": "sql_poll", "url": f"sqlite:///{database}"}},
+                "sinks": {"files": {"type": "avro_files", "directory": "outbox"}},
+                "routes": {"r": {"source": "db", "sink": "files", "mapping": "c",
+                                 "capture": {"table": "${TBL}", "cursor": "ts"}}}}
+    config_path = tmp_path / "outpost.yaml"
+    config_path.write_text(yaml.safe_dump(document))
+    env = {"TBL": secret}
+    once = outpost("run", "--once", "-c", config_path, env=env)
+    stored = json.dumps(route_status(tmp_path / "state", "r"))
+    assert "not found" in stored and secret not in stored, stored
+    status = outpost("status", "-c", config_path, env=env)
+    check = outpost("check", "-c", config_path, env=env)
+    assert "not found" in check.stdout, check
+    for name, text in {"run --once": once.stdout + once.stderr, "status": status.stdout + status.stderr,
+                       "check": check.stdout + check.stderr}.items():
+        assert secret not in text, (name, text)
