@@ -132,7 +132,7 @@ def queue_show(config_path, exception_id):
 @click.option("--all", "retry_all", is_flag=True, help="Retry every open entry.")
 def queue_retry(config_path, exception_ids, retry_all):
     """Map again (after master data was fixed) and re-queue; the running agent sends them."""
-    from .pipeline import retry_exception
+    from .retry import retry_exception
     from .runtime import make_translator
     from .schemas import SchemaCatalog
     cfg = _load(config_path)

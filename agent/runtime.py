@@ -24,7 +24,9 @@ from .contracts import AdapterContext
 from .logs import RedactingFilter
 from .mapping import EntityMapping
 from .metrics import ObservedQueue, instrument
-from .pipeline import RouteCapture, SinkDelivery, Translator
+from .capture import RouteCapture
+from .delivery import SinkDelivery
+from .translate import Translator
 from .queue import DurableQueue
 from .registry import adapter_class
 from .schemas import SchemaCatalog

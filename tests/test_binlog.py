@@ -16,7 +16,7 @@ from agent import snapshots
 from agent.config import MappingConfig
 from agent.contracts import AdapterContext
 from agent.mapping import EntityMapping
-from agent.pipeline import Translator
+from agent.translate import Translator
 from agent.runtime import Agent
 from agent.schemas import SchemaCatalog
 from tests.support.binlog import (CUSTOMER_DDL, INSERT_CUSTOMER, binlog_config, customer_rows, execute, fetch,

@@ -142,7 +142,7 @@ def test_one_bad_row_rejects_the_whole_file_with_a_full_report(tmp_path, run):
     assert report["problems_total"] == 2
     [entry] = r.exceptions()
     assert entry["stage"] == "file" and "inv.csv" in entry["reason"] and entry["context"]["problems_total"] == 2
-    from agent.pipeline import retry_exception
+    from agent.retry import retry_exception
     ok, what = retry_exception(r.agent.queue, entry, None)
     assert not ok and "corrected file" in what
     assert (r.inbox / "error" / "inv.csv").read_text() == body, "nothing is deleted or changed"

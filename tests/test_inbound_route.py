@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from agent import config as config_module
-from agent.pipeline import retry_exception
+from agent.retry import retry_exception
 from agent.runtime import Agent, make_translator
 from tests.support.inbound import (CUSTOMER, FabricProducer, create_local, customer, event, inbound_config)
 

@@ -7,7 +7,7 @@ import pytest
 from agent.config import MappingConfig
 from agent.contracts import SourceRecord
 from agent.mapping import EntityMapping
-from agent.pipeline import Translator
+from agent.translate import Translator
 from agent.schemas import SchemaCatalog
 
 CATALOG = SchemaCatalog.load()

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from agent.contracts import DeliveryReport, SourceBatch, SourceRecord, Source
-from agent.pipeline import RouteCapture
+from agent.capture import RouteCapture
 from agent.queue import DurableQueue
 
 

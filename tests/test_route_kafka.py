@@ -11,7 +11,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from agent import config as config_module
-from agent.pipeline import retry_exception
+from agent.retry import retry_exception
 from agent.runtime import Agent, make_translator
 from tests.support.route import create_tables, decode_messages, insert_customers, route_config
 

@@ -1,0 +1,128 @@
+"""Capture: one pass of a route, ``Source -> Translator -> DurableQueue``.
+
+Each batch's events, rejected records and source checkpoint commit in one queue
+transaction (invariant 1), and the source generator is resumed only after that commit
+(invariant 2): resuming is the signal a streaming source acknowledges upstream on.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from typing import Optional
+
+from .contracts import ConfigError, SourceBatch, TransientError
+from .events import event_id
+from .queue import DurableQueue
+from .supervise import Backoff
+from .translate import Translator, limit_context
+
+__all__ = ["RouteCapture"]
+
+log = logging.getLogger("outpost.capture")
+
+
+class RouteCapture:
+    """Runs one capture pass of a route (called by the scheduler, never concurrently)."""
+
+    def __init__(self, name: str, source, translator: Translator, queue: DurableQueue, stop: threading.Event,
+                 on_enqueue=lambda: None):
+        self.name, self.source, self.translator, self.queue = name, source, translator, queue
+        self.stop, self.on_enqueue = stop, on_enqueue
+        self._opened = False
+        self.stopped_reason: Optional[str] = None
+        self._retry_at = 0.0
+        self.backoff = Backoff()
+
+    def run_once(self) -> int:
+        """One pass; never raises (the scheduler calls it again): every failure is retried."""
+        if self.stopped_reason or time.monotonic() < self._retry_at:
+            return 0
+        added = 0
+        try:
+            if self.queue.over_quota():
+                self.queue.update_status(self.name, backpressure=True,
+                                         capture_state="paused: queue quota reached (events waiting to be delivered)")
+                log.warning("route %s: capture paused, the events waiting in the local queue reached its quota",
+                            self.name)
+                return 0
+            if not self._opened:
+                self.source.open()
+                self._opened = True
+            batches = self.source.batches(self.queue.checkpoint(self.name))
+            try:
+                for batch in batches:
+                    added += self._commit(batch)
+                    if self.stop.is_set() or self.queue.over_quota():
+                        break
+            finally:
+                batches.close()
+        except ConfigError as exc:
+            # retrying cannot help: stop this route, keep the others flowing
+            self.stopped_reason = str(exc)
+            log.error("route %s stopped until the configuration is fixed and the agent restarted: %s",
+                      self.name, exc)
+            self._note(capture_state="stopped: configuration problem", source_error=str(exc)[:500],
+                       source_error_at=time.time())
+        except sqlite3.Error as exc:
+            # The local queue, not the source: a full disk or a locked file under the state
+            # directory. The source stays open; what it yielded is captured again (same ids).
+            self._retry_later(f"local queue unavailable: {exc}", "paused: local queue unavailable",
+                              close_source=False)
+        except TransientError as exc:
+            self._retry_later(f"source unavailable: {exc}", "retrying")
+        except Exception as exc:   # unknown errors are transient: retried on the next run
+            log.exception("route %s: capture failed", self.name)
+            self._retry_later(f"capture failed: {type(exc).__name__}: {exc}", "retrying")
+        else:
+            self.backoff.succeeded()
+            self._note(capture_state="ok", source_error=None, backpressure=False, next_attempt_at=None,
+                       last_capture_run_at=time.time())
+        return added
+
+    def _commit(self, batch: SourceBatch) -> int:
+        events, failures = self.translator.translate(batch.records)
+        for failure in failures:
+            record = failure["context"]["record"]
+            # inbound events carry their ids; a captured record gets the id it would have had
+            # (also its correlation id), so the line joins the exception queue entry
+            meta = (failure["context"].get("payload") or {}).get("metadata") or {}
+            ids = meta.get("event_id") or (event_id(self.translator.system, record["object"], record["position"])
+                                           if getattr(self.translator, "system", None) else None)
+            log.warning("route %s: %s record at %s rejected by mapping: %s", self.name,
+                        failure["operation"], record["position"], failure["reason"],
+                        extra={"route": self.name, "event_id": ids, "correlation_id": meta.get("correlation_id") or ids})
+        status = {"last_capture_at": time.time()} if batch.records else {}
+        if batch.progress:
+            status["progress"] = batch.progress
+        keep = getattr(self.translator, "keep_columns", None)
+        rejected = failures + [limit_context(entry, keep) for entry in batch.exceptions]
+        added = self.queue.commit_capture(self.name, events, rejected, batch.checkpoint, status)
+        if added:
+            self.on_enqueue()
+        return added
+
+    def _retry_later(self, problem: str, state: str, close_source: bool = True) -> None:
+        if close_source:
+            self._opened = False
+            try:
+                self.source.close()
+            except Exception:
+                log.debug("route %s: closing the source after an error failed", self.name, exc_info=True)
+        delay = self.backoff.failed()
+        self._retry_at = time.monotonic() + delay
+        log.warning("route %s: %s (attempt %d), retrying in %.1fs", self.name, problem, self.backoff.failures, delay)
+        self._note(capture_state=f"{state} (attempt {self.backoff.failures})", source_error=problem[:500],
+                   source_error_at=time.time(), next_attempt_at=self.backoff.next_attempt_at)
+
+    def _note(self, **status) -> None:
+        """Status is for people: failing to record it (full disk) must not stop the route."""
+        try:
+            self.queue.update_status(self.name, **status)
+        except sqlite3.Error as exc:
+            log.debug("route %s: status not recorded: %s", self.name, exc)
+
+    def close(self) -> None:
+        self._opened = False
+        self.source.close()

@@ -1,0 +1,135 @@
+"""Delivery: one thread per sink drains its queue in ``seq`` order (hence per entity key),
+removing only what the sink confirmed (invariant 3); what it rejected moves to the
+exception queue, the only thing that may leave the order (invariant 5).
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from typing import Optional
+
+from .contracts import DeliveryReport, TransientError
+from .queue import DurableQueue
+from .supervise import RETRY_CAP_S, Backoff
+
+__all__ = ["SinkDelivery"]
+
+log = logging.getLogger("outpost.delivery")
+
+
+class SinkDelivery(threading.Thread):
+    """Drains one sink's queue in order; backs off while the sink is unreachable."""
+
+    def __init__(self, name: str, sink, queue: DurableQueue, stop: threading.Event, batch_size: int = 500,
+                 max_backoff: float = RETRY_CAP_S, stall_after: float = 5.0):
+        super().__init__(name=f"deliver-{name}", daemon=True)
+        self.sink_name, self.sink, self.queue, self.stop = name, sink, queue, stop
+        self.batch_size = batch_size
+        self.stall_after = stall_after
+        self.wakeup = threading.Event()
+        self.connected = False
+        self.backoff = Backoff(initial=0.5, cap=max_backoff)
+        self._opened = False
+        # The worker thread and a synchronous drain must never send the same batch twice.
+        self._one_at_a_time = threading.Lock()
+        self._in_write: Optional[tuple] = None
+
+    def start(self) -> None:
+        super().start()
+        threading.Thread(target=self._watch_for_stalls, name=f"watch-{self.sink_name}", daemon=True).start()
+
+    def deliver_once(self) -> Optional[int]:
+        """One batch. Returns how many were settled, or None if the sink is unavailable."""
+        with self._one_at_a_time:
+            return self._deliver_batch()
+
+    def _deliver_batch(self) -> Optional[int]:
+        events = self.queue.peek(self.sink_name, self.batch_size)
+        if not events:
+            return 0
+        try:
+            if not self._opened:
+                self.sink.open()
+                self._opened = True
+            report = self._write_watched(events)
+        except TransientError as exc:
+            report = None
+            error = str(exc)
+        except Exception as exc:   # unknown = transient: the events stay queued
+            log.exception("sink %s: write failed", self.sink_name)
+            report, error = None, f"{type(exc).__name__}: {exc}"
+        if report is None:
+            report = DeliveryReport(transient_error=error)
+        self.queue.settle(self.sink_name, events, report)
+        self.connected = report.transient_error is None
+        if report.transient_error:
+            return None
+        return len(report.delivered) + len(report.rejected)
+
+    def _write_watched(self, events):
+        """A sink may wait long for acknowledgements (librdkafka retries by itself, which
+        avoids duplicates); meanwhile ``status`` must already say that events are waiting."""
+        self._in_write = (time.monotonic(), {e.route for e in events})
+        try:
+            return self.sink.write(events)
+        finally:
+            self._in_write = None
+
+    def _watch_for_stalls(self) -> None:
+        reported = None
+        while not self.stop.wait(1.0):
+            current = self._in_write
+            if current is None or current is reported or time.monotonic() - current[0] < self.stall_after:
+                continue
+            reported = current
+            self.connected = False
+            message = (f"sink {self.sink_name}: no acknowledgement for {self.stall_after:.0f}s, destination "
+                       f"unreachable? {self.queue.depth(self.sink_name)} event(s) stay queued")
+            log.warning(message)
+            for route in current[1]:
+                self.queue.update_status(route, sink_error=message)
+
+    def run(self) -> None:
+        """Until the agent stops: no error ends this loop (a dead delivery thread would
+        leave the agent alive and delivering nothing)."""
+        while not self.stop.is_set():
+            settled = self._attempt()
+            if settled is None:
+                delay = self.backoff.failed()
+                log.warning("sink %s unavailable, retrying in %.1fs", self.sink_name, delay)
+                self.stop.wait(delay)
+            elif settled == 0:
+                self.backoff.succeeded()
+                self.wakeup.wait(1.0)
+                self.wakeup.clear()
+            else:
+                self.backoff.succeeded()
+
+    def _attempt(self) -> Optional[int]:
+        """``deliver_once``, with the local queue's own failures (a full disk) reported and
+        retried like an unreachable sink. An event the sink acknowledged but the queue
+        could not settle is sent again under the same id (consumers de-duplicate)."""
+        try:
+            return self.deliver_once()
+        except Exception as exc:
+            self.connected = False
+            kind = "local queue unavailable" if isinstance(exc, sqlite3.Error) else "delivery failed"
+            log.error("sink %s: %s: %s: %s", self.sink_name, kind, type(exc).__name__, exc,
+                      exc_info=not isinstance(exc, sqlite3.Error))
+            return None
+
+    def drain(self, timeout: float) -> bool:
+        """Deliver the backlog before capture starts; False if the sink is unavailable."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stop.is_set():
+            settled = self._attempt()
+            if settled is None:
+                return False
+            if settled == 0:
+                return True
+        return self.queue.depth(self.sink_name) == 0
+
+    def close(self) -> None:
+        self.sink.close()
