@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .metrics import objectives, route_problems
+from .metrics import objectives, registry_for, route_problems
 
 log = logging.getLogger("outpost.http")
 
@@ -63,11 +63,11 @@ def readiness(agent, per_route: dict) -> list[str]:
     problems = []
     for name in agent.config.routes:
         problems += [f"route {name}: {p}" for p in route_problems(per_route.get(name, {}))]
-    settles = agent.queue.observed.settles
+    observed = agent.queue.observed
     for name, delivery in agent.deliveries.items():
         if delivery.ident is not None and not delivery.is_alive():
-            problems.append(f"sink {name}: delivery thread stopped")
-        elif settles.get(name) and not delivery.connected:
+            problems.append(f"sink {name}: delivery stopped")
+        elif observed.settled_batches(name) and not delivery.connected:
             problems.append(f"sink {name}: not connected")
     return problems
 
@@ -77,6 +77,7 @@ class StatusServer:
         cfg = agent.config.http
         self.agent, self.notifier, self.sample_every = agent, notifier, sample_every
         self.token = cfg.token
+        self.metrics = registry_for(agent)
         self.history = History()
         self._stop = threading.Event()
         handler = type("Handler", (_Handler,), {"app": self})
@@ -159,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
             if url.path == "/readyz":
                 return self._json(*self.app.ready())
             if url.path == "/metrics":
-                return self._send(200, generate_latest(self.app.agent.queue.observed.registry), CONTENT_TYPE_LATEST)
+                return self._send(200, generate_latest(self.app.metrics), CONTENT_TYPE_LATEST)
             if url.path == "/status":
                 return self._json(200, self.app.status())
             if url.path == "/history":

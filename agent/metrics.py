@@ -7,93 +7,19 @@ Two sources, on purpose:
   queued age, open exceptions, and what sources report (``slot_lag_bytes``,
   ``capture_lag_s``). A custom Collector reads it at scrape time, so the numbers are the
   ones ``outpost status`` shows;
-- in-process observations (``ObservedQueue``): the delivery-latency histogram, error
-  counts by class since the process started, and the progress counters the systemd
-  watchdog reads (``agent.notify``).
-
-Delivery latency is measured from the source change (``occurred_at``, else the time it
-was queued) to the sink's confirmation: for the ``kafka`` sink that is the broker ack
-(source change -> broker ack); for an applying sink (``sql_apply``) it is the local commit
-(inbound event -> local commit). One histogram, labelled with the sink's type.
+- what the agent's processes observed since they started (``agent.observe``): the
+  delivery-latency histogram (source change -> sink confirmation, labelled with the
+  sink's type) and error counts by class.
 """
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 from typing import Optional
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .queue import DurableQueue
-
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
-ERROR_CLASSES = ("mapping_rejected", "publish_rejected", "source_unavailable", "sink_unavailable")
-
-
-class Observations:
-    """What the running process saw; fed by ``ObservedQueue``, read by metrics and watchdog."""
-
-    def __init__(self, registry: Optional[CollectorRegistry] = None):
-        self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.latency = Histogram("outpost_delivery_latency_seconds",
-                                 "Source change (occurred_at, else queued time) to sink confirmation: "
-                                 "broker ack for kafka, local commit for sql_apply.",
-                                 ["route", "entity", "sink", "sink_type"], buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
-        self.lock = threading.Lock()
-        self.settles: Counter = Counter()     # sink -> settled batches (any outcome)
-        self.captures: Counter = Counter()    # route -> committed capture batches
-        self.errors: Counter = Counter()      # (route, class) -> count since start
-        self.sink_types: dict[str, str] = {}
-        self.entities: dict[str, str] = {}    # route -> entity
-
-    def settled(self, sink: str, events, report, now: float) -> None:
-        delivered = report.delivered
-        with self.lock:
-            self.settles[sink] += 1
-            for event in events:
-                if event.event_id in delivered:
-                    self.latency.labels(event.route, event.entity, sink, self.sink_types.get(sink, "")).observe(
-                        max(0.0, now - (event.occurred_at or event.enqueued_at)))
-                elif event.event_id in report.rejected:
-                    self.errors[(event.route, "publish_rejected")] += 1
-            if report.transient_error:
-                for route in {e.route for e in events}:
-                    self.errors[(route, "sink_unavailable")] += 1
-
-    def captured(self, route: str, rejected: int) -> None:
-        with self.lock:
-            self.captures[route] += 1
-            if rejected:
-                self.errors[(route, "mapping_rejected")] += rejected
-
-    def error(self, route: str, kind: str) -> None:
-        with self.lock:
-            self.errors[(route, kind)] += 1
-
-
-class ObservedQueue(DurableQueue):
-    """The durable queue plus in-memory observations of what passes through it."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.observed = Observations()
-
-    def commit_capture(self, route, events, exceptions, checkpoint, status=None) -> int:
-        added = super().commit_capture(route, events, exceptions, checkpoint, status)
-        self.observed.captured(route, len(exceptions))
-        return added
-
-    def settle(self, sink, events, report) -> None:
-        super().settle(sink, events, report)
-        self.observed.settled(sink, events, report, time.time())
-
-    def update_status(self, route: str, **update) -> None:
-        super().update_status(route, **update)
-        if update.get("source_error"):
-            self.observed.error(route, "source_unavailable")
+from .observe import ERROR_CLASSES, cumulative_buckets
 
 
 def success_rate(status: dict) -> Optional[float]:
@@ -207,10 +133,17 @@ class StatusCollector:
                 fam["last"].add_metric(values, float(s["last_publish_latency_s"]))
             fam["connected"].add_metric(values, 0 if route_problems(s) else 1)
         yield from fam.values()
+        latency = HistogramMetricFamily("outpost_delivery_latency_seconds",
+                                        "Source change (occurred_at, else queued time) to sink confirmation: "
+                                        "broker ack for kafka, local commit for sql_apply.",
+                                        labels=["route", "entity", "sink", "sink_type"])
+        for label, bins in agent.queue.observed.latency_bins().items():
+            buckets, total = cumulative_buckets(bins)
+            latency.add_metric(list(label), buckets, total)
+        yield latency
         errors = CounterMetricFamily("outpost_errors", "Errors by class since the process started.",
                                      labels=["route", "class"])
-        with agent.queue.observed.lock:
-            counts = dict(agent.queue.observed.errors)
+        counts = agent.queue.observed.error_counts()
         for name in cfg.routes:
             for kind in ERROR_CLASSES:
                 errors.add_metric([name, kind], counts.get((name, kind), 0))
@@ -237,14 +170,15 @@ def route_problems(status: dict) -> list[str]:
     return problems
 
 
-def instrument(agent) -> CollectorRegistry:
-    """Registry for ``/metrics``: the histogram plus the status collector."""
-    observed = agent.queue.observed
-    cfg = agent.config
+def label(observed, cfg) -> None:
+    """What the counters are labelled with: each sink's type and each route's entity."""
     observed.sink_types.update({name: str(options.get("type", "")) for name, options in cfg.sinks.items()})
     observed.entities.update({name: cfg.mappings[r.mapping].entity for name, r in cfg.routes.items()
                               if r.mapping in cfg.mappings})
-    if not getattr(observed, "_collector_registered", False):
-        observed.registry.register(StatusCollector(agent))
-        observed._collector_registered = True
-    return observed.registry
+
+
+def registry_for(agent) -> CollectorRegistry:
+    """The registry ``/metrics`` serves: one collector reading status and observations."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StatusCollector(agent))
+    return registry

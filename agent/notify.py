@@ -113,7 +113,7 @@ class Watchdog:
             thread = self.agent.deliveries[name]
             if thread.ident is not None and not thread.is_alive():
                 found.append(f"delivery thread of sink {name} died")
-            elif stall.observe(self.agent.queue.depth(name) > 0, seen.settles.get(name, 0), now):
+            elif stall.observe(self.agent.queue.depth(name) > 0, seen.settled_batches(name), now):
                 found.append(f"sink {name}: events waiting, no batch settled for {stall.after:.0f}s")
         for name, stall in self.capture.items():
             started = self.agent.capture_started.get(name)

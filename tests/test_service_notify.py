@@ -151,11 +151,11 @@ def test_watchdog_keeps_going_while_the_broker_is_down(agent, broker, tmp_path):
         with broker.outage():
             insert_customers(engine, range(1, 11))
             agent.run_pass()
-            settles = agent.queue.observed.settles["fabric"]
+            settles = agent.queue.observed.settled_batches("fabric")
             frozen_at = time.monotonic()
             time.sleep(9)
             assert agent.queue.depth() == 10, "queued while the fabric is away"
-            assert agent.queue.observed.settles["fabric"] > settles, "failed attempts are progress too"
+            assert agent.queue.observed.settled_batches("fabric") > settles, "failed attempts are progress too"
             assert listener.count("WATCHDOG=1", since=time.monotonic() - 2) >= 2
             assert listener.count("WATCHDOG=1", since=frozen_at) >= 20
         assert not notifier.stuck
