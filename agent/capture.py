@@ -18,7 +18,7 @@ from .queue import DurableQueue
 from .supervise import Backoff
 from .translate import Translator, limit_context
 
-__all__ = ["RouteCapture"]
+__all__ = ["RouteCapture", "StreamLoop"]
 
 log = logging.getLogger("outpost.capture")
 
@@ -123,6 +123,42 @@ class RouteCapture:
         except sqlite3.Error as exc:
             log.debug("route %s: status not recorded: %s", self.name, exc)
 
+    @property
+    def streaming(self) -> bool:
+        """The source follows a change log and blocks while idle: it gets a loop of its own."""
+        return bool(getattr(self.source, "streaming", False))
+
+    def retry_in(self) -> float:
+        """Seconds until the next attempt is due (0 when not backing off)."""
+        return max(0.0, self._retry_at - time.monotonic())
+
     def close(self) -> None:
         self._opened = False
         self.source.close()
+
+
+class StreamLoop(threading.Thread):
+    """A streaming route's own loop: passes back to back instead of on a schedule (the
+    source returns from a pass after a while even when idle), the route's backoff between
+    failures. ``started`` is where the watchdog sees a pass that hangs."""
+
+    IDLE_S = 0.2        # after a pass that returned at once with nothing: never spin hot
+
+    def __init__(self, capture: RouteCapture, stop: threading.Event, started: dict):
+        super().__init__(name=f"stream-{capture.name}", daemon=True)
+        self.capture, self.stop, self.started = capture, stop, started
+
+    def run(self) -> None:
+        name = self.capture.name
+        while not self.stop.is_set() and not self.capture.stopped_reason:
+            began = time.monotonic()
+            self.started[name] = began
+            try:
+                added = self.capture.run_once()
+            finally:
+                self.started[name] = None
+            wait = self.capture.retry_in()
+            if not wait and not added and time.monotonic() - began < self.IDLE_S:
+                wait = self.IDLE_S
+            if wait:
+                self.stop.wait(wait)

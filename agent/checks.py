@@ -5,8 +5,8 @@ from typing import Iterator
 
 from .contracts import OutpostError
 from .logs import RedactingFilter
-from .registry import adapter_class
-from .runtime import Agent
+from .build import make_sink, make_source, used_sinks
+from .schemas import SchemaCatalog
 
 
 def run_checks(cfg) -> Iterator[tuple[str, list[str]]]:
@@ -18,17 +18,13 @@ def run_checks(cfg) -> Iterator[tuple[str, list[str]]]:
 
 
 def _checks(cfg) -> Iterator[tuple[str, list[str]]]:
-    agent = Agent(cfg)
-    catalog = agent.catalog
+    catalog = SchemaCatalog.load(cfg.schema_dir)
     schema_problems = [f"{name}: {p}" for name in catalog.names() for p in catalog.check_backward(name)]
     yield "schemas (backward compatibility with the released versions)", schema_problems
     for name, route in cfg.routes.items():
-        yield f"route {name}: source {route.source}", _check_adapter(
-            lambda: adapter_class("source", cfg.sources[route.source]["type"])(
-                cfg.source_options(name), agent._context(route.source)))
-    for name in sorted({route.sink for route in cfg.routes.values()}):
-        yield f"sink {name}", _check_adapter(
-            lambda: adapter_class("sink", cfg.sinks[name]["type"])(cfg.sink_options(name), agent._context(name)))
+        yield f"route {name}: source {route.source}", _check_adapter(lambda: make_source(cfg, catalog, name))
+    for name in used_sinks(cfg):
+        yield f"sink {name}", _check_adapter(lambda: make_sink(cfg, catalog, name))
 
 
 def _check_adapter(make) -> list[str]:

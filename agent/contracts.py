@@ -142,7 +142,12 @@ class _Adapter:
 
 
 class Source(_Adapter, abc.ABC):
-    """Captures changes. One instance per route (a route reads one object)."""
+    """Captures changes. One instance per route (a route reads one object).
+
+    ``streaming``: the source follows a change log (a pass blocks while idle and returns
+    after a while); the agent runs it in a loop of its own instead of on a schedule."""
+
+    streaming = False
 
     def open(self) -> None:
         """Connect. Raise TransientError if the source is unreachable."""

@@ -75,6 +75,7 @@ _long_pass_filter = _LongPassFilter()
 
 class DebeziumSource(Source):
     options_model = SourceOptions
+    streaming = True
 
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)

@@ -1,0 +1,58 @@
+"""Building a route's parts from the validated config: adapter contexts, sources, sinks
+and translators. Every process of the agent (capture, delivery) and every command that
+opens an adapter (``check``, ``queue retry``) builds them here, the same way.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Optional
+
+from .config import Config
+from .contracts import AdapterContext
+from .mapping import EntityMapping
+from .registry import adapter_class
+from .schemas import SchemaCatalog
+from .translate import Translator
+
+__all__ = ["adapter_context", "make_sink", "make_source", "make_translator", "used_sinks"]
+
+
+def adapter_context(config: Config, catalog: SchemaCatalog, name: str, stop: Optional[threading.Event] = None,
+                    **extra) -> AdapterContext:
+    return AdapterContext(name=name, state_dir=config.state_dir, schemas=catalog,
+                          fabric=config.fabric.model_dump(), log=logging.getLogger(f"outpost.{name}"),
+                          stop=stop or threading.Event(), **extra)
+
+
+def used_sinks(config: Config) -> list[str]:
+    return sorted({route.sink for route in config.routes.values()})
+
+
+def make_sink(config: Config, catalog: SchemaCatalog, name: str, stop: Optional[threading.Event] = None):
+    return adapter_class("sink", config.sinks[name]["type"])(config.sink_options(name),
+                                                            adapter_context(config, catalog, name, stop))
+
+
+def make_source(config: Config, catalog: SchemaCatalog, route_name: str, stop: Optional[threading.Event] = None,
+                translator: Optional[Translator] = None, report_status: Optional[Callable[..., None]] = None):
+    route = config.routes[route_name]
+    extra = {}
+    if translator is not None:
+        extra["validate"] = translator.problems
+    if report_status is not None:
+        extra["report_status"] = report_status
+    return adapter_class("source", config.sources[route.source]["type"])(
+        config.source_options(route_name), adapter_context(config, catalog, route.source, stop, **extra))
+
+
+def make_translator(config: Config, catalog: SchemaCatalog, route_name: str) -> Translator:
+    route = config.routes[route_name]
+    if route.mapping is None:   # the source yields canonical events (inbound): keep them as they are
+        from .passthrough import PassThroughTranslator
+        return PassThroughTranslator(route_name, route.sink, catalog)
+    mapping_cfg = config.mappings[route.mapping]
+    mapping = EntityMapping(route.mapping, mapping_cfg, catalog.entity(mapping_cfg.entity), config.lookups)
+    system = config.sources[route.source].get("system") or route.source
+    keep = None if config.queue.exception_context == "full" else mapping.columns
+    return Translator(route_name, route.sink, system, mapping, keep_columns=keep)
