@@ -37,7 +37,7 @@ def run(config_path, once):
     from .statedir import StateDirInUse
     cfg = _load(config_path)
     _setup_logging(cfg)
-    agent = Agent(cfg)
+    agent = Agent(cfg, separate_delivery=cfg.delivery_process and not once)
     try:
         agent.build()
     except StateDirInUse as exc:
@@ -133,7 +133,7 @@ def queue_show(config_path, exception_id):
 def queue_retry(config_path, exception_ids, retry_all):
     """Map again (after master data was fixed) and re-queue; the running agent sends them."""
     from .retry import retry_exception
-    from .runtime import make_translator
+    from .build import make_translator
     from .schemas import SchemaCatalog
     cfg = _load(config_path)
     store = open_queue(cfg)

@@ -133,6 +133,9 @@ class FabricConfig(_Strict):
 
 class Config(_Strict):
     state_dir: Path = Path("./state")
+    # `outpost run` delivers in a process of its own, so that capture and delivery do not
+    # share one interpreter (false: one process, delivery in threads)
+    delivery_process: bool = True
     schema_dir: Optional[Path] = None
     shutdown_timeout: Duration = 30.0
     log: LogConfig = LogConfig()

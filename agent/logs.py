@@ -43,6 +43,8 @@ class RedactingFilter(logging.Filter):
             if record.exc_info:
                 record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
                 record.exc_info = None
+            elif record.exc_text:       # formatted in another process (the delivery process)
+                record.exc_text = self.redact(record.exc_text)
         return True
 
 

@@ -2,7 +2,16 @@
 the Windows service manager (thin shells that only call ``start``/``stop``).
 
 Lifecycle: CREATED -> STARTING -> DRAINING -> RUNNING -> STOPPING -> STOPPED.
-On start the agent first delivers what is already queued, then captures anything new.
+On start what is already queued is delivered first, then anything new (with delivery in
+this process, capture waits for that drain; a delivery process drains before it sends
+anything captured meanwhile, which queue order puts behind the backlog anyway).
+
+Capture runs here: polling routes on the scheduler (APScheduler, ``coalesce``, one
+instance at a time), streaming routes (Debezium, binlog, Kafka) each in a loop of its own.
+Delivery runs either in this process (threads: tests, the demo, ``run --once``) or, with
+``separate_delivery`` (``outpost run``), in a delivery process of its own
+(``agent.worker``), so that capture and delivery do not share one interpreter. Hosts,
+``status``, ``/metrics`` and the watchdog see one agent either way.
 """
 from __future__ import annotations
 
@@ -19,18 +28,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .build import make_source, make_translator
+from .capture import RouteCapture, StreamLoop
 from .config import Config
-from .contracts import AdapterContext
+from .delivery import DeliveryGroup
 from .logs import RedactingFilter
-from .mapping import EntityMapping
-from .metrics import ObservedQueue, instrument
-from .capture import RouteCapture
-from .delivery import SinkDelivery
-from .translate import Translator
-from .queue import DurableQueue
-from .registry import adapter_class
+from .metrics import label
+from .observe import ObservedQueue
 from .schemas import SchemaCatalog
 from .statedir import StateLock
+
+__all__ = ["Agent", "State", "make_translator"]
 
 log = logging.getLogger("outpost.agent")
 
@@ -45,23 +53,21 @@ class State(enum.Enum):
 
 
 class Agent:
-    def __init__(self, config: Config, *, drain_timeout: float = 30.0):
+    def __init__(self, config: Config, *, drain_timeout: float = 30.0, separate_delivery: bool = False):
         self.config = config
         self.state = State.CREATED
         self.stop_event = threading.Event()
         self.drain_timeout = drain_timeout
+        self.separate_delivery = separate_delivery
         self.catalog = SchemaCatalog.load(config.schema_dir)
-        self.queue: Optional[DurableQueue] = None
-        self.deliveries: dict[str, SinkDelivery] = {}
+        self.queue: Optional[ObservedQueue] = None
+        self.delivery = None                  # DeliveryGroup (threads here) or DeliveryProcess
+        self.deliveries: dict = {}            # sink name -> its delivery thread or handle
         self.captures: dict[str, RouteCapture] = {}
         self.scheduler: Optional[BackgroundScheduler] = None
+        self.streams: list[StreamLoop] = []
         self.capture_started: dict[str, Optional[float]] = {}   # route -> when its running pass began
         self.lock = StateLock(config.state_dir, "outpost run")
-
-    def _context(self, name: str, **extra) -> AdapterContext:
-        return AdapterContext(name=name, state_dir=self.config.state_dir, schemas=self.catalog,
-                              fabric=self.config.fabric.model_dump(), log=logging.getLogger(f"outpost.{name}"),
-                              stop=self.stop_event, **extra)
 
     def build(self) -> None:
         """Create the queue, sinks and sources (imports only the adapters configured)."""
@@ -75,51 +81,59 @@ class Agent:
     def _build(self) -> None:
         cfg = self.config
         self.queue = ObservedQueue(cfg.state_dir, max_bytes=cfg.queue.max_bytes,
-                                  dedup_retention=cfg.queue.dedup_retention, redact=RedactingFilter(cfg.secrets).redact)
-        used_sinks = {route.sink for route in cfg.routes.values()}
-        for name in sorted(used_sinks):
-            sink = adapter_class("sink", cfg.sinks[name]["type"])(cfg.sink_options(name), self._context(name))
-            self.deliveries[name] = SinkDelivery(name, sink, self.queue, self.stop_event,
-                                                 batch_size=cfg.queue.delivery_batch)
+                                   dedup_retention=cfg.queue.dedup_retention, redact=RedactingFilter(cfg.secrets).redact)
+        label(self.queue.observed, cfg)
+        if self.separate_delivery:
+            from .worker import DeliveryProcess
+            self.delivery = DeliveryProcess(cfg, self.queue.observed, self.drain_timeout)
+        else:
+            self.delivery = DeliveryGroup(cfg, self.catalog, self.queue, self.stop_event)
+        self.deliveries = self.delivery.handles
         for name, route in cfg.routes.items():
             translator = make_translator(cfg, self.catalog, name)
-            context = self._context(route.source, validate=translator.problems,
-                                    report_status=functools.partial(self.queue.update_status, name))
-            source = adapter_class("source", cfg.sources[route.source]["type"])(cfg.source_options(name), context)
+            source = make_source(cfg, self.catalog, name, self.stop_event, translator,
+                                 functools.partial(self.queue.update_status, name))
             self.captures[name] = RouteCapture(name, source, translator, self.queue, self.stop_event,
                                                on_enqueue=self.deliveries[route.sink].wakeup.set)
-        instrument(self)
 
     def start(self, capture: bool = True) -> None:
         self.state = State.STARTING
         if self.queue is None:
             self.build()
         self.state = State.DRAINING
-        for name, delivery in self.deliveries.items():
-            backlog = self.queue.depth(name)
-            if backlog and not delivery.drain(self.drain_timeout):
-                log.warning("sink %s: %d events still queued after the start-up drain; capture starts anyway",
-                            name, self.queue.depth(name))
-        for delivery in self.deliveries.values():
-            delivery.start()
+        if self.separate_delivery:
+            # the delivery process drains the backlog first by itself; capture need not
+            # wait for it, they no longer compete for one interpreter (order is queue order)
+            self.delivery.start()
+        else:
+            self.delivery.drain(self.drain_timeout)
+            self.delivery.start()
         if capture:
-            self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
-                                                               "misfire_grace_time": None})
-            for name, capture_job in self.captures.items():
-                schedule = self.config.routes[name].schedule
-                trigger = IntervalTrigger(seconds=schedule.every) if schedule.every else \
-                    CronTrigger.from_crontab(schedule.cron)
-                # run at once on start, then on the schedule
-                self.scheduler.add_job(functools.partial(self._capture, name), trigger, id=name,
-                                       name=f"capture {name}", next_run_time=dt.datetime.now(self.scheduler.timezone))
-            # on a timer, not after deliveries: an idle queue must forget old ids too
-            self.scheduler.add_job(self._prune, IntervalTrigger(seconds=self.config.queue.prune_every),
-                                   id="outpost-prune", name="forget old delivered ids",
-                                   next_run_time=dt.datetime.now(self.scheduler.timezone))
-            self.scheduler.start()
+            self._start_capture()
         self.state = State.RUNNING
         log.info("agent running: %d route(s), %d sink(s), state in %s", len(self.captures), len(self.deliveries),
                  self.config.state_dir)
+
+    def _start_capture(self) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
+                                                           "misfire_grace_time": None})
+        for name, capture in self.captures.items():
+            if capture.streaming:
+                self.streams.append(StreamLoop(capture, self.stop_event, self.capture_started))
+                continue
+            schedule = self.config.routes[name].schedule
+            trigger = IntervalTrigger(seconds=schedule.every) if schedule.every else \
+                CronTrigger.from_crontab(schedule.cron)
+            # run at once on start, then on the schedule
+            self.scheduler.add_job(functools.partial(self._capture, name), trigger, id=name,
+                                   name=f"capture {name}", next_run_time=now)
+        # on a timer, not after deliveries: an idle queue must forget old ids too
+        self.scheduler.add_job(self._prune, IntervalTrigger(seconds=self.config.queue.prune_every),
+                               id="outpost-prune", name="forget old delivered ids", next_run_time=now)
+        self.scheduler.start()
+        for stream in self.streams:
+            stream.start()
 
     def _capture(self, name: str) -> int:
         """One scheduled pass; its start time lets the systemd watchdog see a pass that hangs."""
@@ -143,7 +157,7 @@ class Agent:
         return sum(capture.run_once() for capture in self.captures.values())
 
     def deliver_all(self, timeout: float = 30.0) -> bool:
-        """Synchronously drain every sink (no delivery threads needed)."""
+        """Synchronously drain every sink (delivery in this process only)."""
         return all(delivery.drain(timeout) for delivery in self.deliveries.values())
 
     def wait(self) -> None:
@@ -159,33 +173,13 @@ class Agent:
         """
         if self.state in (State.STOPPING, State.STOPPED):
             return True
-        clean = True
         self.state = State.STOPPING
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         self.stop_event.set()
-        if self.scheduler is not None:
-            # a pass blocked on its source must not hold the stop beyond the bound: its
-            # uncommitted batch is captured again after the restart (invariant 1)
-            waiter = threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True}, daemon=True)
-            waiter.start()
-            waiter.join(max(0.1, deadline - time.monotonic()))
-            if waiter.is_alive():
-                clean = False
-                log.warning("a capture pass did not finish within the shutdown bound; it is abandoned uncommitted")
-        for delivery in self.deliveries.values():
-            delivery.wakeup.set()
-            if delivery.is_alive():
-                delivery.join(max(0.1, deadline - time.monotonic()))
-        for delivery in self.deliveries.values():
-            if delivery.is_alive():
-                # still waiting on the destination: its batch stays queued and is sent again
-                # (same event ids) after the restart; closing under it would only add noise
-                log.warning("sink %s did not finish within the shutdown bound; %d event(s) stay queued",
-                            delivery.sink_name, self.queue.depth(delivery.sink_name))
-                clean = False
-                continue
-            _quietly(delivery.close, f"closing sink {delivery.sink_name}")
+        clean = self._stop_capture(deadline)
+        if self.delivery is not None:
+            clean = self.delivery.stop(deadline) and clean
         for name, capture in self.captures.items():
             _quietly(capture.close, f"closing source of route {name}")
         if self.queue is not None:
@@ -195,17 +189,19 @@ class Agent:
         log.info("agent stopped" + ("" if clean else " (shutdown bound reached)"))
         return clean
 
-
-def make_translator(config: Config, catalog: SchemaCatalog, route_name: str) -> Translator:
-    route = config.routes[route_name]
-    if route.mapping is None:   # the source yields canonical events (inbound): keep them as they are
-        from .passthrough import PassThroughTranslator
-        return PassThroughTranslator(route_name, route.sink, catalog)
-    mapping_cfg = config.mappings[route.mapping]
-    mapping = EntityMapping(route.mapping, mapping_cfg, catalog.entity(mapping_cfg.entity), config.lookups)
-    system = config.sources[route.source].get("system") or route.source
-    keep = None if config.queue.exception_context == "full" else mapping.columns
-    return Translator(route_name, route.sink, system, mapping, keep_columns=keep)
+    def _stop_capture(self, deadline: float) -> bool:
+        """A pass blocked on its source must not hold the stop beyond the bound: its
+        uncommitted batch is captured again after the restart (invariant 1)."""
+        waiters = [threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True}, daemon=True)] \
+            if self.scheduler is not None else []
+        for waiter in waiters:
+            waiter.start()
+        for thread in waiters + self.streams:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in waiters + self.streams):
+            log.warning("a capture pass did not finish within the shutdown bound; it is abandoned uncommitted")
+            return False
+        return True
 
 
 def _quietly(action, what: str) -> None:

@@ -106,7 +106,7 @@ class ServiceCore:
         setup(cfg.log.level, cfg.log.format, str(log_file), cfg.secrets, event_log=self.event_source)
         if self.agent_factory is None:
             from .runtime import Agent
-            self.agent_factory = Agent
+            self.agent_factory = lambda config: Agent(config, separate_delivery=config.delivery_process)
         with self._lock:
             self.agent = self.agent_factory(cfg)
             if self._stop_requested.is_set():       # stopped while we were loading

@@ -33,7 +33,6 @@ __all__ = ["StateLock", "StateDirInUse", "prepare", "holder"]
 log = logging.getLogger("outpost.statedir")
 
 LOCK_NAME = "agent.lock"
-HOLDER_NAME = "agent.lock.json"
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 
 
@@ -90,9 +89,13 @@ def _protect_windows_folder(folder: Path) -> None:
 
 
 def holder(state_dir: Path) -> Optional[dict]:
-    """Who last took the lock (PID, host, since), or None."""
+    """Who holds the agent's lock (PID, host, since), or None."""
+    return _read_holder(Path(state_dir) / f"{LOCK_NAME}.json")
+
+
+def _read_holder(path: Path) -> Optional[dict]:
     try:
-        return json.loads((Path(state_dir) / HOLDER_NAME).read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -106,30 +109,32 @@ def describe_holder(info: Optional[dict]) -> str:
 class StateLock:
     """``with StateLock(dir, "run"):`` or ``acquire()`` / ``release()``; never blocks."""
 
-    def __init__(self, state_dir: Path, command: str = "run"):
+    def __init__(self, state_dir: Path, command: str = "run", name: str = LOCK_NAME):
         self.state_dir = Path(state_dir)
         self.command = command
+        self.lock_path = self.state_dir / name
+        self.holder_path = self.state_dir / f"{name}.json"
         self._handle = None
 
     def acquire(self) -> "StateLock":
         if self._handle is not None:
             return self
         prepare(self.state_dir)
-        handle = open(self.state_dir / LOCK_NAME, "a+b")
+        handle = open(self.lock_path, "a+b")
         try:
             portalocker.lock(handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
         except portalocker.exceptions.LockException:
             handle.close()
             raise StateDirInUse(
-                f"state directory {self.state_dir} is in use by {describe_holder(holder(self.state_dir))}; "
+                f"state directory {self.state_dir} is in use by {describe_holder(_read_holder(self.holder_path))}; "
                 "one agent per state directory (stop that agent first, or give this one its own state_dir)"
             ) from None
         self._handle = handle
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                 "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        temp = self.state_dir / f".{HOLDER_NAME}.{os.getpid()}"
+        temp = self.holder_path.with_name(f".{self.holder_path.name}.{os.getpid()}")
         temp.write_text(json.dumps(info), encoding="utf-8")
-        os.replace(temp, self.state_dir / HOLDER_NAME)
+        os.replace(temp, self.holder_path)
         return self
 
     def release(self) -> None:
@@ -137,7 +142,7 @@ class StateLock:
         if handle is None:
             return
         try:
-            (self.state_dir / HOLDER_NAME).unlink(missing_ok=True)
+            self.holder_path.unlink(missing_ok=True)
             portalocker.unlock(handle)
         finally:
             handle.close()

@@ -7,10 +7,6 @@ arrived and that no change was published under two different event ids.
 """
 import os
 import random
-import signal
-import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -20,41 +16,13 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from tests.support.agent_process import AgentProcess, queue_depth, route_status, wait_for
 from tests.support.route import create_tables, decode_messages, route_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 3000
 
 pytestmark = pytest.mark.slow
-
-
-class AgentProcess:
-    def __init__(self, config_path: Path, log_path: Path):
-        self.config_path, self.log_path = config_path, log_path
-        self.process = None
-
-    def start(self):
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(self.config_path)],
-                                        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "PYTHONPATH": str(ROOT)})
-        log.close()
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
-
-
-def queue_depth(state_dir: Path) -> int:
-    path = state_dir / "queue.db"
-    if not path.exists():
-        return 0
-    with sqlite3.connect(path, timeout=10) as db:
-        return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
 
 
 def write_stream(engine, stop_after: int, done: threading.Event):
@@ -96,16 +64,17 @@ def test_sigkill_at_random_points_loses_nothing_and_never_changes_an_id(tmp_path
         kills += 1
         agent.start()
 
-    # and once exactly between capture and publish: events queued, broker unreachable
-    time.sleep(1.5)
+    # and once exactly between capture and publish: events queued, broker unreachable.
+    # First everything inserted is published (else the updated rows could be read by a
+    # snapshot still running, and the two versions of a row would rightly be one event).
+    assert wait_for(lambda: route_status(state_dir, "customers").get("published_total", 0) >= ROWS
+                    and queue_depth(state_dir) == 0, 120), (tmp_path / "agent.log").read_text()[-3000:]
     with broker.outage():
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE erp_customer SET credit_lim = credit_lim + 1, updated_at = clock_timestamp()"
                                  " WHERE cust_no <= 'C-00100'"))
-        deadline = time.monotonic() + 20
-        while queue_depth(state_dir) < 100 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert queue_depth(state_dir) >= 100, "the update batch should be captured while the broker is down"
+        assert wait_for(lambda: queue_depth(state_dir) >= 100, 20), \
+            "the update batch should be captured while the broker is down"
         agent.kill()
     agent.start()
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.support.route import INVOICE_MAPPING, LOOKUPS
-from tests.test_crash_recovery import AgentProcess, queue_depth
+from tests.support.agent_process import AgentProcess, queue_depth
 
 pytestmark = pytest.mark.slow
 HEADER = "inv_no,cust_no,company,curr,tax_code,inv_date,net,tax,gross,status\n"

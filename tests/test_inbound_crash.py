@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.inbound import FabricProducer, create_local, customer, event, inbound_config
-from tests.test_crash_recovery import AgentProcess
+from tests.support.agent_process import AgentProcess
 
 pytestmark = pytest.mark.slow
 NEVER_COMMIT = {"auto.commit.interval.ms": 600000}
