@@ -2,15 +2,22 @@
 
 * ``outpost debezium slots SOURCE``: each route's slot, whether it is active and the WAL it
   retains (the same number ``status`` shows as ``slot_retained_bytes``).
-* ``outpost debezium reset SOURCE [--route R]``: forget the stored offsets (and schema
-  history) of the source's routes, after a lost slot / purged log / missing history. The
-  next start takes the snapshot chosen by ``snapshot:`` again. Run it with the agent stopped.
+* ``outpost debezium reset SOURCE [--route R]``: forget the stored offsets (the engine
+  offsets in the route's queue checkpoint, the offsets file and the schema history) after a
+  lost slot / purged log / missing history. The next start takes the snapshot chosen by
+  ``snapshot:`` again. Run it with the agent stopped.
+* ``outpost debezium recover SOURCE [--route R]``: PostgreSQL, for a state directory whose
+  checkpoint holds no engine offsets (older agent versions) and whose offsets file is lost or
+  torn: the next start resumes from the replication slot's confirmed position, without a
+  snapshot. Changes after that position are read again; their event ids are the same, so
+  the queue drops those it already holds. Run it with the agent stopped.
 * ``outpost debezium drop-slot SOURCE [--route R]``: drop the replication slot and the
   publication of each route (decommissioning: an abandoned slot pins WAL forever).
 """
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -54,6 +61,19 @@ def slots(config_path, source):
                    f"confirmed_flush_lsn={state['confirmed_flush_lsn']} wal_status={state['wal_status']}"))
 
 
+def _set_engine_offsets(cfg, route: str, checkpoint: dict, *, only_if_stored: bool = False) -> bool:
+    """Replace the route's queue checkpoint (where the engine offsets live); False if skipped."""
+    from agent.queue import DurableQueue
+    store = DurableQueue(cfg.state_dir)
+    try:
+        if only_if_stored and store.checkpoint(route) is None:
+            return False
+        store.commit_capture(route, [], [], checkpoint)   # one transaction, as a capture commit
+        return True
+    finally:
+        store.close()
+
+
 @debezium.command("reset")
 @CONFIG_OPTION
 @click.argument("source")
@@ -66,8 +86,45 @@ def reset(config_path, source, route):
         removed = [p.name for p in (paths["offsets"], paths["history"]) if p.exists()]
         for key in ("offsets", "history"):
             paths[key].unlink(missing_ok=True)
+        if _set_engine_offsets(cfg, name, {"v": 2, "offsets": {}, "reset_at": time.time()}, only_if_stored=True):
+            removed.append("the engine offsets of the queue checkpoint")
         click.echo(f"route {name}: " + (f"removed {', '.join(removed)}" if removed else "nothing stored") +
                    f"; the next start takes snapshot mode {spec.snapshot!r}")
+
+
+@debezium.command("recover")
+@CONFIG_OPTION
+@click.argument("source")
+@click.option("--route", default=None, help="Only this route (default: every route of SOURCE).")
+def recover(config_path, source, route):
+    """Resume from the replication slot's confirmed position, no snapshot (lost offsets). Agent stopped."""
+    from . import pg
+    cfg, specs = _routes(config_path, source, route)
+    failed = False
+    for name, spec in specs:
+        slot, _ = slot_and_publication(source, spec)
+        try:
+            if spec.connector != "postgres":
+                raise click.ClickException(f"connector {spec.connector} has no replication slot to resume from; "
+                                           f"`outpost debezium reset {source}` snapshots again")
+            with pg.connect(spec) as conn:
+                state = pg.slot_state(conn, slot)
+            if state is None or state["wal_status"] == "lost":
+                raise click.ClickException(f"replication slot {slot} is {'missing' if state is None else 'lost'}: "
+                                           f"nothing to resume from; `outpost debezium reset {source}` snapshots again")
+            if state["active"]:
+                raise click.ClickException(f"replication slot {slot} is in use: stop the agent first")
+        except (click.ClickException, ConfigError, TransientError) as exc:
+            failed = True
+            click.echo(f"route {name}: {getattr(exc, 'message', exc)}", err=True)
+            continue
+        paths = state_paths(cfg.state_dir, route_key(source, spec))
+        paths["offsets"].unlink(missing_ok=True)
+        _set_engine_offsets(cfg, name, {"v": 2, "offsets": {}, "resume": "slot", "requested_at": time.time()})
+        click.echo(f"route {name}: the next start resumes from replication slot {slot} at "
+                   f"{state['confirmed_flush_lsn']} without a snapshot (changes after it are read again; the queue "
+                   "drops those it already holds)")
+    sys.exit(1 if failed else 0)
 
 
 @debezium.command("drop-slot")
