@@ -24,6 +24,7 @@ import click
 from agent.cli_common import CONFIG_OPTION, load_config
 from agent.contracts import ConfigError, TransientError
 
+from .offsets import RESUME_FROM_SLOT
 from .spec import SourceOptions, route_key, slot_and_publication, state_paths
 
 
@@ -134,7 +135,8 @@ def recover(config_path, source, route):
         if state["active"]:
             raise click.ClickException(f"replication slot {slot} is in use: stop the agent first")
         state_paths(cfg.state_dir, route_key(source, spec))["offsets"].unlink(missing_ok=True)
-        _set_engine_offsets(cfg, name, {"v": 2, "offsets": {}, "resume": "slot", "requested_at": time.time()})
+        _set_engine_offsets(cfg, name, {"v": 2, "offsets": {}, "resume": RESUME_FROM_SLOT,
+                                       "requested_at": time.time()})
         return [f"the next start resumes from replication slot {slot} at {state['confirmed_flush_lsn']} without a "
                 "snapshot (changes after it are read again; the queue drops those it already holds)"]
 

@@ -24,7 +24,8 @@ SIGKILL storms. So the file is never trusted:
   progress), and a route that committed before without engine offsets (an older agent's
   checkpoint) whose offsets file is missing or unreadable stops with the recovery named.
 
-Only the three small functions at the bottom touch Java (JPype, imported lazily).
+Only ``OffsetCapture``, ``read_store`` and ``write_store`` at the bottom touch Java (JPype, imported
+lazily).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from typing import Any, Mapping, Optional
 
 from agent.contracts import ConfigError
 
-__all__ = ["FILE_STORE", "StartPlan", "prepare", "plan_start", "encode", "snapshot_complete", "StoreUnreadable",
+__all__ = ["FILE_STORE", "RESUME_FROM_SLOT", "StartPlan", "prepare", "plan_start", "encode", "snapshot_complete", "StoreUnreadable",
            "OffsetCapture", "read_store", "write_store", "recovery_hint"]
 
 FILE_STORE = "org.apache.kafka.connect.storage.FileOffsetBackingStore"
