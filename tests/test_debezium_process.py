@@ -46,7 +46,7 @@ def _write(db, done: threading.Event):
     done.set()
 
 
-def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_promptly(tmp_path, pg_repl, broker, registry):
+def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_promptly(tmp_path, pg_repl, broker, registry, request):
     pg_repl.execute(
         "CREATE TABLE erp_customer (cust_no TEXT PRIMARY KEY, cust_name TEXT NOT NULL, company TEXT, curr TEXT,"
         " tax_code TEXT, credit_lim NUMERIC(18,2), updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())")
@@ -58,6 +58,7 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_promptly(tmp_path, p
     config_path.write_text(yaml.safe_dump(document))
     topic = document["fabric"]["topic_template"].format(entity="customer")
     agent = AgentProcess(tmp_path, config_path)
+    request.addfinalizer(agent.stop_if_running)
 
     agent.start()
     assert wait_until(lambda: slot_active(pg_repl), 60), (tmp_path / "agent.stderr").read_text()[-3000:]
@@ -118,8 +119,8 @@ class ChangeWriter(threading.Thread):
                     for _ in range(3):
                         number, version = number + 1, version + 1
                         key, limit = f"C-{number:05d}", f"{version / 100:.2f}"
-                        conn.execute("INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim)"
-                                     " VALUES (%s, 'Live', '01', 'USD', 'NY', %s)", (key, limit))
+                        conn.execute("INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code,"
+                                     " credit_lim) VALUES (%s, 'Live', '01', 'USD', 'NY', %s)", (key, limit))
                         done.append((key, "CREATE", limit))
                     version += 1
                     key, limit = self.rng.choice(self.keys), f"{version / 100:.2f}"
@@ -140,7 +141,7 @@ KILL_PLAN = ("engine-flush", "random", "random", "engine-flush", "random", "outp
 
 @pytest.mark.skipif(not shutil.which("strace"), reason="aimed kills need strace (apt-get install strace)")
 def test_sigkill_storm_during_offset_flushes_loses_nothing_and_never_re_snapshots(tmp_path, pg_repl, broker,
-                                                                                 registry):
+                                                                                 registry, request):
     from adapters.debezium import engine, offsets
     seed = int(os.environ.get("OUTPOST_CRASH_SEED", time.time()))
     rng = random.Random(seed)
@@ -156,6 +157,7 @@ def test_sigkill_storm_during_offset_flushes_loses_nothing_and_never_re_snapshot
     config_path = tmp_path / "outpost.yaml"
     config_path.write_text(yaml.safe_dump(document))
     agent = AgentProcess(tmp_path, config_path)
+    request.addfinalizer(agent.stop_if_running)
     engine.ensure_jvm(tmp_path / "jvm")        # this process reads the torn files with Java too
 
     agent.start()
@@ -163,6 +165,7 @@ def test_sigkill_storm_during_offset_flushes_loses_nothing_and_never_re_snapshot
     snapshot = {(f"C-{n:05d}", "SNAPSHOT", "1000.00") for n in range(1, SNAPSHOT_ROWS + 1)}
     writer = ChangeWriter(pg_repl, [k for k, _, _ in snapshot], seed)
     writer.start()
+    request.addfinalizer(writer.finish.set)
     assert wait_until(lambda: any((state / "debezium").glob("*.offsets.dat")), 30), "no offset flush"
     (offsets_path,) = (state / "debezium").glob("*.offsets.dat")
     rewrite_path = offsets_path.with_name(offsets_path.name + ".tmp")

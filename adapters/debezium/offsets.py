@@ -40,8 +40,8 @@ from typing import Any, Mapping, Optional
 
 from agent.contracts import ConfigError
 
-__all__ = ["FILE_STORE", "RESUME_FROM_SLOT", "StartPlan", "prepare", "plan_start", "encode", "snapshot_complete", "StoreUnreadable",
-           "OffsetCapture", "read_store", "write_store", "recovery_hint"]
+__all__ = ["FILE_STORE", "RESUME_FROM_SLOT", "StartPlan", "prepare", "plan_start", "encode", "snapshot_complete",
+           "StoreUnreadable", "OffsetCapture", "read_store", "write_store", "recovery_hint"]
 
 FILE_STORE = "org.apache.kafka.connect.storage.FileOffsetBackingStore"
 RESUME_FROM_SLOT = "slot"
@@ -117,8 +117,8 @@ def plan_start(checkpoint: Any, snapshot_mode: str, offsets_path: Path, source: 
                            f"copy kept as {kept.name}), and "
                            + ("the queue checkpoint (written by an older agent version) holds no engine offsets"
                               if checkpoint else "the queue holds no checkpoint for this route")
-                           + f"; starting without offsets would re-run the snapshot mid-stream; {recovery_hint(source)}"]
-                          ) from None
+                           + "; starting without offsets would re-run the snapshot mid-stream; "
+                           + recovery_hint(source)]) from None
     if legacy:
         return StartPlan(legacy, _mode(snapshot_mode, legacy), f"{offsets_path.name} (written by an older agent "
                          "version or kept after `outpost snapshot --reset-checkpoint`)")

@@ -142,6 +142,11 @@ class AgentProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
+    def stop_if_running(self):
+        """Teardown (``request.addfinalizer``): a failed test must not leave an agent behind."""
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
     def kill_at_write(self, path: Path, timeout: float) -> bool:
         """SIGKILL the agent when one of its threads next calls write(2) on ``path``.
 
