@@ -103,3 +103,9 @@ def test_engine_failures_are_classified():
     assert isinstance(classify_failure("The db history topic is missing", "erp"), ConfigError)
     assert isinstance(classify_failure("FATAL: password authentication failed for user", "erp"), ConfigError)
     assert isinstance(classify_failure("Connection refused", "erp"), TransientError)
+    torn = classify_failure("Engine has failed with / java.io.StreamCorruptedException: unexpected EOF in middle of "
+                            "data block", "erp")
+    assert isinstance(torn, ConfigError) and "offset store corrupt" in str(torn) and "unreachable" not in str(torn)
+    history = classify_failure("SchemaHistoryException: Unable to read object content <- JsonEOFException: "
+                               "Unexpected end-of-input", "erp")
+    assert isinstance(history, ConfigError) and "schema history" in str(history)

