@@ -111,13 +111,25 @@ def align_clock(now: datetime, *, clock_is_utc: bool, column_aware: bool,
     return now.astimezone(zone).replace(tzinfo=None) if clock_is_utc else now.replace(tzinfo=None)
 
 
-def keyset_after(pairs: Sequence[tuple[Any, Any]]):
-    """(a, b, c) > (x, y, z) as an OR/AND chain: row-value syntax is not portable."""
+# Dialects whose planners bound an index range scan with a row-value comparison.
+ROW_VALUE_DIALECTS = frozenset({"postgresql", "mysql", "mariadb", "sqlite"})
+
+
+def keyset_after(pairs: Sequence[tuple[Any, Any]], row_values: bool = False):
+    """(a, b, c) > (x, y, z).
+
+    As a row-value comparison where the dialect has one: PostgreSQL cannot bound an index
+    scan with the OR/AND chain (57-101 ms of server CPU per page deep into a 1M-row table,
+    against < 0.5 ms). Elsewhere (SQL Server, Oracle) as the chain, led by ``a >= x`` so
+    the index range still starts at the position instead of the table's beginning.
+    """
+    if row_values and len(pairs) > 1:
+        return sa.tuple_(*(e for e, _ in pairs)) > sa.tuple_(*(v for _, v in pairs))
     expr, value = pairs[-1]
     cond = expr > value
     for expr, value in reversed(pairs[:-1]):
         cond = sa.or_(expr > value, sa.and_(expr == value, cond))
-    return cond
+    return cond if len(pairs) == 1 else sa.and_(pairs[0][0] >= pairs[0][1], cond)
 
 
 # ---- the adapter --------------------------------------------------------------------
@@ -224,6 +236,7 @@ class SqlPollSource(Source):
         self._pk_names, self._pk = pk, [cols[n] for n in pk]
         self._table = table
         self._clock_is_utc = dialect == "sqlite"
+        self._row_values = dialect in ROW_VALUE_DIALECTS
         cur = cols[s.cursor] if s.cursor else None
         self._aware = bool(cur is not None and getattr(cur.type, "timezone", False))
         # SQLite keeps timestamps as text in whatever format the writer chose; compare and
@@ -259,7 +272,7 @@ class SqlPollSource(Source):
         while True:
             stmt = sa.select(*self._cols).order_by(*self._pk).limit(chunk)
             if last is not None:
-                stmt = stmt.where(keyset_after(list(zip(self._pk, last))))
+                stmt = stmt.where(keyset_after(list(zip(self._pk, last)), self._row_values))
             rows = self._fetch(stmt)
             rows_read += len(rows)
             if rows:
@@ -284,7 +297,8 @@ class SqlPollSource(Source):
             if cursor is not None and pk is None:
                 conds.append(self._ck >= self._bind(cursor))
             elif cursor is not None:
-                conds.append(keyset_after([(self._ck, self._bind(cursor))] + list(zip(self._pk, pk))))
+                conds.append(keyset_after([(self._ck, self._bind(cursor))] + list(zip(self._pk, pk)),
+                                          self._row_values))
             stmt = (sa.select(*self._cols).where(*conds)
                     .order_by(self._ck, *self._pk).limit(self.spec.batch_size))
             rows = self._fetch(stmt)
