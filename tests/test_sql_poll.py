@@ -9,6 +9,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
@@ -425,3 +427,16 @@ def test_catching_up_pages_by_an_index_range_on_postgres(pg_url):
     assert "Index Scan using erp_customer_keyset" in plan, plan
     assert "ROW(updated_at, cust_no) > ROW(" in index_cond, plan
     assert "Filter:" not in plan, "the position bounds the scan; nothing is read and thrown away"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.integers(), st.text(), st.booleans(), st.decimals(allow_nan=False),
+                          st.datetimes(timezones=st.none() | st.just(timezone.utc)), st.uuids()),
+                min_size=1, max_size=3),
+       st.none() | st.datetimes())
+def test_positions_are_exactly_what_json_dumps_gave(key, cursor):
+    """Event ids derive from positions: the fast text must equal the released one."""
+    from adapters.sql_poll.source import _plain
+    released = json.dumps([_plain(v) for v in key])
+    released = released if cursor is None else f"{released}@{_plain(cursor)}"
+    assert row_position(key, cursor) == released

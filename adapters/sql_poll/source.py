@@ -84,9 +84,22 @@ def _plain(v: Any) -> Any:
 
 
 def row_position(pk_values: Sequence[Any], cursor_value: Any) -> str:
-    """Same row version -> same position, whether the snapshot or the poller saw it."""
-    pos = json.dumps([_plain(v) for v in pk_values])
+    """Same row version -> same position, whether the snapshot or the poller saw it.
+
+    The text is ``json.dumps`` of the key values (event ids derive from it, so it must
+    never change), built directly for the usual plain ints and strings: json.dumps was a
+    twentieth of the capture cost per row."""
+    pos = "[" + ", ".join(map(_json_text, pk_values)) + "]"
     return pos if cursor_value is None else f"{pos}@{_plain(cursor_value)}"
+
+
+def _json_text(value: Any) -> str:
+    value = _plain(value)
+    if type(value) is int:
+        return str(value)
+    if type(value) is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value)
 
 
 def to_utc(v: datetime, zone: ZoneInfo) -> datetime:
