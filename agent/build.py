@@ -11,11 +11,12 @@ from typing import Callable, Optional
 from .config import Config
 from .contracts import AdapterContext
 from .mapping import EntityMapping
-from .registry import adapter_class
+from .registry import spec_of
 from .schemas import SchemaCatalog
 from .translate import Translator
 
-__all__ = ["adapter_context", "make_sink", "make_source", "make_translator", "used_sinks"]
+__all__ = ["adapter_context", "delivery_bound", "make_sink", "make_source", "make_translator", "streams",
+           "used_sinks"]
 
 
 def adapter_context(config: Config, catalog: SchemaCatalog, name: str, stop: Optional[threading.Event] = None,
@@ -30,8 +31,8 @@ def used_sinks(config: Config) -> list[str]:
 
 
 def make_sink(config: Config, catalog: SchemaCatalog, name: str, stop: Optional[threading.Event] = None):
-    return adapter_class("sink", config.sinks[name]["type"])(config.sink_options(name),
-                                                            adapter_context(config, catalog, name, stop))
+    return spec_of("sink", config.sinks[name]["type"]).load()(config.parsed_sinks[name],
+                                                             adapter_context(config, catalog, name, stop))
 
 
 def make_source(config: Config, catalog: SchemaCatalog, route_name: str, stop: Optional[threading.Event] = None,
@@ -42,8 +43,19 @@ def make_source(config: Config, catalog: SchemaCatalog, route_name: str, stop: O
         extra["validate"] = translator.problems
     if report_status is not None:
         extra["report_status"] = report_status
-    return adapter_class("source", config.sources[route.source]["type"])(
-        config.source_options(route_name), adapter_context(config, catalog, route.source, stop, **extra))
+    return spec_of("source", config.sources[route.source]["type"]).load()(
+        config.parsed_sources[route_name], adapter_context(config, catalog, route.source, stop, **extra))
+
+
+def streams(config: Config, route_name: str) -> bool:
+    """Whether the route's source follows a change log (a loop of its own, no schedule)."""
+    return spec_of("source", config.sources[config.routes[route_name].source]["type"]).streaming
+
+
+def delivery_bound(config: Config, sink_name: str, default: float = 30.0) -> float:
+    """The longest a healthy write of this sink may take (seconds), as the sink declares."""
+    spec = spec_of("sink", config.sinks[sink_name]["type"])
+    return spec.delivery_bound(config.parsed_sinks[sink_name]) if spec.delivery_bound else default
 
 
 def make_translator(config: Config, catalog: SchemaCatalog, route_name: str) -> Translator:

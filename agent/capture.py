@@ -123,11 +123,6 @@ class RouteCapture:
         except sqlite3.Error as exc:
             log.debug("route %s: status not recorded: %s", self.name, exc)
 
-    @property
-    def streaming(self) -> bool:
-        """The source follows a change log and blocks while idle: it gets a loop of its own."""
-        return bool(getattr(self.source, "streaming", False))
-
     def retry_in(self) -> float:
         """Seconds until the next attempt is due (0 when not backing off)."""
         return max(0.0, self._retry_at - time.monotonic())

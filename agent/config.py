@@ -21,7 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from . import yaml_load
 from .contracts import ConfigError
 from .logs import RedactingFilter
-from .registry import describe_error, validate_options
+from .registry import describe_error, parse_options, spec_of
 from .units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -150,9 +150,13 @@ class Config(_Strict):
 
     # filled by parse(): every value that came from ${...} and its encoded forms, for redaction
     secrets: frozenset[str] = Field(frozenset(), exclude=True)
+    # filled by parse(): each adapter's options, validated once against its options model
+    # (a route's source: its source section plus the route's capture); read-only from here
+    parsed_sources: dict[str, Any] = Field(default_factory=dict, exclude=True)   # by route
+    parsed_sinks: dict[str, Any] = Field(default_factory=dict, exclude=True)     # by sink
 
     def source_options(self, route_name: str) -> dict[str, Any]:
-        """What a route's source adapter receives: its source section plus the route's capture."""
+        """The raw options of a route's source: its source section plus the route's capture."""
         route = self.routes[route_name]
         section = {k: v for k, v in self.sources[route.source].items() if k != "type"}
         return {**section, **route.capture}
@@ -244,7 +248,9 @@ def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
     if config is not None:
         if base_dir is not None and not config.state_dir.is_absolute():
             config = config.model_copy(update={"state_dir": (base_dir / config.state_dir).resolve()})
-        problems.extend(cross_check(config))
+        parsed, found = cross_check(config)
+        problems.extend(found)
+        config = config.model_copy(update=parsed)
     if problems:
         # Redacted here, whatever produced them: every problem below ends up on a terminal or
         # in the journal. A problem shared by the routes of one source is said once.
@@ -300,8 +306,9 @@ def load(path: Path) -> Config:
     return config
 
 
-def cross_check(config: Config) -> list[str]:
-    """References between sections, mappings against schemas, adapter options."""
+def cross_check(config: Config) -> tuple[dict, list[str]]:
+    """References between sections, mappings against schemas, adapter options: the parsed
+    options ({"parsed_sources": ..., "parsed_sinks": ...}) and the problems."""
     from .mapping import check_mapping
     from .schemas import SchemaCatalog
 
@@ -309,7 +316,8 @@ def cross_check(config: Config) -> list[str]:
     try:
         catalog = SchemaCatalog.load(config.schema_dir)
     except Exception as exc:      # a broken schema folder is one more problem to report
-        return [f"schema_dir: expected readable canonical schemas, found an error: {exc}"]
+        return {}, [f"schema_dir: expected readable canonical schemas, found an error: {exc}"]
+    parsed: dict = {"parsed_sources": {}, "parsed_sinks": {}}
 
     for name, mapping in config.mappings.items():
         problems.extend(check_mapping(f"mappings.{name}", mapping, catalog, config.lookups))
@@ -329,14 +337,18 @@ def cross_check(config: Config) -> list[str]:
                 problems.append(f"{where}.{attr}: expected one of {known}, found {ref!r}")
         source = config.sources.get(route.source, {})
         if isinstance(source.get("type"), str):
-            problems.extend(validate_options(
-                "source", source["type"], config.source_options(name), f"{where}.capture",
-                secrets=config.secrets, located=_written_at(route.source, source, name, route)))
+            options, found = parse_options("source", source["type"], config.source_options(name), f"{where}.capture",
+                                           secrets=config.secrets,
+                                           located=_written_at(route.source, source, name, route))
+            problems.extend(found)
+            parsed["parsed_sources"][name] = options
     for name, options in config.sinks.items():
         if isinstance(options.get("type"), str):
-            problems.extend(validate_options("sink", options["type"], config.sink_options(name), f"sinks.{name}",
-                                             secrets=config.secrets))
-    return problems
+            model, found = parse_options("sink", options["type"], config.sink_options(name), f"sinks.{name}",
+                                         secrets=config.secrets)
+            problems.extend(found)
+            parsed["parsed_sinks"][name] = model
+    return parsed, problems
 
 
 def _written_at(source_name: str, source: dict, route_name: str, route: RouteConfig):
@@ -352,11 +364,9 @@ def _written_at(source_name: str, source: dict, route_name: str, route: RouteCon
 
 
 def _emits_canonical_events(source: Optional[dict]) -> bool:
-    """Whether a source adapter yields canonical events (its spec module says so), so its
-    routes need no mapping. An unknown adapter is reported elsewhere."""
-    from .registry import _module
+    """Whether a source adapter yields canonical events (its spec says so), so its routes
+    need no mapping. An unknown adapter is reported elsewhere."""
     try:
-        return bool(getattr(_module("source", str((source or {}).get("type", "")), "spec"),
-                            "SOURCE_EMITS_CANONICAL_EVENTS", False))
+        return spec_of("source", str((source or {}).get("type", ""))).emits == "canonical_events"
     except LookupError:
         return True

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 __all__ = [
     "OutpostError", "ConfigError", "TransientError", "TerminalError",
     "SourceRecord", "SourceBatch", "QueuedEvent", "DeliveryReport",
-    "AdapterContext", "Source", "Sink", "OPERATIONS",
+    "AdapterContext", "AdapterSpec", "Source", "Sink", "OPERATIONS",
 ]
 
 OPERATIONS = ("create", "update", "delete", "snapshot")
@@ -123,31 +123,63 @@ class AdapterContext:
     validate: Callable[[SourceRecord], list] = lambda record: []
 
 
+@dataclass(frozen=True)
+class AdapterSpec:
+    """An adapter, declared once in its package's ``__init__`` (``SOURCE = AdapterSpec(...)``
+    and/or ``SINK = ...``), which must import lightly: the registry reads every one of them.
+
+    ``options``: the pydantic model of its options; the config is validated against it
+    once, at load, and the adapter receives the frozen instance. ``implementation``:
+    ``"module:Class"``, imported only when a route uses it (the JVM, database drivers).
+    ``emits``: what a source yields, ``"records"`` (mapped by the route) or
+    ``"canonical_events"`` (inbound: no mapping). ``streaming``: a source that follows a
+    change log gets a loop of its own instead of a schedule. ``commands``:
+    ``"module:COMMANDS"``, click commands added to ``outpost``. ``delivery_bound``: for a
+    sink, the longest a healthy write may take given its options (seconds), so the
+    watchdog knows when a sink is stuck rather than slow.
+    """
+
+    name: str
+    kind: str                                   # "source" or "sink"
+    options: Any
+    implementation: str
+    emits: str = "records"
+    streaming: bool = False
+    commands: Optional[str] = None
+    delivery_bound: Optional[Callable[[Any], float]] = None
+
+    def load(self):
+        """The implementation class (imports it now)."""
+        import importlib
+        module, _, attribute = self.implementation.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
 class _Adapter:
-    """Validates the options once: set ``options_model`` to the adapter's pydantic model
-    and ``self.spec`` holds the validated options (every problem in one ConfigError)."""
+    """An adapter receives its options as the validated, frozen model (``self.spec``).
+
+    A mapping is still accepted (tests, embedding) and validated once here, against
+    ``options_model``; the agent itself always hands over the model the config built.
+    """
 
     options_model: Any = None
 
-    def __init__(self, options: Mapping[str, Any], context: AdapterContext):
-        self.options = options
+    def __init__(self, options: Any, context: AdapterContext):
         self.context = context
-        if self.options_model is not None:
-            from pydantic import ValidationError
-            try:
-                self.spec = self.options_model.model_validate(dict(options or {}))
-            except ValidationError as exc:
-                raise ConfigError([f"{context.name}: {'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
-                                   for e in exc.errors()]) from None
+        model = self.options_model
+        if model is None or isinstance(options, model):
+            self.spec = options
+            return
+        from pydantic import ValidationError
+        try:
+            self.spec = model.model_validate(dict(options or {}))
+        except ValidationError as exc:
+            raise ConfigError([f"{context.name}: {'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
+                               for e in exc.errors()]) from None
 
 
 class Source(_Adapter, abc.ABC):
-    """Captures changes. One instance per route (a route reads one object).
-
-    ``streaming``: the source follows a change log (a pass blocks while idle and returns
-    after a while); the agent runs it in a loop of its own instead of on a schedule."""
-
-    streaming = False
+    """Captures changes. One instance per route (a route reads one object)."""
 
     def open(self) -> None:
         """Connect. Raise TransientError if the source is unreachable."""

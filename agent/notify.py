@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Callable, Mapping, Optional
 
+from .build import delivery_bound
 from .supervise import RETRY_CAP_S as MAX_BACKOFF_S   # SinkDelivery's default backoff cap
 
 log = logging.getLogger("outpost.notify")
@@ -65,14 +66,6 @@ def watchdog_interval(environ: Mapping[str, str] = os.environ) -> Optional[float
     return seconds if seconds > 0 else None
 
 
-def _seconds(value, default: float) -> float:
-    from .units import parse_duration
-    try:
-        return float(parse_duration(value)) if value is not None else default
-    except (TypeError, ValueError):
-        return default
-
-
 class Stall:
     """Pure logic: is something that should move not moving? (``observe`` once a tick)."""
 
@@ -99,7 +92,7 @@ class Watchdog:
         self.agent, self.clock = agent, clock
         self.delivery: dict[str, Stall] = {}
         for name, delivery in agent.deliveries.items():
-            bound = _seconds(agent.config.sinks[name].get("delivery_timeout_s"), 30.0) + WRITE_MARGIN_S
+            bound = delivery_bound(agent.config, name) + WRITE_MARGIN_S
             self.delivery[name] = Stall(max(interval, delivery_after if delivery_after is not None
                                             else bound + MAX_BACKOFF_S))
         self.capture = {name: Stall(max(interval, capture_after)) for name in agent.captures}

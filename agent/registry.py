@@ -1,50 +1,64 @@
 """Adapters are looked up by their config name and imported only when configured.
 
-An adapter named ``x`` lives in the package ``adapters.x``: its ``spec`` module holds the
-pydantic options model (``SourceOptions`` / ``SinkOptions``, light imports only) and its
-``source`` / ``sink`` module holds the implementation. Importing lazily keeps the JVM of
-the Debezium bridge, and database drivers, out of processes that do not use them.
+Each package under ``adapters/`` declares itself with one ``AdapterSpec`` per role in its
+``__init__`` (``SOURCE`` and/or ``SINK``; see ``agent.contracts.AdapterSpec``): its name,
+options model, implementation, what it emits and its commands. That declaration is all
+the core reads; adding an adapter needs no edit in ``agent/``. Implementations are
+imported only when a route uses them, which keeps the JVM of the Debezium bridge and
+database drivers out of processes that do not need them.
 """
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
-import importlib.util
 import pkgutil
-import re
 import types
 import typing
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from pydantic import BaseModel, ValidationError
 
+from .contracts import AdapterSpec
 from .logs import RedactingFilter
 
 ADAPTER_PACKAGE = "adapters"
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_OPTIONS_MODEL = {"source": "SourceOptions", "sink": "SinkOptions"}
+_ROLES = {"source": "SOURCE", "sink": "SINK"}
 
 
-def _module(kind: str, adapter: str, role: str):
-    if not _NAME.match(adapter or ""):
-        raise LookupError(f"{adapter!r} is not a valid adapter name")
-    try:
-        package = importlib.import_module(f"{ADAPTER_PACKAGE}.{adapter}")
-    except ModuleNotFoundError as exc:
-        if exc.name in (f"{ADAPTER_PACKAGE}.{adapter}", ADAPTER_PACKAGE):
-            raise LookupError(f"no adapter named {adapter!r}") from None
-        raise
-    try:
-        return importlib.import_module(f"{package.__name__}.{role}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{package.__name__}.{role}":
-            raise LookupError(f"adapter {adapter!r} cannot be used as a {kind}") from None
-        raise
+@functools.lru_cache(maxsize=None)
+def _declared() -> dict[tuple[str, str], AdapterSpec]:
+    package = importlib.import_module(ADAPTER_PACKAGE)
+    found = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.ispkg:
+            continue
+        module = importlib.import_module(f"{ADAPTER_PACKAGE}.{info.name}")
+        for kind, attribute in _ROLES.items():
+            spec = getattr(module, attribute, None)
+            if isinstance(spec, AdapterSpec):
+                found[(kind, spec.name)] = spec
+    return found
 
 
-def validate_options(kind: str, adapter: str, options: Mapping[str, Any], where: str, *,
-                     secrets: Iterable[str] = (), located: Optional[Callable[[str], str]] = None) -> list[str]:
-    """Problems with an adapter's options, each prefixed with its config path.
+def spec_of(kind: str, adapter: str) -> AdapterSpec:
+    """The declaration of adapter ``adapter`` as a ``kind``; LookupError naming the valid ones."""
+    spec = _declared().get((kind, adapter))
+    if spec is None:
+        if any(name == adapter for _, name in _declared()):
+            raise LookupError(f"adapter {adapter!r} cannot be used as a {kind}")
+        raise LookupError(f"no adapter named {adapter!r}")
+    return spec
+
+
+def adapter_names(kind: str) -> list[str]:
+    """The adapters that can serve as a ``kind`` (without importing their implementation)."""
+    return sorted(name for role, name in _declared() if role == kind)
+
+
+def parse_options(kind: str, adapter: str, options: Mapping[str, Any], where: str, *,
+                  secrets: Iterable[str] = (), located: Optional[Callable[[str], str]] = None):
+    """(the validated options model, problems): each problem prefixed with its config path.
 
     ``located(option)`` is the path where an option was written, for options merged from
     several sections (a source and a route's capture); by default ``where.option``.
@@ -52,24 +66,13 @@ def validate_options(kind: str, adapter: str, options: Mapping[str, Any], where:
     """
     located = located or (lambda option: f"{where}.{option}")
     try:
-        model = getattr(_module(kind, adapter, "spec"), _OPTIONS_MODEL[kind], None)
+        model = spec_of(kind, adapter).options
     except LookupError as exc:
-        return [f"{located('type')}: {exc}{_suggestion(str(adapter), adapter_names(kind), 'types')}"]
-    if model is None:
-        return [f"{located('type')}: adapter {adapter!r} cannot be used as a {kind}"
-                f"{_suggestion(str(adapter), adapter_names(kind), 'types')}"]
+        return None, [f"{located('type')}: {exc}{_suggestion(str(adapter), adapter_names(kind), 'types')}"]
     try:
-        model.model_validate(dict(options))
+        return model.model_validate(dict(options)), []
     except ValidationError as exc:
-        return [describe_error(where, e, secrets, model, located) for e in exc.errors()]
-    return []
-
-
-def adapter_names(kind: str) -> list[str]:
-    """The adapters that can serve as a ``kind`` (without importing their implementation)."""
-    package = importlib.import_module(ADAPTER_PACKAGE)
-    return sorted(info.name for info in pkgutil.iter_modules(package.__path__)
-                  if info.ispkg and importlib.util.find_spec(f"{package.__name__}.{info.name}.{kind}") is not None)
+        return None, [describe_error(where, e, secrets, model, located) for e in exc.errors()]
 
 
 def describe_error(where: str, error: dict, secrets: Iterable[str] = (), model: Optional[type] = None,
@@ -150,26 +153,18 @@ def _model_or_container(annotation: Any) -> Any:
     return annotation
 
 
-def load_options(kind: str, adapter: str, options: Mapping[str, Any]):
-    """The validated options model instance."""
-    return getattr(_module(kind, adapter, "spec"), _OPTIONS_MODEL[kind]).model_validate(dict(options))
-
-
 def adapter_class(kind: str, adapter: str):
     """The Source or Sink class of an adapter (imports its implementation now)."""
-    module = _module(kind, adapter, kind)
-    return getattr(module, kind.capitalize())
+    return spec_of(kind, adapter).load()
 
 
 def adapter_commands() -> list:
-    """CLI commands adapters contribute: ``COMMANDS`` in ``adapters/<name>/cli.py``.
-
-    Those modules must import lightly (click and their spec): they load on every
-    ``outpost`` invocation, unlike the adapters themselves.
-    """
-    commands = []
-    for info in pkgutil.iter_modules(importlib.import_module(ADAPTER_PACKAGE).__path__):
-        name = f"{ADAPTER_PACKAGE}.{info.name}.cli"
-        if info.ispkg and importlib.util.find_spec(name) is not None:
-            commands.extend(getattr(importlib.import_module(name), "COMMANDS", []))
+    """CLI commands adapters contribute (their spec's ``commands``). Those modules must
+    import lightly (click and their options): they load on every ``outpost`` invocation."""
+    commands, seen = [], set()
+    for spec in _declared().values():
+        if spec.commands and spec.commands not in seen:
+            seen.add(spec.commands)
+            module, _, attribute = spec.commands.partition(":")
+            commands.extend(getattr(importlib.import_module(module), attribute))
     return commands

@@ -28,7 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .build import make_source, make_translator
+from .build import make_source, make_translator, streams
 from .capture import RouteCapture, StreamLoop
 from .config import Config
 from .delivery import DeliveryGroup
@@ -119,7 +119,7 @@ class Agent:
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                            "misfire_grace_time": None})
         for name, capture in self.captures.items():
-            if capture.streaming:
+            if streams(self.config, name):
                 self.streams.append(StreamLoop(capture, self.stop_event, self.capture_started))
                 continue
             schedule = self.config.routes[name].schedule

@@ -52,7 +52,7 @@ def test_a_route_without_cursor_does_not_print_the_source_url(document):
 def test_a_misspelt_section_is_named_with_the_fix_and_not_dumped(document):
     document["sourcs"] = document.pop("sources")
     problems = problems_of(document)
-    assert any(p.startswith("sourcs: unknown key, did you mean 'sources'? (valid keys: fabric, http, log, lookups, "
+    assert any(p.startswith("sourcs: unknown key, did you mean 'sources'? (valid keys: delivery_process, fabric, http, log, lookups, "
                             "mappings, queue, routes, schema_dir, shutdown_timeout, sinks, sources, state_dir)")
                for p in problems), problems
     assert "routes.customers.source: expected one of none defined, found 'erp'" in problems

@@ -29,7 +29,7 @@ def make_source(tmp_path):
     opened = []
 
     def make(url, **options):
-        opened.append(SqlPollSource({"type": "sql_poll", "url": url, "lag_seconds": 0, **options},
+        opened.append(SqlPollSource({"url": url, "lag_seconds": 0, **options},
                                     AdapterContext("legacy", tmp_path, None)))
         opened[-1].open()
         return opened[-1]

@@ -48,7 +48,6 @@ logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)   # its reconnec
 
 class BinlogSource(SnapshotSupport, Source):
     options_model = SourceOptions
-    streaming = True
 
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)

@@ -12,8 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class SourceOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # The source section carries the adapter name; accepted so the merged dict validates.
-    type: Optional[Literal["binlog"]] = None
     # mysql+pymysql://user:password@host:3306/database (the database is the default schema)
     url: str
     system: Optional[str] = None

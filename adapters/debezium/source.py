@@ -86,7 +86,6 @@ _long_pass_filter = _LongPassFilter()
 
 class DebeziumSource(Source):
     options_model = SourceOptions
-    streaming = True
 
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)

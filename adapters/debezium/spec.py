@@ -40,7 +40,6 @@ _HISTORY_NEEDED = {"sqlserver", "oracle", "db2", "mysql", "mariadb"}
 class SourceOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Optional[Literal["debezium"]] = None
     system: Optional[str] = None
     connector: Literal["postgres", "sqlserver", "oracle", "db2", "mysql", "mariadb"] = "postgres"
     hostname: str = "127.0.0.1"

@@ -118,7 +118,6 @@ class Checks(_Strict):
 
 
 class SourceOptions(_Strict):
-    type: Optional[Literal["file_drop"]] = None
     system: Optional[str] = None
 
     # -- the source section --

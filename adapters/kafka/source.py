@@ -57,7 +57,6 @@ class _Writer:
 
 class KafkaSource(contracts.Source):
     options_model = SourceOptions
-    streaming = True
 
     def __init__(self, options: Mapping[str, Any], context: AdapterContext):
         super().__init__(options, context)

@@ -6,7 +6,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["SinkOptions", "DEFAULTS", "SourceOptions", "SOURCE_EMITS_CANONICAL_EVENTS"]
+__all__ = ["SinkOptions", "DEFAULTS", "SourceOptions"]
 
 # Fabric-level defaults, applied when neither the sink nor the fabric sets a value.
 DEFAULTS = {
@@ -46,11 +46,6 @@ class SinkOptions(BaseModel):
 
 
 # ---- the ``kafka`` source (inbound: fabric -> local queue -> sql_apply) -------------------
-
-# Read by the core's config check: routes from this source carry canonical events and
-# need no mapping (they use the pass-through translator).
-SOURCE_EMITS_CANONICAL_EVENTS = True
-
 
 class SourceOptions(BaseModel):
     """Consumer-group options; Kafka connection properties come from ``fabric.kafka``."""

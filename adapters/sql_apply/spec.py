@@ -154,7 +154,6 @@ class Marker(_Strict):
 
 
 class SinkOptions(_Strict):
-    type: Optional[Literal["sql_apply"]] = None
     url: str
     entities: dict[str, EntityTarget] = Field(..., min_length=1)
     lookups: dict[str, dict[str, Union[str, int, None]]] = Field(

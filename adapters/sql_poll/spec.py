@@ -37,8 +37,6 @@ class SoftDelete(BaseModel):
 class SourceOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # The source section carries the adapter name; accepted so the merged dict validates.
-    type: Optional[Literal["sql_poll"]] = None
     url: str
     system: Optional[str] = None
     lag_seconds: float = Field(5.0, ge=0)
