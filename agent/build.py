@@ -36,13 +36,15 @@ def make_sink(config: Config, catalog: SchemaCatalog, name: str, stop: Optional[
 
 
 def make_source(config: Config, catalog: SchemaCatalog, route_name: str, stop: Optional[threading.Event] = None,
-                translator: Optional[Translator] = None, report_status: Optional[Callable[..., None]] = None):
+                translator: Optional[Translator] = None, update_status: Optional[Callable[..., None]] = None):
+    """``update_status(**fields)``: where the route's stored status is updated (the queue)."""
     route = config.routes[route_name]
     extra = {}
     if translator is not None:
         extra["validate"] = translator.problems
-    if report_status is not None:
-        extra["report_status"] = report_status
+    if update_status is not None:
+        extra["report_health"] = lambda health: update_status(health=health.as_dict())
+        extra["report_progress"] = lambda progress: update_status(progress=progress)
     return spec_of("source", config.sources[route.source]["type"]).load()(
         config.parsed_sources[route_name], adapter_context(config, catalog, route.source, stop, **extra))
 

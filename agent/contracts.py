@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 __all__ = [
     "OutpostError", "ConfigError", "TransientError", "TerminalError",
     "SourceRecord", "SourceBatch", "QueuedEvent", "DeliveryReport",
-    "AdapterContext", "AdapterSpec", "Source", "Sink", "OPERATIONS",
+    "AdapterContext", "AdapterSpec", "Health", "Source", "Sink", "OPERATIONS",
 ]
 
 OPERATIONS = ("create", "update", "delete", "snapshot")
@@ -105,6 +105,31 @@ class DeliveryReport:
     transient_error: Optional[str] = None                      # why the rest is still queued
 
 
+@dataclass(frozen=True)
+class Health:
+    """What a source says about itself, in one shape that ``status``, ``/metrics``, the
+    health endpoints and the page render without knowing the adapter.
+
+    ``state``: one word or two (streaming, snapshotting, retrying, waiting). ``problem``:
+    something wrong right now (the route shows as degraded until it is cleared).
+    ``warning``: something a person should look at soon (slot growing, retention short).
+    ``lag_seconds`` / ``lag_bytes``: how far behind the source capture is (change log not
+    yet read: WAL a slot retains, binlog behind the server). ``details``: label -> value,
+    shown as they are (slot name, binlog file, last skipped file).
+    """
+
+    state: str = "ok"
+    problem: Optional[str] = None
+    warning: Optional[str] = None
+    lag_seconds: Optional[float] = None
+    lag_bytes: Optional[int] = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"state": self.state, "problem": self.problem, "warning": self.warning,
+                "lag_seconds": self.lag_seconds, "lag_bytes": self.lag_bytes, "details": dict(self.details)}
+
+
 @dataclass
 class AdapterContext:
     """What the core hands to an adapter. Adapters do their own I/O with it."""
@@ -116,11 +141,19 @@ class AdapterContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("outpost"))
     # Set when the agent stops: streaming sources return from ``batches`` soon after.
     stop: threading.Event = field(default_factory=threading.Event)
-    # Route-level status fields (slot lag, file progress...), shown by ``outpost status``.
-    report_status: Callable[..., None] = lambda **fields: None
+    # How the source is doing (``Health``); each report replaces the previous one.
+    report_health: Callable[[Health], None] = lambda health: None
+    # Progress of long work (a snapshot, a big file): a dict shown by ``outpost status``.
+    report_progress: Callable[[dict], None] = lambda progress: None
     # The route's mapping gates, for sources that must check a whole unit (a file) before
     # emitting any of it: returns the problems of one record ([] = it would be published).
     validate: Callable[[SourceRecord], list] = lambda record: []
+    health: Health = field(default_factory=Health)     # the last one reported
+
+    def set_health(self, **changes) -> None:
+        """Change some fields of the source's ``Health`` and report the whole of it."""
+        self.health = replace(self.health, **changes)
+        self.report_health(self.health)
 
 
 @dataclass(frozen=True)

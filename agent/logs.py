@@ -142,6 +142,7 @@ def setup(level: str = "INFO", fmt: str = "text", file: Optional[str] = None, se
     root.setLevel(level)
     for noisy in ("apscheduler", "httpx", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    # Streaming routes (Kafka, binlog, Debezium) stay inside one run across many ticks by
-    # design; APScheduler would warn "maximum number of running instances" every tick.
+    # A polling pass that catches up on a large table outlasts many ticks by design (one
+    # pass at a time, coalesced); APScheduler would warn "maximum number of running
+    # instances" at every tick it skips.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)

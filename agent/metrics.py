@@ -4,8 +4,8 @@ Two sources, on purpose:
 
 - the queue's persisted route status (``DurableQueue.status()``): lifetime counters that
   survive restarts (captured, published, rejected, dead-lettered), queue depth, oldest
-  queued age, open exceptions, and what sources report (``slot_lag_bytes``,
-  ``capture_lag_s``). A custom Collector reads it at scrape time, so the numbers are the
+  queued age, open exceptions, and what sources report about themselves (their ``Health``:
+  lag, state, problems). A custom Collector reads it at scrape time, so the numbers are the
   ones ``outpost status`` shows;
 - what the agent's processes observed since they started (``agent.observe``): the
   delivery-latency histogram (source change -> sink confirmation, labelled with the
@@ -30,23 +30,19 @@ def success_rate(status: dict) -> Optional[float]:
 
 
 def capture_lag(status: dict, now: float) -> Optional[float]:
-    """What the source reports (``capture_lag_s``), else seconds since the route was last
-    read up to date (a polling route shows its interval; a stuck one grows)."""
-    if status.get("capture_lag_s") is not None:
-        return float(status["capture_lag_s"])
+    """What the source reports (``Health.lag_seconds``), else seconds since the route was
+    last read up to date (a polling route shows its interval; a stuck one grows)."""
+    reported = (status.get("health") or {}).get("lag_seconds")
+    if reported is not None:
+        return float(reported)
     last = status.get("last_capture_run_at")
     return None if last is None else max(0.0, now - float(last))
 
 
 def log_lag_bytes(status: dict) -> Optional[float]:
-    """Change log not yet read: Debezium's ``slot_lag_bytes``, the binlog source's
-    ``binlog.bytes_behind``."""
-    if status.get("slot_lag_bytes") is not None:
-        return float(status["slot_lag_bytes"])
-    binlog = status.get("binlog")
-    if isinstance(binlog, dict) and binlog.get("bytes_behind") is not None:
-        return float(binlog["bytes_behind"])
-    return None
+    """Change log not yet read, as the source reports it (``Health.lag_bytes``)."""
+    reported = (status.get("health") or {}).get("lag_bytes")
+    return None if reported is None else float(reported)
 
 
 def objectives(cfg, per_route: dict) -> dict:
@@ -101,8 +97,8 @@ class StatusCollector:
                                             labels=labels),
             "lag": GaugeMetricFamily("outpost_capture_lag_seconds", "Source-reported capture lag, else seconds "
                                      "since the route was last read up to date.", labels=labels),
-            "slot": GaugeMetricFamily("outpost_slot_lag_bytes", "Replication slot / binlog lag reported by the "
-                                      "source.", labels=labels),
+            "slot": GaugeMetricFamily("outpost_slot_lag_bytes", "Change log not yet read, as the source reports "
+                                      "it (WAL a replication slot retains, binlog behind).", labels=labels),
             "rate": GaugeMetricFamily("outpost_sync_success_ratio", "published / (published + rejected + "
                                       "dead-lettered), by route and entity.", labels=labels),
             "last": GaugeMetricFamily("outpost_last_delivery_latency_seconds", "Latency of the newest confirmed "
@@ -163,6 +159,8 @@ def route_problems(status: dict) -> list[str]:
     problems = []
     if status.get("source_error"):
         problems.append(f"source: {status['source_error']}")
+    if (status.get("health") or {}).get("problem"):
+        problems.append(f"source: {status['health']['problem']}")
     if status.get("sink_error"):
         problems.append(f"sink: {status['sink_error']}")
     if status.get("backpressure"):

@@ -34,18 +34,29 @@ def _free_bytes(path) -> Optional[int]:
 # A full disk under the state directory stops capture and settling: say so before it happens.
 LOW_DISK_BYTES = 64 << 20
 
-# What log-based and file sources report about themselves (see their docs), when present.
-_SOURCE_DETAILS = (("engine", "engine_state"), ("replication slot retains (bytes)", "slot_retained_bytes"),
-                   ("slot warning", "slot_warning"), ("binlog", "binlog"), ("snapshot", "snapshot"),
-                   ("source warning", "source_warning"), ("waiting for companion file", "waiting_for_companion"))
-
-
 def _ago(timestamp) -> str:
     if not timestamp:
         return "never"
     seconds = time.time() - float(timestamp)
     return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago" if seconds < 7200 \
         else f"{seconds / 3600:.1f}h ago"
+
+
+def _health_lines(health) -> list[str]:
+    """The source's own report (``Health``), whatever the adapter: state, lag, problem,
+    warning and details as it labelled them."""
+    if not health:
+        return []
+    facts = [health.get("state") or "ok"]
+    if health.get("lag_seconds") is not None:
+        facts.append(f"{health['lag_seconds']:.1f}s behind")
+    if health.get("lag_bytes") is not None:
+        facts.append(f"{health['lag_bytes']} bytes of change log not yet read")
+    lines = [f"  source: {', '.join(facts)}"]
+    lines += [f"  {label}: {health[label]}" for label in ("problem", "warning") if health.get(label)]
+    lines += [f"  {label}: {value}" for label, value in (health.get("details") or {}).items()
+              if value not in (None, "", {}, [])]
+    return lines
 
 
 def _next_attempt(at) -> str:
@@ -72,9 +83,7 @@ def render(report: dict) -> str:
                      + _next_attempt(r.get("next_attempt_at")))
         if r.get("progress"):
             lines.append(f"  progress: {r['progress']}")
-        for label, key in _SOURCE_DETAILS:
-            if r.get(key) not in (None, "", {}):
-                lines.append(f"  {label}: {r[key]}")
+        lines.extend(_health_lines(r.get("health")))
         lines.append(f"  queue: {r['queue_depth']} waiting" + (f", oldest {age:.1f}s" if age is not None else ""))
         lines.append(f"  publish: last {_ago(r.get('last_publish_at'))}, published {r.get('published_total', 0)}, "
                      f"dead-lettered {r.get('dead_lettered_total', 0)}, open exceptions {r['open_exceptions']}")

@@ -226,7 +226,7 @@ def test_requested_snapshot_while_writes_continue(tmp_path, mariadb_url):
     for cust_no, limit in fetch(config["sources"]["erp"]["url"], "SELECT cust_no, credit_lim FROM erp_customer"):
         assert last[cust_no] == limit, cust_no
     assert len({e["metadata"]["event_id"] for e in events}) == len(events)
-    assert "binlog" in status and status["binlog"]["purged"] is False
+    assert status["health"]["details"]["purged"] is False and status["health"]["lag_bytes"] is not None
 
 
 # ---- pure logic --------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def test_a_statement_logged_change_is_reported_not_silently_lost(tmp_path, maria
     execute(mariadb_url, CUSTOMER_DDL)
     reported = []
     context = AdapterContext(name="erp", state_dir=tmp_path / "state", schemas=None,
-                             report_status=lambda **fields: reported.append(fields))
+                             report_health=reported.append)
     source = BinlogSource({"url": mariadb_url, "table": "erp_customer", "snapshot": "none"}, context)
     checkpoint = [b.checkpoint for b in source.batches(None)][-1]
     execute(mariadb_url, "SET SESSION binlog_format = 'STATEMENT'",
@@ -275,7 +275,7 @@ def test_a_statement_logged_change_is_reported_not_silently_lost(tmp_path, maria
     records = [r for b in source.batches(checkpoint) for r in b.records]
     source.close()
     assert [r.after["cust_no"] for r in records] == ["C-00002"]
-    warnings = [f["source_warning"] for f in reported if "source_warning" in f]
+    warnings = [health.warning for health in reported if health.warning]
     assert warnings and "logged as a statement" in warnings[0] and "outpost snapshot erp erp_customer" in warnings[0]
 
 

@@ -60,7 +60,7 @@ def test_applied_changes_never_come_back_through_debezium(tmp_path, pg_repl, bro
     agent.deliveries["erp_apply"].sink.open()     # creates the ledger and marker tables before capture starts
     agent.start()
     try:
-        assert _wait(lambda: agent.queue.status().get("customers", {}).get("engine_state") == "streaming")
+        assert _wait(lambda: agent.queue.status().get("customers", {}).get("health", {}).get("state") == "streaming")
         pg_repl.execute("INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim)"
                         " VALUES ('C-00001', 'Local one', '01', 'USD', 'NY', 10.00)")
         FabricProducer(broker.bootstrap, registry.url, f"{prefix}-in.customer").send(

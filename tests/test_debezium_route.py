@@ -131,7 +131,8 @@ def test_changes_and_types_reach_the_broker_then_a_lost_slot_stops_the_route(tmp
     assert sheets["1"]["description"] == BIG_TEXT
     assert sheets["2"]["bill_rate"] is None and sheets["2"]["currency"] is None and sheets["2"]["description"] is None
 
-    assert status["customers"]["slot_retained_bytes"] >= 0 and status["customers"]["slot_active"] is True
+    health = status["customers"]["health"]
+    assert health["lag_bytes"] >= 0 and health["details"]["slot active"] is True
     assert status["customers"]["captured_total"] == 5
 
     config_path = tmp_path / "outpost.yaml"
@@ -216,7 +217,7 @@ def test_ad_hoc_snapshot_while_writes_continue(tmp_path, pg_repl, broker, regist
     assert {(f"C-{n:05d}", "CREATE") for n in range(1001, 1201)} <= ops, "streaming went on around the snapshot"
     (done,) = snapshots.listing(cfg_state(document), "erp")
     assert done["id"] == request_id and done["state"] == "done" and done["progress"]["kind"] == "blocking"
-    assert status["snapshot"]["state"] == "COMPLETED"
+    assert status["health"]["details"]["snapshot"]["state"] == "COMPLETED"
 
 
 def cfg_state(document):
@@ -277,7 +278,8 @@ def test_heartbeat_table_keeps_the_slot_moving_while_the_captured_table_is_idle(
             _wait(released, 60, "the slot to release the WAL written to an uncaptured table")
 
             def reported():   # status shows the slot past the writes (absolute sizes vary: shared server)
-                lsn = agent.queue.status()["customers"].get("slot_confirmed_flush_lsn")
+                lsn = (agent.queue.status()["customers"].get("health") or {}).get("details", {}).get(
+                    "slot confirmed flush LSN")
                 return lsn and conn.execute("SELECT %s::pg_lsn >= %s::pg_lsn", (lsn, written)).fetchone()[0]
             _wait(reported, 15, "status to report the slot's new position")
         status = agent.queue.status()["customers"]
@@ -285,7 +287,7 @@ def test_heartbeat_table_keeps_the_slot_moving_while_the_captured_table_is_idle(
         agent.stop()
     assert status.get("captured_total", 0) == 0 and agent.queue.count_exceptions() == 0, \
         "heartbeat rows are acknowledged, never published"
-    assert status["slot_retained_bytes"] >= 0 and status["slot_warning"] is None
+    assert status["health"]["lag_bytes"] >= 0 and status["health"]["warning"] is None
 
 
 def test_when_needed_takes_a_new_snapshot_after_the_slot_was_lost(tmp_path, pg_repl, broker, registry):

@@ -210,7 +210,7 @@ def test_identical_redrop_is_skipped_and_a_corrected_file_is_processed(tmp_path,
     skipped = json.loads((day / next(n for n in names if "skipped" in n)).read_text())
     assert skipped["reason"] == "identical content was already published" and skipped["first_published"]["name"] == "inv.csv"
     status = r.agent.queue.status()["invoices"]
-    assert status["last_skipped_file"]["file"] == "inv.csv"
+    assert status["health"]["details"]["last skipped file"].startswith("inv.csv at ")
 
 
 def test_trigger_file_is_awaited_and_moved_along(tmp_path, run):
@@ -218,10 +218,13 @@ def test_trigger_file_is_awaited_and_moved_along(tmp_path, run):
     (r.inbox / "inv.csv").write_text(HEADER + invoice_line(1))
     r.passes()
     assert files(r.inbox) == ["inv.csv"] and published(r.out) == []
-    assert r.agent.queue.status()["invoices"]["waiting_for_companion"] == ["inv.csv (needs .ok)"]
+    health = r.agent.queue.status()["invoices"]["health"]
+    assert health["state"] == "waiting for companion files"
+    assert health["details"]["waiting for companion file"] == "inv.csv (needs .ok)"
     (r.inbox / "inv.ok").write_text("")
     r.passes()
-    assert r.agent.queue.status()["invoices"]["waiting_for_companion"] == []
+    health = r.agent.queue.status()["invoices"]["health"]
+    assert health["state"] == "ok" and health["details"]["waiting for companion file"] is None
     r.stop()
     assert [e["key"] for e in published(r.out)] == ["I-00001"]
     assert files(archive_day(r.inbox)) == ["inv.csv", "inv.ok"] and files(r.inbox) == []

@@ -80,7 +80,7 @@ class SnapshotSupport:
             request = cp["snapshot"].get("request")
             records, cp = self._chunk(cp)
             rows = cp.pop("snap_rows") if "snap_rows" in cp else cp["snapshot"]["rows"]
-            self.context.report_status(progress={"phase": "snapshot", "table": self.table, "rows": rows,
+            self.context.report_progress({"phase": "snapshot", "table": self.table, "rows": rows,
                                                  "done": cp["snapshot"] is None})
             self._log_progress(rows, request)
             yield self._batch(records, cp)
@@ -135,7 +135,7 @@ class SnapshotSupport:
         records = [r for r in held["records"] if tuple(r.after[k] for k in self._pk) not in changed]
         base = {**base, "snapshot": held["snapshot"], "snap_done": held["snap_done"]}
         done = held["snapshot"] is None
-        self.context.report_status(progress={"phase": "streaming + snapshot", "table": self.table,
+        self.context.report_progress({"phase": "streaming + snapshot", "table": self.table,
                                              "rows": held["rows"], "request": held["request"], "done": done})
         self._log_progress(held["rows"], held["request"])
         yield self._batch(records, tracker.checkpoint(base))

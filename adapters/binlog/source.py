@@ -307,7 +307,7 @@ class BinlogSource(SnapshotSupport, Source):
                        "with binlog_format STATEMENT/MIXED): it cannot be captured; fix that writer's session "
                        f"and re-snapshot (`outpost snapshot {self.context.name} {self.table}`)")
             self.context.log.error("binlog %s: %s", self.context.name, message)
-            self.context.report_status(source_warning=message)
+            self.context.set_health(warning=message)
 
     def _add_rows(self, event, batch: list, tracker: TxnTracker) -> None:
         operation = _OPERATION[type(event)]
@@ -334,13 +334,14 @@ class BinlogSource(SnapshotSupport, Source):
     def _report_retention(self, cp: dict, logs) -> dict:
         report = retention_report(cp["file"], cp["pos"], logs, expire_seconds(self._server.variables()),
                                   self.spec.retention_warn_bytes)
-        self.context.report_status(binlog=report)
         self._retention = {"binlog_behind": f"{report.get('bytes_behind', '?')} bytes in "
                                             f"{report.get('files_behind', '?')} newer file(s)",
                            "oldest_retained": report.get("oldest_retained")}
         if report.get("warning"):
             self._retention["warning"] = report["warning"]
-        self.context.report_status(progress={**self._progress, **self._retention})
+        self.context.set_health(lag_bytes=report.get("bytes_behind"), warning=report.get("warning"),
+                                details={k: v for k, v in report.items() if k not in ("bytes_behind", "warning")})
+        self.context.report_progress({**self._progress, **self._retention})
         if report.get("warning") and not report.get("purged") and time.monotonic() - self._warned_at > 600:
             self._warned_at = time.monotonic()
             self.context.log.warning("binlog %s: %s", self.context.name, report["warning"])

@@ -1,7 +1,7 @@
 """``outpost debezium ...``: housekeeping of log-based capture (no JVM needed).
 
 * ``outpost debezium slots SOURCE``: each route's slot, whether it is active and the WAL it
-  retains (the same number ``status`` shows as ``slot_retained_bytes``).
+  retains (the same number ``status`` shows as the route's ``health.lag_bytes``).
 * ``outpost debezium reset SOURCE [--route R]``: forget the stored offsets (the engine
   offsets in the route's queue checkpoint, the offsets file and the schema history) after a
   lost slot / purged log / missing history. The next start takes the snapshot chosen by

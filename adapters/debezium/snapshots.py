@@ -33,8 +33,8 @@ def execute_snapshot(source, tables: list[str], signal_id: Optional[str] = None)
     signal_id = signal_id or uuid.uuid4().hex
     data = json.dumps({"data-collections": tables, "type": snapshot_kind(source)})
     source.runner.signal(signal_id, "execute-snapshot", data)
-    source.context.report_status(snapshot={"kind": f"ad-hoc {snapshot_kind(source)}", "state": "REQUESTED",
-                                           "table": ",".join(tables)})
+    source.context.set_health(details={**source.context.health.details, "snapshot": {
+        "kind": f"ad-hoc {snapshot_kind(source)}", "state": "REQUESTED", "table": ",".join(tables)}})
     log.info("debezium %s: requested a %s snapshot of %s (signal %s)", source.name, snapshot_kind(source),
              ", ".join(tables), signal_id)
     return signal_id

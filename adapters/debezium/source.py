@@ -22,7 +22,6 @@ Lifecycle (see docs/debezium.md and ``engine``):
 """
 from __future__ import annotations
 
-import logging
 import queue
 import time
 import uuid
@@ -68,20 +67,6 @@ def classify_failure(reason: str, source_name: str) -> Exception:
     return TransientError(f"debezium {source_name}: the engine stopped: {reason}")
 
 
-class _LongPassFilter(logging.Filter):
-    """A streaming pass outlasts the route's schedule on purpose (the engine keeps running
-    between passes); APScheduler's "skipped: maximum number of running instances" warning
-    is noise for these routes only, not for pollers."""
-
-    routes: set = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "apscheduler.scheduler" and "maximum number of running instances" in str(record.msg):
-            return not any(f'"capture {route} (' in record.getMessage() for route in self.routes)
-        return True
-
-
-_long_pass_filter = _LongPassFilter()
 
 
 class DebeziumSource(Source):
@@ -111,13 +96,6 @@ class DebeziumSource(Source):
         self._next_slot_check = 0.0
         self._next_request_check = 0.0
         self._signalled: dict[str, Any] = {}
-        # the route name, for status and the scheduler filter (report_status is bound to it)
-        self.route = (getattr(context.report_status, "args", None) or (None,))[0]
-        if self.route:
-            _long_pass_filter.routes.add(self.route)
-            scheduler_log = logging.getLogger("apscheduler.scheduler")
-            if _long_pass_filter not in scheduler_log.filters:
-                scheduler_log.addFilter(_long_pass_filter)
         self.start_jvm()
 
     def start_jvm(self) -> None:
@@ -232,7 +210,8 @@ class DebeziumSource(Source):
         self._retrying, self._streaming_reported = None, False
         self.runner = EngineRunner(self.key, {**self.properties, "snapshot.mode": plan.snapshot_mode}, self._on_log)
         self.runner.start()
-        self.context.report_status(engine_state="starting", engine_started_at=time.time())
+        self.context.set_health(state="starting", details={**self.context.health.details,
+                                                         "engine started": time.strftime("%Y-%m-%d %H:%M:%S")})
         self.context.log.info("debezium %s: engine started (slot %s, snapshot mode %s, offsets: %s)", self.name,
                               self.slot, plan.snapshot_mode, plan.origin)
 
@@ -241,11 +220,11 @@ class DebeziumSource(Source):
         self.runner.commit(pending)
         if not self._streaming_reported and self.runner is not None and self.runner.polling.is_set():
             self._streaming_reported = True
-            self.context.report_status(engine_state="streaming")
+            self.context.set_health(state="streaming")
         if self._retrying:
             self._retrying, self._reported_retry = None, None
             self.context.log.info("debezium %s: the database is back, capture resumed", self.name)
-            self.context.report_status(capture_state="ok", engine_state="streaming", source_error=None)
+            self.context.set_health(state="streaming", problem=None)
 
     def _to_batch(self, pending) -> SourceBatch:
         records, facts = to_records(pending.items, self._kinds, skip=self._skip, marker=self.spec.echo_marker_table,
@@ -278,8 +257,7 @@ class DebeziumSource(Source):
             message = (f"debezium {self.name}: database unreachable, the Debezium engine reconnects by itself "
                        f"every 10 s and capture resumes when it is back (engine reported: {self._retrying[:300]})")
             self.context.log.warning(message)
-            self.context.report_status(capture_state="retrying: database unreachable", engine_state="retrying",
-                                       source_error=message, source_error_at=time.time())
+            self.context.set_health(state="retrying: database unreachable", problem=message)
         now = time.monotonic()
         if self.runner.polling.is_set() and now >= self._next_request_check:
             self._next_request_check = now + 2.0
@@ -304,11 +282,11 @@ class DebeziumSource(Source):
             warning = (f"replication slot {self.slot} retains {state['retained_bytes'] / 2**20:.0f} MiB of WAL "
                        f"(warning above {self.spec.slot_warn_bytes / 2**20:.0f} MiB)")
             self.context.log.warning("debezium %s: %s", self.name, warning)
-        # slot_lag_bytes is the name agent.metrics exports (outpost_slot_lag_bytes)
-        self.context.report_status(slot_retained_bytes=state["retained_bytes"], slot_lag_bytes=state["retained_bytes"],
-                                   slot_active=state["active"],
-                                   slot_confirmed_flush_lsn=state["confirmed_flush_lsn"], slot_warning=warning,
-                                   engine_state="streaming" if self.runner.polling.is_set() else "starting")
+        self.context.set_health(lag_bytes=state["retained_bytes"], warning=warning,
+                                state=self.context.health.state if self.runner.polling.is_set() else "starting",
+                                details={**self.context.health.details, "replication slot": self.slot,
+                                         "slot active": state["active"],
+                                         "slot confirmed flush LSN": state["confirmed_flush_lsn"]})
 
     def _on_log(self, level: int, text: str) -> None:
         """Engine log lines of this route (tailer thread): notice Debezium's own retry loop."""
@@ -318,7 +296,7 @@ class DebeziumSource(Source):
         if "notification service" in lowered and "snapshot" in lowered:
             note = parse_notification(text)
             if note:
-                self.context.report_status(snapshot=note)
+                self.context.set_health(details={**self.context.health.details, "snapshot": note})
                 from .snapshots import on_notification
                 on_notification(self, note)
 

@@ -1,5 +1,5 @@
 """Progress of a file being read: rows, rows per second and % of bytes, for ``status``
-(through ``context.report_status``) and, every ``log_every`` seconds, the log."""
+(through ``context.report_progress``) and, every ``log_every`` seconds, the log."""
 from __future__ import annotations
 
 import logging
@@ -33,4 +33,4 @@ class Progress:
                           p["rows_read"], p["rows_per_s"], p["bytes_pct"])
         if push and now - self._last_report >= 1.0:
             self._last_report = now
-            self.report(progress=self.snapshot())
+            self.report(self.snapshot())

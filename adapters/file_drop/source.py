@@ -161,7 +161,9 @@ class FileDropSource(Source):
             self._waiting = waiting_files
             self.log.info("finished file(s) waiting for their trigger / sidecar: %s",
                           ", ".join(waiting_files) or "none")
-            self.context.report_status(waiting_for_companion=waiting_files)
+            self.context.set_health(state="waiting for companion files" if waiting_files else "ok",
+                                    details={**self.context.health.details,
+                                             "waiting for companion file": ", ".join(waiting_files) or None})
         self.readiness.forget(seen)
         for inbox, path in ready:
             claimed = inbox.claim(path)
@@ -240,7 +242,7 @@ class FileDropSource(Source):
         listed, total = [], 0
         controls = Controls(spec.checks, spec.format_options) if spec.checks else None
         progress = Progress(claimed.name, "checking", state["size"], self.log, spec.progress_log_every,
-                            self.context.report_status)
+                            self.context.report_progress)
         try:
             for row in self._rows(claimed, progress, push=True):
                 if controls:
@@ -289,7 +291,7 @@ class FileDropSource(Source):
         """Pass 2 from ``state['record']`` on. Returns True when the file is settled."""
         after, size = state["record"], state["size"]
         progress = Progress(claimed.name, "publishing", size, self.log, self.spec.progress_log_every,
-                            self.context.report_status)
+                            self.context.report_progress)
         records, exceptions, last = [], [], after
         for row in self._rows(claimed, progress, push=False):
             if row.kind != "detail" or row.number <= after:
@@ -342,8 +344,8 @@ class FileDropSource(Source):
         final = inbox.move_out(claimed, "archive", state["sha"])
         self.log.warning("file %s skipped: identical to %s published at %s; archived as %s", claimed.name,
                          prior.get("name"), prior.get("published_at"), final)
-        self.context.report_status(last_skipped_file={"file": claimed.name, "sha256": state["sha"], "at": now_text(),
-                                                      "same_as": prior.get("name")})
+        self.context.set_health(details={**self.context.health.details, "last skipped file":
+                                         f"{claimed.name} at {now_text()} (same content as {prior.get('name')})"})
 
     def _record(self, row: Row, state: dict) -> SourceRecord:
         occurred = dt.datetime.fromtimestamp(state["mtime"], dt.timezone.utc) if state.get("mtime") else None
