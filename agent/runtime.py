@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .build import make_source, make_translator, streams
 from .capture import RouteCapture, StreamLoop
 from .config import Config
+from .contracts import OutpostError
 from .delivery import DeliveryGroup
 from .logs import RedactingFilter
 from .metrics import label
@@ -50,6 +51,13 @@ class State(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+# The only moves the lifecycle allows: an agent starts once, and may be stopped from any
+# state before it stopped (a stop during start-up included).
+_NEXT = {State.CREATED: {State.STARTING, State.STOPPING}, State.STARTING: {State.DRAINING, State.STOPPING},
+         State.DRAINING: {State.RUNNING, State.STOPPING}, State.RUNNING: {State.STOPPING},
+         State.STOPPING: {State.STOPPED}, State.STOPPED: set()}
 
 
 class Agent:
@@ -96,11 +104,17 @@ class Agent:
             self.captures[name] = RouteCapture(name, source, translator, self.queue, self.stop_event,
                                                on_enqueue=self.deliveries[route.sink].wakeup.set)
 
+    def _enter(self, state: State) -> None:
+        if state not in _NEXT[self.state]:
+            raise OutpostError(f"the agent is {self.state.value}: it cannot become {state.value} "
+                               "(an agent starts once; build a new one to start again)")
+        self.state = state
+
     def start(self, capture: bool = True) -> None:
-        self.state = State.STARTING
+        self._enter(State.STARTING)
         if self.queue is None:
             self.build()
-        self.state = State.DRAINING
+        self._enter(State.DRAINING)
         if self.separate_delivery:
             # the delivery process drains the backlog first by itself; capture need not
             # wait for it, they no longer compete for one interpreter (order is queue order)
@@ -110,7 +124,7 @@ class Agent:
             self.delivery.start()
         if capture:
             self._start_capture()
-        self.state = State.RUNNING
+        self._enter(State.RUNNING)
         log.info("agent running: %d route(s), %d sink(s), state in %s", len(self.captures), len(self.deliveries),
                  self.config.state_dir)
 
@@ -173,7 +187,7 @@ class Agent:
         """
         if self.state in (State.STOPPING, State.STOPPED):
             return True
-        self.state = State.STOPPING
+        self._enter(State.STOPPING)
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         self.stop_event.set()
@@ -185,7 +199,7 @@ class Agent:
         if self.queue is not None:
             self.queue.close()
         self.lock.release()
-        self.state = State.STOPPED
+        self._enter(State.STOPPED)
         log.info("agent stopped" + ("" if clean else " (shutdown bound reached)"))
         return clean
 

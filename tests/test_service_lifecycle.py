@@ -141,3 +141,23 @@ def test_stop_is_bounded_when_the_broker_cannot_acknowledge(tmp_path, pg_url, br
     assert agent.terminate()[0] == 0
     events = decode_messages(broker.consume(topic, timeout=30), registry)
     assert {e["key"] for e in events} == {f"C-{n:05d}" for n in range(1, 41)}
+
+
+def test_lifecycle_moves_only_forward(tmp_path):
+    """An agent starts once; a stop is possible from any state, and only once takes effect."""
+    import pytest
+    from agent.config import parse
+    from agent.contracts import OutpostError
+    from agent.runtime import Agent, State
+    document = {"state_dir": str(tmp_path / "state"), "routes": {}}
+    agent = Agent(parse(document))
+    agent.start(capture=False)
+    assert agent.state == State.RUNNING
+    with pytest.raises(OutpostError, match="starts once"):
+        agent.start()
+    assert agent.stop() and agent.state == State.STOPPED
+    assert agent.stop(), "a second stop is a no-op"
+    with pytest.raises(OutpostError, match="stopped"):
+        agent.start()
+    unstarted = Agent(parse(document))
+    assert unstarted.stop() and unstarted.state == State.STOPPED
