@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 __all__ = [
     "OutpostError", "ConfigError", "TransientError", "TerminalError",
     "SourceRecord", "SourceBatch", "QueuedEvent", "DeliveryReport",
-    "AdapterContext", "AdapterSpec", "Health", "Source", "Sink", "OPERATIONS",
+    "AdapterContext", "AdapterSpec", "Health", "KeyHold", "Source", "Sink", "OPERATIONS",
 ]
 
 OPERATIONS = ("create", "update", "delete", "snapshot")
@@ -237,11 +237,36 @@ class Source(_Adapter, abc.ABC):
         """Release connections. Must be safe to call twice."""
 
 
+class KeyHold:
+    """Order per entity key within a batch: once one event of a key stays queued, every
+    later event of that key must stay queued too, or its retry would be overtaken."""
+
+    def __init__(self):
+        self._held: set = set()
+
+    def blocked(self, event: QueuedEvent) -> bool:
+        return (event.entity, event.key) in self._held
+
+    def hold(self, event: QueuedEvent) -> None:
+        self._held.add((event.entity, event.key))
+
+
 class Sink(_Adapter, abc.ABC):
-    """Delivers queued events. A successful return of ``write`` is the ack."""
+    """Delivers queued events. A successful return of ``write`` is the ack.
+
+    The core screens each batch first (``screen``): what a sink can tell before sending
+    (a schema the registry refuses, a value the table cannot hold) is rejected or held
+    there, and the core keeps per-key order around it (``KeyHold``) before ``write`` sees
+    the rest. Within ``write``, an event that fails must hold the later events of its key.
+    """
 
     def open(self) -> None:
         """Connect. Raise TransientError if the destination is unreachable."""
+
+    def screen(self, events: Sequence[QueuedEvent]) -> dict[str, tuple[bool, str]]:
+        """Before sending: event id -> (terminal, reason) for what cannot be sent now
+        (terminal: never, it goes to the exception queue; else it stays queued)."""
+        return {}
 
     @abc.abstractmethod
     def write(self, events: Sequence[QueuedEvent]) -> DeliveryReport:

@@ -10,11 +10,11 @@ import threading
 import time
 from typing import Optional
 
-from .contracts import DeliveryReport, TransientError
+from .contracts import DeliveryReport, KeyHold, TransientError
 from .queue import DurableQueue
-from .supervise import RETRY_CAP_S, Backoff
+from .supervise import RETRY_CAP_S, Backoff, StallWatch
 
-__all__ = ["SinkDelivery"]
+__all__ = ["SinkDelivery", "DeliveryGroup", "in_key_order"]
 
 log = logging.getLogger("outpost.delivery")
 
@@ -32,14 +32,16 @@ class SinkDelivery(threading.Thread):
         self.wakeup = wakeup if wakeup is not None else threading.Event()
         self.connected = False
         self.backoff = Backoff(initial=0.5, cap=max_backoff)
+        # A sink may wait long for acknowledgements (librdkafka retries by itself, which
+        # avoids duplicates); meanwhile status must already say that events are waiting.
+        self.stalls = StallWatch(stall_after, self._stalled)
         self._opened = False
         # The worker thread and a synchronous drain must never send the same batch twice.
         self._one_at_a_time = threading.Lock()
-        self._in_write: Optional[tuple] = None
 
     def start(self) -> None:
         super().start()
-        threading.Thread(target=self._watch_for_stalls, name=f"watch-{self.sink_name}", daemon=True).start()
+        self.stalls.start(self.stop, f"watch-{self.sink_name}")
 
     def deliver_once(self) -> Optional[int]:
         """One batch. Returns how many were settled, or None if the sink is unavailable."""
@@ -54,7 +56,8 @@ class SinkDelivery(threading.Thread):
             if not self._opened:
                 self.sink.open()
                 self._opened = True
-            report = self._write_watched(events)
+            with self.stalls.watching({e.route for e in events}):
+                report = in_key_order(self.sink, events)
         except TransientError as exc:
             report = None
             error = str(exc)
@@ -69,28 +72,13 @@ class SinkDelivery(threading.Thread):
             return None
         return len(report.delivered) + len(report.rejected)
 
-    def _write_watched(self, events):
-        """A sink may wait long for acknowledgements (librdkafka retries by itself, which
-        avoids duplicates); meanwhile ``status`` must already say that events are waiting."""
-        self._in_write = (time.monotonic(), {e.route for e in events})
-        try:
-            return self.sink.write(events)
-        finally:
-            self._in_write = None
-
-    def _watch_for_stalls(self) -> None:
-        reported = None
-        while not self.stop.wait(1.0):
-            current = self._in_write
-            if current is None or current is reported or time.monotonic() - current[0] < self.stall_after:
-                continue
-            reported = current
-            self.connected = False
-            message = (f"sink {self.sink_name}: no acknowledgement for {self.stall_after:.0f}s, destination "
-                       f"unreachable? {self.queue.depth(self.sink_name)} event(s) stay queued")
-            log.warning(message)
-            for route in current[1]:
-                self.queue.update_status(route, sink_error=message)
+    def _stalled(self, seconds: float, routes) -> None:
+        self.connected = False
+        message = (f"sink {self.sink_name}: no acknowledgement for {seconds:.0f}s (destination unreachable?); "
+                   f"{self.queue.depth(self.sink_name)} event(s) wait in the queue")
+        log.warning(message)
+        for route in routes:
+            self.queue.update_status(route, sink_error=message)
 
     def run(self) -> None:
         """Until the agent stops: no error ends this loop (a dead delivery thread would
@@ -134,6 +122,36 @@ class SinkDelivery(threading.Thread):
 
     def close(self) -> None:
         self.sink.close()
+
+
+def in_key_order(sink, events) -> DeliveryReport:
+    """One write, per-key order kept around it: what the sink's ``screen`` refuses is
+    rejected or held before anything is sent, and a held event holds the later events of
+    its key (``KeyHold``); the rest is written. A sink that reports a later event of a key
+    delivered while an earlier one stays queued broke the order: said loudly."""
+    verdicts = sink.screen(events)
+    hold, send, rejected, held_because = KeyHold(), [], {}, None
+    for event in events:
+        verdict = verdicts.get(event.event_id)
+        if verdict is not None and verdict[0]:
+            rejected[event.event_id] = verdict[1]        # leaves the order: invariant 5
+        elif verdict is not None or hold.blocked(event):
+            hold.hold(event)
+            held_because = held_because or (verdict[1] if verdict else None)
+        else:
+            send.append(event)
+    report = sink.write(send) if send else DeliveryReport()
+    report.rejected.update(rejected)
+    if held_because and not report.transient_error:
+        report.transient_error = f"held in the queue: {held_because}"
+    waiting = KeyHold()
+    for event in events:
+        if event.event_id in report.delivered and waiting.blocked(event):
+            log.error("sink broke the order of key %s %s: event %s delivered while an earlier one stays queued",
+                      event.entity, event.key, event.event_id)
+        elif event.event_id not in report.delivered and event.event_id not in report.rejected:
+            waiting.hold(event)
+    return report
 
 
 class DeliveryGroup:

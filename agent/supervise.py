@@ -1,4 +1,4 @@
-"""The retry policy every capture and delivery loop shares.
+"""The wrappers every capture and delivery loop shares: retry with backoff, stall watch.
 
 Nothing but a stop request ends a loop: an unreachable source or sink, a full disk under
 the local queue, or an error nobody foresaw is retried with capped exponential backoff
@@ -7,12 +7,14 @@ cap is what bounds recovery: once the other side is back, work resumes within on
 """
 from __future__ import annotations
 
+import threading
 import time
-from typing import Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Optional
 
 from tenacity import wait_exponential, wait_random
 
-__all__ = ["Backoff", "RETRY_CAP_S"]
+__all__ = ["Backoff", "RETRY_CAP_S", "StallWatch"]
 
 # Capture resumes within ~10 s of a source coming back (issue: 40 s with a 60 s cap).
 RETRY_CAP_S = 10.0
@@ -43,3 +45,42 @@ class Backoff:
 
     def succeeded(self) -> None:
         self.failures, self.next_attempt_at = 0, None
+
+
+class StallWatch:
+    """Says so while one call takes longer than ``after`` seconds: a write waiting for a
+    destination that does not answer (librdkafka retries by itself, a table lock holds an
+    insert), so that ``status`` shows the wait while it lasts, and for how long.
+
+    ``report(seconds_so_far, what)`` runs on the watch's thread after ``after`` seconds,
+    then every ``every`` seconds while the call goes on.
+    """
+
+    def __init__(self, after: float, report: Callable[[float, Any], None], every: float = 5.0):
+        self.after, self.report, self.every = after, report, every
+        self._current: Optional[tuple[float, Any]] = None
+
+    @contextmanager
+    def watching(self, what: Any):
+        self._current = (time.monotonic(), what)
+        try:
+            yield
+        finally:
+            self._current = None
+
+    def start(self, stop: threading.Event, name: str) -> None:
+        threading.Thread(target=self._run, args=(stop,), name=name, daemon=True).start()
+
+    def _run(self, stop: threading.Event) -> None:
+        reported: Optional[tuple] = None      # (the call, when it was last reported)
+        while not stop.wait(1.0):
+            current, now = self._current, time.monotonic()
+            if current is None or now - current[0] < self.after:
+                continue
+            if reported is not None and reported[0] is current and now - reported[1] < self.every:
+                continue
+            reported = (current, now)
+            try:
+                self.report(now - current[0], current[1])
+            except Exception:   # status is best effort (a full disk): keep watching
+                pass

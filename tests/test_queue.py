@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from agent.contracts import DeliveryReport, SourceBatch, SourceRecord, Source
+from agent.contracts import DeliveryReport, Sink, SourceBatch, SourceRecord, Source
 from agent.capture import RouteCapture
 from agent.queue import DurableQueue
 
@@ -200,3 +200,30 @@ def test_purge_keeps_open_and_recent_entries(queue):
     assert queue.purge_exceptions(older_than=30 * 86400) == 0, "resolved just now"
     assert queue.purge_exceptions(older_than=30 * 86400, now=time.time() + 31 * 86400) == 2
     assert [item["id"] for item in queue.exceptions()] == [third]
+
+
+class _ScreeningSink(Sink):
+    """A small in-memory sink double for the core's ordering wrapper (pure logic): it
+    holds what ``hold`` names and refuses what ``refuse`` names before sending."""
+
+    def __init__(self, hold=(), refuse=()):
+        super().__init__({}, None)
+        self.hold, self.refuse, self.written = set(hold), set(refuse), []
+
+    def screen(self, events):
+        return {**{e.event_id: (False, "registry unreachable") for e in events if e.event_id in self.hold},
+                **{e.event_id: (True, "schema refused") for e in events if e.event_id in self.refuse}}
+
+    def write(self, events):
+        self.written.extend(e.event_id for e in events)
+        return DeliveryReport(delivered={e.event_id for e in events})
+
+
+def test_a_held_event_holds_the_later_events_of_its_key_only(queue):
+    from agent.delivery import in_key_order
+    queue.commit_capture("r", [event(1, "A"), event(2, "B"), event(3, "A"), event(4, "C"), event(5, "C")], [], None)
+    sink = _ScreeningSink(hold={"id-1"}, refuse={"id-4"})
+    report = in_key_order(sink, queue.peek("s", 10))
+    assert sink.written == ["id-2", "id-5"], "A waits behind its held event; C's refused one leaves the order"
+    assert report.delivered == {"id-2", "id-5"} and report.rejected == {"id-4": "schema refused"}
+    assert "registry unreachable" in report.transient_error

@@ -9,7 +9,9 @@ only when every produced message has its delivery report. Outcomes per event:
   unknown, or the broker refused the message itself (too large, invalid record);
 - neither (stays queued, ``transient_error`` set): registry or broker unreachable,
   timeouts, anything unknown. Once an event of a key stays queued, later events of the
-  same key in the batch stay queued too, so a retry cannot overtake them.
+  same key in the batch stay queued too, so a retry cannot overtake them: the core holds
+  them around ``screen`` (registry and topics, before producing), ``write`` around a
+  produce that fails (``KeyHold``).
 
 A message that timed out locally may still have reached the broker (a broker that was
 stalled, not dead, can append it later), so a retry can duplicate it: consumers
@@ -32,7 +34,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from adapters.kafka.fabric import connection
 from adapters.kafka.spec import DEFAULTS, SinkOptions
 from agent import contracts
-from agent.contracts import AdapterContext, ConfigError, DeliveryReport, QueuedEvent
+from agent.contracts import AdapterContext, ConfigError, DeliveryReport, KeyHold, QueuedEvent
 
 __all__ = ["KafkaSink", "Sink"]
 
@@ -151,30 +153,42 @@ class KafkaSink(contracts.Sink):
             topic = self._topic_names[entity] = self.topic_template.format(entity=snake_case(entity), Entity=entity)
         return topic
 
+    def screen(self, events: Sequence[QueuedEvent]) -> dict[str, tuple[bool, str]]:
+        """Topic and schema id of every event before anything is produced: a schema the
+        registry refuses is terminal; an unreachable registry or topic keeps it queued."""
+        if self._producer is None:
+            self.open()
+        # One failure per registry, topic or (subject, schema) per batch: a thousand events
+        # of a rejected entity must not mean a thousand registry calls or topic timeouts.
+        failures: dict[tuple, _Resolution] = {}
+        verdicts = {}
+        for event in events:
+            try:
+                self._resolve(event, failures)
+            except _Resolution as why:
+                verdicts[event.event_id] = (why.terminal, why.reason)
+        return verdicts
+
     def write(self, events: Sequence[QueuedEvent]) -> DeliveryReport:
         if self._producer is None:
             self.open()
         if self._replace_producer:
             self._recreate_producer()
-        batch, held_keys = _Batch(), set()
-        # One failure per registry, topic or (subject, schema) per batch: a thousand events
-        # of a rejected entity must not mean a thousand registry calls or topic timeouts.
-        failures: dict[tuple, _Resolution] = {}
+        batch, hold, failures = _Batch(), KeyHold(), {}
         for event in events:
-            key = (event.entity, event.key)
-            if key in held_keys:
+            if hold.blocked(event):
                 continue
-            try:
+            try:       # resolved by screen(): from the caches
                 topic, schema_id = self._resolve(event, failures)
             except _Resolution as why:
                 if why.terminal:
                     batch.report.rejected[event.event_id] = why.reason
                     continue
-                held_keys.add(key)
+                hold.hold(event)
                 batch.transient.append(why.reason)
                 continue
             if not self._produce(batch, event, topic, schema_id):
-                held_keys.add(key)
+                hold.hold(event)
         self._await_reports(batch)
         if batch.transient:
             # librdkafka bumps the idempotent epoch after a timeout, which some brokers
