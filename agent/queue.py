@@ -21,6 +21,7 @@ lock with ``BEGIN IMMEDIATE`` so two threads never deadlock upgrading a read loc
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -35,26 +36,65 @@ from .contracts import DeliveryReport, OutpostError, QueuedEvent
 log = logging.getLogger("outpost.queue")
 
 SCHEMA_VERSION = 2
-_PENDING_BYTES = "SELECT coalesce(sum(length(body)), 0) FROM outbox"
+# Page cache per connection, in KiB: holds the id indexes of a few hundred thousand
+# events (SQLite's default, 2 MiB, made every settle read index pages back from the OS).
+CACHE_KIB = 8192
+
+
+def dedup_key(event_id: str) -> bytes:
+    """The 128 bits that identify an event in the queue's indexes: a UUID's own bytes (every
+    id Outpost makes is one), else the first 16 bytes of the id's SHA-1. A 16-byte key keeps
+    the id indexes small (a 36-character text key cost 113 bytes per delivered id)."""
+    if len(event_id) == 36 and event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-":
+        try:
+            return bytes.fromhex(event_id.replace("-", ""))
+        except ValueError:
+            pass
+    return hashlib.sha1(event_id.encode("utf-8")).digest()[:16]
+
+
+def _to_v2(conn: sqlite3.Connection) -> None:
+    """v1 -> v2: 16-byte id keys in the outbox and the delivered ids, and the count of the
+    bytes waiting to be delivered (what the quota limits)."""
+    conn.create_function("dedup_key", 1, dedup_key, deterministic=True)
+    conn.execute("ALTER TABLE outbox RENAME TO outbox_v1")
+    conn.execute(_OUTBOX)
+    conn.execute(f"INSERT INTO outbox (seq, id16, {', '.join(_STORED)}) "
+                 f"SELECT seq, dedup_key(event_id), {', '.join(_STORED)} FROM outbox_v1")
+    conn.execute("DROP TABLE outbox_v1")
+    conn.execute("ALTER TABLE delivered RENAME TO delivered_v1")
+    conn.execute(_DELIVERED)
+    conn.execute("INSERT OR IGNORE INTO delivered SELECT dedup_key(event_id), delivered_at FROM delivered_v1")
+    conn.execute("DROP TABLE delivered_v1")
+    for statement in _INDEXES:
+        conn.execute(statement)
+    conn.execute("UPDATE counters SET value=(SELECT coalesce(sum(length(body)), 0) FROM outbox)"
+                 " WHERE name='pending_bytes'")
+
+
 # Upgrades of a kept state directory: MIGRATIONS[n](conn) takes a version-n queue to n+1
 # (ALTER TABLE, backfills), each in its own transaction when the queue opens. ``_DDL``
 # only creates what is missing. An older agent refuses a newer queue rather than guess.
-MIGRATIONS: dict = {
-    # v2 counts the bytes waiting to be delivered (the quota): start from what is queued.
-    1: lambda conn: conn.execute(f"UPDATE counters SET value=({_PENDING_BYTES}) WHERE name='pending_bytes'"),
-}
-_DDL = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
+MIGRATIONS: dict = {1: _to_v2}
+_STORED = ("event_id", "route", "sink", "entity", "key", "operation", "schema_fingerprint", "body",
+           "correlation_id", "occurred_at", "enqueued_at", "attempts", "last_error")
+_OUTBOX = """CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
+    id16 BLOB NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
     route TEXT NOT NULL, sink TEXT NOT NULL, entity TEXT NOT NULL, key TEXT NOT NULL,
     operation TEXT NOT NULL, schema_fingerprint TEXT NOT NULL, body BLOB NOT NULL,
     correlation_id TEXT NOT NULL, occurred_at REAL, enqueued_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
-CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, seq);
-CREATE TABLE IF NOT EXISTS delivered (event_id TEXT PRIMARY KEY, delivered_at REAL NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS delivered_by_age ON delivered (delivered_at);
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT)"""
+# ids the queue must not take again: delivered (until the retention) or discarded (for good)
+_DELIVERED = "CREATE TABLE IF NOT EXISTS delivered (id16 BLOB PRIMARY KEY, delivered_at REAL NOT NULL) WITHOUT ROWID"
+_INDEXES = ("CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, seq)",
+            "CREATE INDEX IF NOT EXISTS delivered_by_age ON delivered (delivered_at)")
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+{_OUTBOX};
+{_DELIVERED};
+{";".join(_INDEXES)};
 CREATE TABLE IF NOT EXISTS checkpoints (route TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS exceptions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,14 +105,10 @@ CREATE TABLE IF NOT EXISTS exceptions (
 CREATE INDEX IF NOT EXISTS exceptions_open ON exceptions (status, id);
 CREATE INDEX IF NOT EXISTS exceptions_by_event ON exceptions (event_id);
 CREATE TABLE IF NOT EXISTS route_status (route TEXT PRIMARY KEY, value TEXT NOT NULL);
--- The quota counts only what waits to be delivered. Triggers keep the count exact in the
--- same transaction as every insert and delete, whoever makes it (capture, settle, retry).
+-- The quota counts only what waits to be delivered: the bytes of the queued bodies, kept
+-- in the same transaction as every insert into and delete from the outbox.
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('pending_bytes', 0);
-CREATE TRIGGER IF NOT EXISTS outbox_pending_in AFTER INSERT ON outbox BEGIN
-    UPDATE counters SET value = value + length(NEW.body) WHERE name = 'pending_bytes'; END;
-CREATE TRIGGER IF NOT EXISTS outbox_pending_out AFTER DELETE ON outbox BEGIN
-    UPDATE counters SET value = value - length(OLD.body) WHERE name = 'pending_bytes'; END;
 """
 _FOREVER = float("inf")     # "delivered at" of a discarded id: never pruned
 _EVENT_COLUMNS = ("event_id", "route", "sink", "entity", "key", "operation", "schema_fingerprint",
@@ -127,6 +163,7 @@ class DurableQueue:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -167,17 +204,24 @@ class DurableQueue:
         """
         now = time.time()
         with self._write() as db:
+            last_seq = db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0] if events else 0
+            rows = []
+            for e in events:
+                key = dedup_key(e["event_id"])
+                rows.append((key, *(e[c] for c in _EVENT_COLUMNS), now, key, e["event_id"]))
             # ON CONFLICT, not OR IGNORE: only a duplicate id may be skipped silently;
             # any other constraint failure must abort the whole transaction.
-            # (rowcount, not total_changes: the quota triggers' updates must not count.)
             added = db.executemany(
-                "INSERT INTO outbox (event_id, route, sink, entity, key, operation, schema_fingerprint,"
+                "INSERT INTO outbox (id16, event_id, route, sink, entity, key, operation, schema_fingerprint,"
                 " body, correlation_id, occurred_at, enqueued_at)"
-                " SELECT ?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE event_id=?)"
+                " SELECT ?,?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE id16=?)"
                 # a parked event delivered again upstream (Kafka after a crash) stays parked once
                 " AND NOT EXISTS (SELECT 1 FROM exceptions WHERE event_id=? AND status='open')"
-                " ON CONFLICT(event_id) DO NOTHING",
-                [tuple(e[c] for c in _EVENT_COLUMNS) + (now, e["event_id"], e["event_id"]) for e in events]).rowcount
+                " ON CONFLICT(id16) DO NOTHING", rows).rowcount
+            if added:
+                grown = sum(len(e["body"]) for e in events) if added == len(events) else db.execute(
+                    "SELECT coalesce(sum(length(body)), 0) FROM outbox WHERE seq > ?", (last_seq,)).fetchone()[0]
+                self._count_pending(db, grown)
             self._insert_exceptions(db, [{**x, "route": route} for x in exceptions], now)
             if checkpoint is not None:
                 db.execute("INSERT INTO checkpoints VALUES (?,?,?) ON CONFLICT(route) DO UPDATE"
@@ -197,6 +241,10 @@ class DurableQueue:
               x.get("event_id"),
               x.get("entity"), x.get("key"), x.get("sink"), x.get("operation"), x.get("schema_fingerprint"),
               x.get("body"), x.get("correlation_id"), x.get("occurred_at"), now) for x in exceptions])
+
+    @staticmethod
+    def _count_pending(db, change: int) -> None:
+        db.execute("UPDATE counters SET value = value + ? WHERE name = 'pending_bytes'", (change,))
 
     def used_bytes(self) -> int:
         """The whole queue file on disk (waiting events, delivered ids, exceptions, WAL)."""
@@ -220,7 +268,7 @@ class DurableQueue:
         removed = 0
         while True:
             with self._write() as db:
-                count = db.execute("DELETE FROM delivered WHERE event_id IN (SELECT event_id FROM delivered"
+                count = db.execute("DELETE FROM delivered WHERE id16 IN (SELECT id16 FROM delivered"
                                    " WHERE delivered_at < ? LIMIT ?)", (cutoff, chunk)).rowcount
             removed += count
             if count < chunk:
@@ -249,7 +297,8 @@ class DurableQueue:
             else:
                 db.executemany("DELETE FROM outbox WHERE seq=?",
                                [(by_id[i].seq,) for i in delivered + list(rejected)])
-            db.executemany("INSERT OR IGNORE INTO delivered VALUES (?,?)", [(i, now) for i in delivered])
+            self._count_pending(db, -sum(len(by_id[i].body) for i in delivered + list(rejected)))
+            db.executemany("INSERT OR IGNORE INTO delivered VALUES (?,?)", [(dedup_key(i), now) for i in delivered])
             for event_id, reason in rejected.items():
                 e = by_id[event_id]
                 log.error("event %s (%s %s, correlation %s) rejected by sink %s, moved to the exception queue: %s",
@@ -262,8 +311,8 @@ class DurableQueue:
                  "occurred_at": e.occurred_at}
                 for e, reason in ((by_id[i], r) for i, r in rejected.items())], now)
             if pending and report.transient_error:
-                db.executemany("UPDATE outbox SET attempts=attempts+1, last_error=? WHERE event_id=?",
-                               [(report.transient_error[:500], i) for i in pending])
+                db.executemany("UPDATE outbox SET attempts=attempts+1, last_error=? WHERE seq=?",
+                               [(report.transient_error[:500], by_id[i].seq) for i in pending])
             routes = {e.route for e in events}
             for route in routes:
                 done = [e for e in events if e.route == route and e.event_id in report.delivered]
@@ -340,11 +389,14 @@ class DurableQueue:
             return False
         event = event or {c: item[c] for c in _EVENT_COLUMNS}
         now = time.time()
+        key = dedup_key(event["event_id"])
         with self._write() as db:
-            db.execute("DELETE FROM delivered WHERE event_id=?", (event["event_id"],))
-            db.execute("INSERT INTO outbox (event_id, route, sink, entity, key, operation,"
-                       " schema_fingerprint, body, correlation_id, occurred_at, enqueued_at)"
-                       " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO NOTHING", tuple(event[c] for c in _EVENT_COLUMNS) + (now,))
+            db.execute("DELETE FROM delivered WHERE id16=?", (key,))
+            if db.execute("INSERT INTO outbox (id16, event_id, route, sink, entity, key, operation,"
+                          " schema_fingerprint, body, correlation_id, occurred_at, enqueued_at)"
+                          " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id16) DO NOTHING",
+                          (key, *(event[c] for c in _EVENT_COLUMNS), now)).rowcount:
+                self._count_pending(db, len(event["body"]))
             db.execute("UPDATE exceptions SET status='retried', resolved_at=? WHERE id=?", (now, exception_id))
         return True
 
@@ -354,9 +406,9 @@ class DurableQueue:
         with self._write() as db:
             done = db.execute("UPDATE exceptions SET status='discarded', resolved_at=? WHERE id=? AND status='open'",
                               (time.time(), exception_id)).rowcount == 1
-            if done:
-                db.execute("INSERT OR REPLACE INTO delivered SELECT event_id, ? FROM exceptions"
-                           " WHERE id=? AND event_id IS NOT NULL", (_FOREVER, exception_id))
+            event_id = db.execute("SELECT event_id FROM exceptions WHERE id=?", (exception_id,)).fetchone()
+            if done and event_id and event_id[0]:
+                db.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?)", (dedup_key(event_id[0]), _FOREVER))
             return done
 
     def purge_exceptions(self, older_than: float, now: Optional[float] = None) -> int:

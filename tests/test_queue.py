@@ -162,16 +162,37 @@ def test_old_delivered_ids_are_pruned_without_any_delivery(queue):
     assert queue.commit_capture("r", [event(1)], [], None) == 1, "forgotten after the retention"
 
 
-def test_a_queue_from_the_previous_version_counts_what_it_holds(tmp_path):
+V1_DDL = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+    route TEXT NOT NULL, sink TEXT NOT NULL, entity TEXT NOT NULL, key TEXT NOT NULL,
+    operation TEXT NOT NULL, schema_fingerprint TEXT NOT NULL, body BLOB NOT NULL,
+    correlation_id TEXT NOT NULL, occurred_at REAL, enqueued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+CREATE INDEX outbox_by_sink ON outbox (sink, seq);
+CREATE TABLE delivered (event_id TEXT PRIMARY KEY, delivered_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX delivered_by_age ON delivered (delivered_at);
+INSERT INTO outbox (event_id, route, sink, entity, key, operation, schema_fingerprint, body, correlation_id,
+                    enqueued_at) VALUES ('6f0c2a52-8d1e-5c55-9a43-0b9e1d7c3f21', 'r', 's', 'Customer', 'K', 'update',
+                                         'fp', x'00010203', 'c', 1.0);
+INSERT INTO delivered VALUES ('0a0c2a52-8d1e-5c55-9a43-0b9e1d7c3f21', 1.0e12);
+"""
+
+
+def test_a_queue_of_the_released_version_is_upgraded_in_place(tmp_path):
+    """A state directory written by the released agent (text id keys, no pending count)."""
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        db.executescript(V1_DDL)
     queue = DurableQueue(tmp_path)
-    queue.commit_capture("r", [event(1), event(2)], [], None)
-    conn = queue._conn()
-    conn.executescript("DROP TRIGGER outbox_pending_in; DROP TRIGGER outbox_pending_out; DROP TABLE counters;"
-                       " UPDATE meta SET value='1' WHERE key='schema_version';")
+    assert queue.pending_bytes() == 4
+    (waiting,) = queue.peek("s", 10)
+    assert waiting.event_id == "6f0c2a52-8d1e-5c55-9a43-0b9e1d7c3f21" and waiting.body == b"\x00\x01\x02\x03"
+    delivered_before = {**event(1), "event_id": "0a0c2a52-8d1e-5c55-9a43-0b9e1d7c3f21"}
+    assert queue.commit_capture("r", [delivered_before], [], None) == 0, "what v1 delivered stays refused"
+    queue.settle("s", [waiting], DeliveryReport(delivered={waiting.event_id}))
+    assert queue.pending_bytes() == 0 and queue.depth() == 0
     queue.close()
-    upgraded = DurableQueue(tmp_path)
-    assert upgraded.pending_bytes() == 4
-    upgraded.close()
 
 
 def test_a_parked_event_captured_again_is_not_queued_or_parked_twice(queue):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from agent.config import parse
+from agent.queue import dedup_key
 from agent.runtime import Agent
 from tests.support.agent_process import AgentProcess, queue_depth, route_status, wait_for
 from tests.support.route import create_tables, decode_messages, insert_customers, route_config
@@ -61,13 +62,13 @@ def test_the_agent_forgets_old_delivered_ids_with_nothing_to_deliver(tmp_path):
     agent.build()
     old = time.time() - 2 * 3600
     with sqlite3.connect(tmp_path / "state" / "queue.db") as db:
-        db.executemany("INSERT INTO delivered VALUES (?, ?)", [(f"old-{n}", old) for n in range(1000)])
-        db.execute("INSERT INTO delivered VALUES ('recent', ?)", (time.time(),))
+        db.executemany("INSERT INTO delivered VALUES (?, ?)", [(dedup_key(f"old-{n}"), old) for n in range(1000)])
+        db.execute("INSERT INTO delivered VALUES (?, ?)", (dedup_key("recent"), time.time()))
     agent.start()
     try:
         def left():
             with sqlite3.connect(tmp_path / "state" / "queue.db") as db:
-                return [r[0] for r in db.execute("SELECT event_id FROM delivered")]
-        assert wait_for(lambda: left() == ["recent"], 10), len(left())
+                return [r[0] for r in db.execute("SELECT id16 FROM delivered")]
+        assert wait_for(lambda: left() == [dedup_key("recent")], 10), len(left())
     finally:
         agent.stop()
