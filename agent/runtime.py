@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import functools
+import gc
 import logging
 import sqlite3
 import threading
@@ -124,6 +125,9 @@ class Agent:
             self.delivery.start()
         if capture:
             self._start_capture()
+        # everything built so far lives as long as the agent: the cyclic collector need
+        # not walk it again at every collection of the hot path's short-lived objects
+        gc.freeze()
         self._enter(State.RUNNING)
         log.info("agent running: %d route(s), %d sink(s), state in %s", len(self.captures), len(self.deliveries),
                  self.config.state_dir)

@@ -20,6 +20,7 @@ new one delivers. The capture side restarts a delivery process that died, with b
 """
 from __future__ import annotations
 
+import gc
 import logging
 import logging.handlers
 import multiprocessing
@@ -290,6 +291,7 @@ class _DeliveryChild:
 
         group.drain(self.drain_timeout)
         group.start()
+        gc.freeze()      # built once, lives as long as the process (see Agent.start)
         self.send(("health", _sink_states(group), queue.observed.snapshot()))
         threading.Thread(target=report, name="delivery-report", daemon=True).start()
         self.stop.wait()

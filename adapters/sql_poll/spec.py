@@ -40,7 +40,7 @@ class SourceOptions(BaseModel):
     url: str
     system: Optional[str] = None
     lag_seconds: float = Field(5.0, ge=0)
-    batch_size: int = Field(1000, gt=0)
+    batch_size: int = Field(2000, gt=0)   # measured: 2000 saved ~10% agent CPU, ~70% PostgreSQL CPU
     source_timezone: str = "UTC"
 
     table: str
