@@ -385,7 +385,8 @@ class SqlPollSource(Source):
             # One short transaction per query: nothing stays open while the caller commits.
             result = conn.execute(stmt)
             names = tuple(result.keys())   # tuples + zip: a third of the cost of .mappings()
-            return [dict(zip(names, r)) for r in result]
+            # fetchall: one driver call per page; iterating the result fetched row by row
+            return [dict(zip(names, r)) for r in result.fetchall()]
 
     def _progress(self, cp: dict, signpost: Any) -> dict:
         return {"phase": cp["phase"], "cursor": _plain(decode_value(cp.get("cursor"))),
