@@ -149,9 +149,14 @@ class StatusCollector:
         for member in type(agent.state):
             state.add_metric([member.value], 1 if member == agent.state else 0)
         yield state
-        used = GaugeMetricFamily("outpost_queue_bytes", "Bytes used by the local queue.")
+        used = GaugeMetricFamily("outpost_queue_bytes", "Bytes of the local queue's file (waiting events, "
+                                 "delivered ids, exceptions).")
         used.add_metric([], agent.queue.used_bytes())
         yield used
+        waiting = GaugeMetricFamily("outpost_queue_waiting_bytes", "Bytes of the events waiting to be delivered: "
+                                    "what queue.max_bytes limits.")
+        waiting.add_metric([], agent.queue.pending_bytes())
+        yield waiting
 
 
 def route_problems(status: dict) -> list[str]:

@@ -17,7 +17,7 @@ def collect(cfg) -> dict:
             entry = per_route.get(name, {"queue_depth": 0, "oldest_queued_age_s": None, "open_exceptions": 0})
             routes[name] = {"source": route.source, "sink": route.sink, **entry}
         return {"state_dir": str(cfg.state_dir), "state_dir_free_bytes": _free_bytes(cfg.state_dir),
-                "queue_bytes": store.used_bytes(),
+                "queue_bytes": store.used_bytes(), "queue_waiting_bytes": store.pending_bytes(),
                 "queue_quota_bytes": cfg.queue.max_bytes, "backpressure": store.over_quota(),
                 "open_exceptions": store.count_exceptions(), "routes": routes}
     finally:
@@ -67,8 +67,9 @@ def _next_attempt(at) -> str:
 
 
 def render(report: dict) -> str:
-    lines = [f"state: {report['state_dir']}  queue: {report['queue_bytes'] / 1e6:.1f} MB of "
-             f"{report['queue_quota_bytes'] / 1e6:.0f} MB" + ("  BACKPRESSURE: capture paused" if report["backpressure"]
+    lines = [f"state: {report['state_dir']}  queue: {report['queue_waiting_bytes'] / 1e6:.1f} MB waiting of a "
+             f"{report['queue_quota_bytes'] / 1e6:.0f} MB quota (file {report['queue_bytes'] / 1e6:.1f} MB)"
+             + ("  BACKPRESSURE: capture paused" if report["backpressure"]
                                                               else "")
              + f"  open exceptions: {report['open_exceptions']}"]
     free = report.get("state_dir_free_bytes")

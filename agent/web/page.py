@@ -52,7 +52,7 @@ function render(status) {
   state.textContent = agent.state; state.className = "badge " + (agent.state === "running" ? "ok" : "warn");
   ready.textContent = agent.ready ? "ready" : "not ready"; ready.className = "badge " + (agent.ready ? "ok" : "bad");
   text("state-dir", status.state_dir);
-  text("queue-bytes", (status.queue_bytes / 1e6).toFixed(1) + " MB of " + (status.queue_quota_bytes / 1e6).toFixed(0) + " MB");
+  text("queue-bytes", (status.queue_waiting_bytes / 1e6).toFixed(1) + " MB waiting of " + (status.queue_quota_bytes / 1e6).toFixed(0) + " MB");
   text("open-exceptions", status.open_exceptions);
   text("updated", new Date().toLocaleTimeString());
   const problems = document.getElementById("problems"); problems.textContent = "";
