@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import queue as queue_module
+from agent import queue_schema as queue_module
 from agent.contracts import OutpostError
 from agent.queue import DurableQueue, migrate
 
