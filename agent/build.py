@@ -9,6 +9,7 @@ import threading
 from typing import Callable, Optional
 
 from .config import Config
+from .ha import agent_identity, transactional_id
 from .contracts import AdapterContext
 from .mapping import EntityMapping
 from .registry import spec_of
@@ -21,8 +22,12 @@ __all__ = ["adapter_context", "delivery_bound", "make_sink", "make_source", "mak
 
 def adapter_context(config: Config, catalog: SchemaCatalog, name: str, stop: Optional[threading.Event] = None,
                     **extra) -> AdapterContext:
-    return AdapterContext(name=name, state_dir=config.state_dir, schemas=catalog,
-                          fabric=config.fabric.model_dump(), log=logging.getLogger(f"outpost.{name}"),
+    fabric = config.fabric.model_dump()
+    if config.ha is not None and name in config.sinks:
+        # every agent of the pair claims the same id: the active one fences the others
+        fabric["kafka"] = {**fabric["kafka"], "transactional.id": transactional_id(config, name)}
+    return AdapterContext(name=name, state_dir=config.state_dir, schemas=catalog, fabric=fabric,
+                          agent_id=agent_identity(config.state_dir), log=logging.getLogger(f"outpost.{name}"),
                           stop=stop or threading.Event(), **extra)
 
 

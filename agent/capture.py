@@ -27,9 +27,11 @@ class RouteCapture:
     """Runs one capture pass of a route (called by the scheduler, never concurrently)."""
 
     def __init__(self, name: str, source, translator: Translator, queue: DurableQueue, stop: threading.Event,
-                 on_enqueue=lambda: None):
+                 on_enqueue=lambda: None, allowed=lambda: True):
+        """``allowed()``: whether this agent may capture now (False on the passive agent of
+        an HA pair: its source is closed until it becomes active)."""
         self.name, self.source, self.translator, self.queue = name, source, translator, queue
-        self.stop, self.on_enqueue = stop, on_enqueue
+        self.stop, self.on_enqueue, self.allowed = stop, on_enqueue, allowed
         self._opened = False
         self.stopped_reason: Optional[str] = None
         self._retry_at = 0.0
@@ -38,6 +40,10 @@ class RouteCapture:
     def run_once(self) -> int:
         """One pass; never raises (the scheduler calls it again): every failure is retried."""
         if self.stopped_reason or time.monotonic() < self._retry_at:
+            return 0
+        if not self.allowed():
+            if self._opened:
+                self.close()
             return 0
         added = 0
         try:
@@ -54,7 +60,7 @@ class RouteCapture:
             try:
                 for batch in batches:
                     added += self._commit(batch)
-                    if self.stop.is_set() or self.queue.over_quota():
+                    if self.stop.is_set() or self.queue.over_quota() or not self.allowed():
                         break
             finally:
                 batches.close()

@@ -223,9 +223,10 @@ def demo(directory):
 
 
 def _register_commands() -> None:
+    from .cli_ha import ha
     from .service_windows import service     # pywin32 is imported only when a command runs
     from .snapshot_cmd import snapshot
-    for command in (service, snapshot, *adapter_commands()):
+    for command in (ha, service, snapshot, *adapter_commands()):
         main.add_command(command)
 
 

@@ -131,8 +131,17 @@ class FabricConfig(_Strict):
     topic_partitions: int = Field(default=3, ge=1)
 
 
+class HaConfig(_Strict):
+    """An active/passive pair (docs/ha.md): agents with the same group take turns."""
+
+    group: str = Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    lease: Duration = Field(default=6.0, ge=1.0)       # how long a silent active keeps the role
+    control_topic: Optional[str] = None                # compacted; default outpost.ha.<group>
+
+
 class Config(_Strict):
     state_dir: Path = Path("./state")
+    ha: Optional[HaConfig] = None
     # `outpost run` delivers in a process of its own, so that capture and delivery do not
     # share one interpreter (false: one process, delivery in threads)
     delivery_process: bool = True
@@ -348,7 +357,27 @@ def cross_check(config: Config) -> tuple[dict, list[str]]:
                                          secrets=config.secrets)
             problems.extend(found)
             parsed["parsed_sinks"][name] = model
+    problems.extend(_ha_problems(config))
     return parsed, problems
+
+
+def _ha_problems(config: Config) -> list[str]:
+    """What an HA pair needs: the fabric for coordination, fenced sinks, re-readable sources."""
+    if config.ha is None:
+        return []
+    problems = []
+    if not config.fabric.kafka.get("bootstrap.servers"):
+        problems.append("ha: needs fabric.kafka.bootstrap.servers (the pair coordinates through the fabric)")
+    for name, route in config.routes.items():
+        sink_type = config.sinks.get(route.sink, {}).get("type")
+        if sink_type not in (None, "kafka", "sql_apply"):
+            problems.append(f"routes.{name}.sink: an HA pair publishes only through fenced kafka sinks (or applies "
+                            f"with sql_apply), found {sink_type!r}")
+        if config.sources.get(route.source, {}).get("type") == "debezium":
+            problems.append(f"routes.{name}.source: debezium is not supported in an HA pair: the engine moves the "
+                            "replication slot when events are safe locally, not when the fabric has them, so a "
+                            "failover could not read them again (use sql_poll, binlog, or one agent)")
+    return problems
 
 
 def _written_at(source_name: str, source: dict, route_name: str, route: RouteConfig):

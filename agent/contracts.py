@@ -138,6 +138,7 @@ class AdapterContext:
     state_dir: Path
     schemas: Any                      # agent.schemas.SchemaCatalog
     fabric: Mapping[str, Any] = field(default_factory=dict)   # the config's ``fabric`` section
+    agent_id: str = ""                # which agent this is (host and state directory): HA pairs, headers
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("outpost"))
     # Set when the agent stops: streaming sources return from ``batches`` soon after.
     stop: threading.Event = field(default_factory=threading.Event)

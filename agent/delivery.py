@@ -38,6 +38,19 @@ class SinkDelivery(threading.Thread):
         self._opened = False
         # The worker thread and a synchronous drain must never send the same batch twice.
         self._one_at_a_time = threading.Lock()
+        # Open unless this agent is the passive one of an HA pair; reopening the sink when
+        # it becomes active claims (fences) the pair's transactional id.
+        self.gate = threading.Event()
+        self.gate.set()
+        self._reopen = False
+
+    def set_active(self, active: bool) -> None:
+        if active:
+            self._reopen = True
+            self.gate.set()
+        else:
+            self.gate.clear()
+        self.wakeup.set()
 
     def start(self) -> None:
         super().start()
@@ -49,10 +62,15 @@ class SinkDelivery(threading.Thread):
             return self._deliver_batch()
 
     def _deliver_batch(self) -> Optional[int]:
+        if not self.gate.is_set():
+            return 0
         events = self.queue.peek(self.sink_name, self.batch_size)
         if not events:
             return 0
         try:
+            if self._reopen:
+                self._reopen, self._opened = False, False
+                self.sink.close()
             if not self._opened:
                 self.sink.open()
                 self._opened = True
@@ -93,6 +111,7 @@ class SinkDelivery(threading.Thread):
                 self.backoff.succeeded()
                 self.wakeup.wait(1.0)
                 self.wakeup.clear()
+                self.gate.wait(1.0)
             else:
                 self.backoff.succeeded()
 
@@ -181,6 +200,11 @@ class DeliveryGroup:
     def start(self) -> None:
         for delivery in self.handles.values():
             delivery.start()
+
+    def set_active(self, active: bool) -> None:
+        """The passive agent of an HA pair sends nothing; the active reopens its sinks."""
+        for delivery in self.handles.values():
+            delivery.set_active(active)
 
     def stop(self, deadline: float) -> bool:
         """Let each thread finish its batch, then close the sinks; False at the deadline."""

@@ -38,7 +38,9 @@ from typing import Callable, Optional
 
 log = logging.getLogger("outpost.ha")
 
-__all__ = ["Role", "Coordinator", "control_topic", "transactional_id"]
+__all__ = ["Role", "Coordinator", "control_topic", "transactional_id", "STATUS_ROW", "agent_identity"]
+
+STATUS_ROW = "(ha)"      # the row of the stored route status that holds the pair's state
 
 
 class Role(enum.Enum):
@@ -73,6 +75,9 @@ class Coordinator:
         self._thread: Optional[threading.Thread] = None
         self._consumer = None
         self._producer = None
+        self._last_contact = time.monotonic()
+        self._reported = 0.0
+        self._handled_request = (queue.status_of(STATUS_ROW) or {}).get("handover_requested_at")
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,9 +95,27 @@ class Coordinator:
         self._step_down_until = time.monotonic() + (seconds or 3 * self.ha.lease)
 
     def status(self) -> dict:
+        """Role, since when, the lease (and how long since the group last answered), handovers."""
         return {"group": self.ha.group, "role": self.role.value, "agent": self.agent_id,
-                "since": self.since, "lease_s": self.ha.lease, "handovers": self.handovers,
+                "since": self.since, "lease_s": self.ha.lease,
+                "lease_age_s": round(time.monotonic() - self._last_contact, 1), "handovers": self.handovers,
                 "last_handover": self.last_handover, "control_topic": self.topic}
+
+    def _report(self, force: bool = False) -> None:
+        """Into the stored status, for `outpost status` (another process) and the page."""
+        if force or time.monotonic() - self._reported >= 2.0:
+            self._reported = time.monotonic()
+            try:
+                self.queue.update_status(STATUS_ROW, **self.status())
+                request = self.queue.status_of(STATUS_ROW).get("handover_requested_at")
+            except Exception as exc:       # a full disk: status is best effort
+                log.debug("ha status not recorded: %s", exc)
+                return
+            if request and request != self._handled_request:
+                self._handled_request = request
+                if self.role == Role.ACTIVE:
+                    log.warning("ha %s: handing over on request (outpost ha handover)", self.ha.group)
+                    self.step_down()
 
     # -- the membership loop --------------------------------------------------------------
     def _client_conf(self) -> dict:
@@ -114,8 +137,10 @@ class Coordinator:
                 if self._consumer is None:
                     self._consumer = self._join()
                 self._consumer.poll(0.2)
+                self._last_contact = time.monotonic()
                 if self.role == Role.ACTIVE:
                     self._publish_checkpoints()
+                self._report()
                 if time.monotonic() < self._step_down_until:
                     self._leave("stepping down on request")
                     self._stop.wait(max(0.0, self._step_down_until - time.monotonic()))
@@ -155,6 +180,7 @@ class Coordinator:
                 self.last_handover = {"at": self.since, "from": before.value, "to": role.value, "why": why}
         log.warning("ha %s: %s -> %s (%s)", self.ha.group, before.value, role.value, why)
         self.on_role(role)
+        self._report(force=True)
 
     # -- checkpoints in the fabric --------------------------------------------------------
     def _ensure_topic(self) -> None:

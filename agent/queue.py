@@ -271,6 +271,10 @@ class DurableQueue:
         db.execute("INSERT INTO route_status VALUES (?,?) ON CONFLICT(route) DO UPDATE SET value=excluded.value",
                    (route, self.redact(json.dumps(current, default=str))))
 
+    def status_of(self, route: str) -> dict:
+        row = self._conn().execute("SELECT value FROM route_status WHERE route=?", (route,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
     def update_status(self, route: str, **update) -> None:
         with self._write() as db:
             self._merge_status(db, route, update)

@@ -77,6 +77,7 @@ class Agent:
         self.streams: list[StreamLoop] = []
         self.capture_started: dict[str, Optional[float]] = {}   # route -> when its running pass began
         self.lock = StateLock(config.state_dir, "outpost run")
+        self.ha = None                        # agent.ha.Coordinator when one of an HA pair
 
     def build(self) -> None:
         """Create the queue, sinks and sources (imports only the adapters configured)."""
@@ -89,7 +90,7 @@ class Agent:
 
     def _build(self) -> None:
         cfg = self.config
-        self.queue = ObservedQueue(cfg.state_dir, max_bytes=cfg.queue.max_bytes,
+        self.queue = ObservedQueue(cfg.state_dir, max_bytes=cfg.queue.max_bytes, track_marks=cfg.ha is not None,
                                    dedup_retention=cfg.queue.dedup_retention, redact=RedactingFilter(cfg.secrets).redact)
         label(self.queue.observed, cfg)
         if self.separate_delivery:
@@ -98,12 +99,25 @@ class Agent:
         else:
             self.delivery = DeliveryGroup(cfg, self.catalog, self.queue, self.stop_event)
         self.deliveries = self.delivery.handles
+        if cfg.ha is not None:      # one of a pair: passive until the group says otherwise
+            from .ha import Coordinator, agent_identity
+            self.ha = Coordinator(cfg, self.queue, self._on_role, agent_identity(cfg.state_dir))
+            self.delivery.set_active(False)
         for name, route in cfg.routes.items():
             translator = make_translator(cfg, self.catalog, name)
             source = make_source(cfg, self.catalog, name, self.stop_event, translator,
                                  functools.partial(self.queue.update_status, name))
             self.captures[name] = RouteCapture(name, source, translator, self.queue, self.stop_event,
-                                               on_enqueue=self.deliveries[route.sink].wakeup.set)
+                                               on_enqueue=self.deliveries[route.sink].wakeup.set,
+                                               allowed=self.may_capture)
+
+    def may_capture(self) -> bool:
+        """Always, unless this agent is the passive one of an HA pair."""
+        return self.ha is None or self.ha.role.value == "active"
+
+    def _on_role(self, role) -> None:
+        """The pair's coordinator moved this agent to ``role`` (its own thread)."""
+        self.delivery.set_active(role.value == "active")
 
     def _enter(self, state: State) -> None:
         if state not in _NEXT[self.state]:
@@ -123,6 +137,8 @@ class Agent:
         else:
             self.delivery.drain(self.drain_timeout)
             self.delivery.start()
+        if self.ha is not None:
+            self.ha.start()
         if capture:
             self._start_capture()
         # everything built so far lives as long as the agent: the cyclic collector need
@@ -196,6 +212,8 @@ class Agent:
         deadline = time.monotonic() + timeout
         self.stop_event.set()
         clean = self._stop_capture(deadline)
+        if self.ha is not None:
+            self.ha.stop()
         if self.delivery is not None:
             clean = self.delivery.stop(deadline) and clean
         for name, capture in self.captures.items():

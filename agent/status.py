@@ -6,6 +6,7 @@ import time
 from typing import Optional
 
 from .cli_common import open_queue
+from .ha import STATUS_ROW
 
 
 def collect(cfg) -> dict:
@@ -16,7 +17,8 @@ def collect(cfg) -> dict:
         for name, route in cfg.routes.items():
             entry = per_route.get(name, {"queue_depth": 0, "oldest_queued_age_s": None, "open_exceptions": 0})
             routes[name] = {"source": route.source, "sink": route.sink, **entry}
-        return {"state_dir": str(cfg.state_dir), "state_dir_free_bytes": _free_bytes(cfg.state_dir),
+        ha = store.status_of(STATUS_ROW) if cfg.ha is not None else None
+        return {"state_dir": str(cfg.state_dir), "state_dir_free_bytes": _free_bytes(cfg.state_dir), "ha": ha,
                 "queue_bytes": store.used_bytes(), "queue_waiting_bytes": store.pending_bytes(),
                 "queue_quota_bytes": cfg.queue.max_bytes, "backpressure": store.over_quota(),
                 "open_exceptions": store.count_exceptions(), "routes": routes}
@@ -72,6 +74,14 @@ def render(report: dict) -> str:
              + ("  BACKPRESSURE: capture paused" if report["backpressure"]
                                                               else "")
              + f"  open exceptions: {report['open_exceptions']}"]
+    ha = report.get("ha")
+    if ha:
+        last = ha.get("last_handover") or {}
+        lines.append(f"ha: group {ha.get('group')}, this agent is {str(ha.get('role', '?')).upper()} since "
+                     f"{_ago(ha.get('since'))} ({ha.get('agent')}), group last answered {ha.get('lease_age_s')}s ago "
+                     f"(lease {ha.get('lease_s')}s), {ha.get('handovers', 0)} handover(s)"
+                     + (f", last: {last.get('from')} -> {last.get('to')} {_ago(last.get('at'))} ({last.get('why')})"
+                        if last else ""))
     free = report.get("state_dir_free_bytes")
     if free is not None and free < LOW_DISK_BYTES:
         lines.append(f"WARNING: only {free / 1e6:.1f} MB free under the state directory; capture and delivery "

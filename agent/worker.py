@@ -20,6 +20,7 @@ new one delivers. The capture side restarts a delivery process that died, with b
 """
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import logging.handlers
@@ -82,6 +83,7 @@ class DeliveryProcess:
         self._backoff = Backoff()
         self._watcher: Optional[threading.Thread] = None
         self._sending = threading.Lock()
+        self._active: Optional[bool] = None       # None: not one of an HA pair
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -111,6 +113,17 @@ class DeliveryProcess:
     def _send(self, message) -> None:
         with self._sending:
             self._conn.send(message)
+
+    def set_active(self, active: bool) -> None:
+        """HA pairs: only the active agent's delivery process sends (and claims the
+        transactional ids); a restarted delivery process is told again."""
+        self._active = active
+        if self._conn is None:       # not started yet: told when it is spawned
+            return
+        try:
+            self._send(("active", active))
+        except OSError:
+            pass
 
     def stop(self, deadline: float) -> bool:
         self._stopping.set()
@@ -144,6 +157,8 @@ class DeliveryProcess:
         child.close()
         self._conn = parent
         log.info("delivery process started (PID %d)", self._process.pid)
+        if self._active is not None:
+            self._send(("active", self._active))
 
     def _watch(self) -> None:
         """Reads the delivery process's reports; restarts it when it died unasked."""
@@ -196,6 +211,16 @@ class _PipeHandler(logging.handlers.QueueHandler):
         super().__init__(None)
         self._send = send
 
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """The message and the traceback apart (QueueHandler would fold the traceback into
+        the message, and the text format then shows it escaped on one line)."""
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
     def enqueue(self, record: logging.LogRecord) -> None:
         try:
             self._send(("log", record))
@@ -233,6 +258,7 @@ class _DeliveryChild:
         self.stop = threading.Event()
         self.bound = 30.0
         self.group = None
+        self.active = not config.ha          # an HA pair's member waits to be told
         self._sending = threading.Lock()
         threading.Thread(target=self._listen, name="delivery-control", daemon=True).start()
 
@@ -247,6 +273,10 @@ class _DeliveryChild:
                 if message[0] == "wake" and self.group is not None:
                     for name in message[1]:
                         self.group.handles[name].wakeup.set()
+                elif message[0] == "active":
+                    self.active = message[1]
+                    if self.group is not None:
+                        self.group.set_active(self.active)
                 elif message[0] == "stop":
                     self.bound = message[1]
                     self.stop.set()
@@ -281,6 +311,7 @@ class _DeliveryChild:
         label(queue.observed, cfg)
         group = DeliveryGroup(cfg, SchemaCatalog.load(cfg.schema_dir), queue, self.stop)
         self.group = group
+        group.set_active(self.active)     # again if a message came meanwhile: the same value
 
         def report() -> None:
             while not self.stop.wait(REPORT_EVERY_S):

@@ -33,6 +33,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from adapters.kafka.fabric import connection
 from adapters.kafka.spec import DEFAULTS, SinkOptions
+from adapters.kafka.transactions import Transactions
 from agent import contracts
 from agent.contracts import AdapterContext, ConfigError, DeliveryReport, KeyHold, QueuedEvent
 
@@ -95,6 +96,8 @@ class KafkaSink(contracts.Sink):
         self._topic_names: dict[str, str] = {}
         self._replace_producer = False
         self._last_client_error: Optional[str] = None
+        self._txn = Transactions("transactional.id" in self._kafka_conf, self._message_timeout_s, self._scrub)
+        self._agent = (context.agent_id or "").encode()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -120,7 +123,9 @@ class KafkaSink(contracts.Sink):
         conf.update(self._client_conf())
         # Not overridable: without them a retry could duplicate or reorder within a key.
         conf.update({"enable.idempotence": True, "acks": "all", "error_cb": self._on_client_error})
-        return Producer(conf)
+        producer = Producer(conf)
+        self._txn.init(producer)      # an HA pair's sink: claims (fences) the transactional id
+        return producer
 
     def _client_conf(self) -> dict[str, Any]:
         # librdkafka chatter (connection refused during outages) goes to a child logger
@@ -136,6 +141,7 @@ class KafkaSink(contracts.Sink):
 
     def close(self) -> None:
         producer, self._producer = self._producer, None
+        self._replace_producer = False      # the next open starts clean (and claims the id again)
         if producer is not None:
             left = producer.flush(min(self._message_timeout_s, 10.0))
             if left:
@@ -173,8 +179,15 @@ class KafkaSink(contracts.Sink):
         if self._producer is None:
             self.open()
         if self._replace_producer:
+            if self._txn.enabled:
+                # A transactional producer in error was fenced (or is broken): claiming the id
+                # again would fence the pair's new active. Only a reopen (this agent active
+                # again) makes a new one.
+                return DeliveryReport(transient_error="fenced by a newer active of the HA pair: nothing is sent "
+                                                      "until this agent is active again")
             self._recreate_producer()
         batch, hold, failures = _Batch(), KeyHold(), {}
+        self._txn.begin(self._producer)
         for event in events:
             if hold.blocked(event):
                 continue
@@ -190,6 +203,8 @@ class KafkaSink(contracts.Sink):
             if not self._produce(batch, event, topic, schema_id):
                 hold.hold(event)
         self._await_reports(batch)
+        if not self._txn.finish(self._producer, batch):
+            self._replace_producer = True
         if batch.transient:
             # librdkafka bumps the idempotent epoch after a timeout, which some brokers
             # (tansu) answer with PRODUCER_FENCED forever: start clean next time.
@@ -264,7 +279,8 @@ class KafkaSink(contracts.Sink):
         """Hand one message to librdkafka; False when the event stays queued."""
         headers = [("event_id", event.event_id.encode()),
                    ("correlation_id", (event.correlation_id or "").encode()),
-                   ("entity", event.entity.encode()), ("operation", event.operation.encode())]
+                   ("entity", event.entity.encode()), ("operation", event.operation.encode()),
+                   ("outpost_agent", self._agent)]
         value = b"\x00" + struct.pack(">I", schema_id) + event.body
 
         def on_delivery(err, _msg, event_id=event.event_id):
@@ -309,7 +325,12 @@ class KafkaSink(contracts.Sink):
                 batch.transient.append(f"no delivery report within {self._message_timeout_s:.0f}s"
                                        f" ({self._last_client_error or 'broker not answering'})")
                 return
-            self._producer.flush(min(remaining, 1.0))
+            try:
+                self._producer.flush(min(remaining, 1.0))
+            except (KafkaException, SystemError) as exc:   # a fatal producer error (fenced) comes out here
+                batch.transient.append(f"producer failed: {self._scrub(exc)}")
+                self._replace_producer = True
+                return
 
     def _recreate_producer(self) -> None:
         old, self._producer = self._producer, None

@@ -89,5 +89,6 @@ def decode_messages(messages, registry, catalog=None) -> list[dict]:
         event["_headers"] = {k: v.decode() for k, v in (msg.headers() or [])}
         event["_key"] = msg.key().decode()
         event["_partition"] = msg.partition()
+        event["_timestamp"] = msg.timestamp()[1] / 1000      # when the producer made it (CreateTime)
         out.append(event)
     return out
