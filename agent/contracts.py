@@ -114,8 +114,10 @@ class Health:
     something wrong right now (the route shows as degraded until it is cleared).
     ``warning``: something a person should look at soon (slot growing, retention short).
     ``lag_seconds`` / ``lag_bytes``: how far behind the source capture is (change log not
-    yet read: WAL a slot retains, binlog behind the server). ``details``: label -> value,
-    shown as they are (slot name, binlog file, last skipped file).
+    yet read: WAL a slot retains, binlog behind the server). ``retention_s``: how long the
+    source keeps its change log (an outage, or an HA pair's failover, longer than that
+    loses changes; None: no such limit). ``details``: label -> value, shown as they are
+    (slot name, binlog file, last skipped file).
     """
 
     state: str = "ok"
@@ -123,11 +125,13 @@ class Health:
     warning: Optional[str] = None
     lag_seconds: Optional[float] = None
     lag_bytes: Optional[int] = None
+    retention_s: Optional[float] = None
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"state": self.state, "problem": self.problem, "warning": self.warning,
-                "lag_seconds": self.lag_seconds, "lag_bytes": self.lag_bytes, "details": dict(self.details)}
+                "lag_seconds": self.lag_seconds, "lag_bytes": self.lag_bytes, "retention_s": self.retention_s,
+                "details": dict(self.details)}
 
 
 @dataclass

@@ -126,7 +126,8 @@ class Coordinator:
         lease_ms = int(self.ha.lease * 1000)
         consumer = Consumer({**self._client_conf(), "group.id": f"outpost-ha-{self.ha.group}",
                              "client.id": self.agent_id, "enable.auto.commit": False,
-                             "session.timeout.ms": lease_ms, "heartbeat.interval.ms": max(100, lease_ms // 4),
+                             # frequent heartbeats: the survivor learns of a rebalance sooner
+                             "session.timeout.ms": lease_ms, "heartbeat.interval.ms": max(100, min(500, lease_ms // 4)),
                              "partition.assignment.strategy": "cooperative-sticky"})
         consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked)
         return consumer

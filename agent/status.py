@@ -82,6 +82,12 @@ def render(report: dict) -> str:
                      f"(lease {ha.get('lease_s')}s), {ha.get('handovers', 0)} handover(s)"
                      + (f", last: {last.get('from')} -> {last.get('to')} {_ago(last.get('at'))} ({last.get('why')})"
                         if last else ""))
+        windows = [(name, (r.get("health") or {}).get("retention_s")) for name, r in report["routes"].items()]
+        windows = [(name, s) for name, s in windows if s]
+        if windows:
+            name, seconds = min(windows, key=lambda pair: pair[1])
+            lines.append(f"ha: a failover may wait at most {seconds / 3600:.1f} h before changes are lost "
+                         f"(route {name}: how long its source keeps its change log)")
     free = report.get("state_dir_free_bytes")
     if free is not None and free < LOW_DISK_BYTES:
         lines.append(f"WARNING: only {free / 1e6:.1f} MB free under the state directory; capture and delivery "

@@ -97,3 +97,23 @@ def test_secrets_from_references_are_redacted_from_logs(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert "hunter2-very-secret" not in err
     assert "postgresql://u:***@db/erp" in err and "driver said" in err
+
+
+def test_an_ha_pair_refuses_what_it_cannot_fence_or_read_again(tmp_path):
+    """A pair publishes only through fenced kafka sinks, and Debezium's slot moves before
+    the fabric has the events (a failover could not read them again)."""
+    from agent.config import parse
+    from agent.contracts import ConfigError
+    document = {"state_dir": str(tmp_path), "ha": {"group": "erp-pair"},
+                "mappings": {"c": {"entity": "Customer", "fields": {
+                    "customer_number": "id", "name": "id", "legal_entity": "id", "currency": "id",
+                    "tax_jurisdiction": "id", "updated_at": "ts"}}},
+                "sources": {"pg": {"type": "debezium", "user": "u", "database": "erp", "table": "public.t"}},
+                "sinks": {"files": {"type": "avro_files", "directory": "out"}},
+                "routes": {"r": {"source": "pg", "sink": "files", "mapping": "c"}}}
+    with pytest.raises(ConfigError) as raised:
+        parse(document)
+    problems = "\n".join(raised.value.problems)
+    assert "ha: needs fabric.kafka.bootstrap.servers" in problems
+    assert "routes.r.sink: an HA pair publishes only through fenced kafka sinks" in problems
+    assert "routes.r.source: debezium is not supported in an HA pair" in problems

@@ -20,7 +20,7 @@ from tests.support.route import create_tables, decode_messages, route_config
 
 pytestmark = pytest.mark.slow
 
-LEASE = "2s"
+LEASE = "1s"
 
 
 def _pair(tmp_path, document) -> list:
@@ -72,7 +72,7 @@ def _handovers(agents, count, rng, until_done):
     handovers = 0
     while handovers < count or not until_done.is_set():
         assert wait_for(lambda: _active(agents) is not None, 30), [a.log()[-2000:] for a in agents]
-        time.sleep(rng.uniform(0.3, 2.0))
+        time.sleep(rng.uniform(0.2, 1.0))
         victim = _active(agents)
         if victim is None:
             continue
@@ -96,14 +96,14 @@ def test_sigkilled_actives_hand_over_and_nothing_is_lost_or_split(tmp_path, pg_u
     rows = 1500
     threading.Thread(target=_pg_writer, args=(engine, rows, done), daemon=True).start()
     try:
-        handovers = _handovers(agents, 30, rng, done)
+        handovers = _handovers(agents, 35, rng, done)
         expected = {f"C-{n:05d}" for n in range(1, rows + 1)}
         assert wait_for(lambda: {m.key().decode() for m in broker.consume(topic, timeout=30)} >= expected, 120), \
             [a.log()[-3000:] for a in agents]
     finally:
         for agent in agents:
             agent.kill()
-    assert handovers >= 30
+    assert handovers >= 35
     _check_topic(broker, registry, topic, expected)
 
 
@@ -186,3 +186,38 @@ def test_handover_on_request_moves_the_role_and_loses_nothing(tmp_path, pg_url, 
     _check_topic(broker, registry, topic, expected)
     status = outpost("status", "-c", second.config_path)
     assert "this agent is ACTIVE" in status.stdout and "handover" in status.stdout, status.stdout
+
+
+def test_a_binlog_pair_hands_over_from_the_fabric_checkpoint(tmp_path, mariadb_url, broker, registry):
+    """The same on MariaDB's binlog: the new active resumes reading the server's log where
+    the fabric's checkpoint says, inside transactions included."""
+    from tests.support.binlog import CUSTOMER_DDL, INSERT_CUSTOMER, binlog_config, customer_rows, execute, kafka_sink
+    rng = random.Random(int(time.time()))
+    execute(mariadb_url, CUSTOMER_DDL)
+    sink, fabric = kafka_sink(broker.bootstrap, registry.url)
+    document = binlog_config(tmp_path / "unused", mariadb_url, sink=sink, fabric=fabric, snapshot="initial",
+                             capture={"batch_size": 15})
+    topic = fabric["topic_template"].format(entity="customer")
+    agents = _pair(tmp_path, document)
+    for agent in agents:
+        agent.start()
+    done = threading.Event()
+    rows = 600
+
+    def writer():
+        for start in range(1, rows + 1, 30):
+            execute(mariadb_url, many=(INSERT_CUSTOMER, customer_rows(range(start, start + 30))))
+            time.sleep(0.1)
+        done.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    try:
+        handovers = _handovers(agents, 15, rng, done)
+        expected = {f"C-{n:05d}" for n in range(1, rows + 1)}
+        assert wait_for(lambda: {m.key().decode() for m in broker.consume(topic, timeout=30)} >= expected, 120), \
+            [a.log()[-3000:] for a in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert handovers >= 15
+    _check_topic(broker, registry, topic, expected)

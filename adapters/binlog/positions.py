@@ -156,7 +156,8 @@ def settings_problems(variables: dict) -> list[str]:
     expire = expire_seconds(v)
     if expire and expire < 86400:
         problems.append(f"warning: binlogs expire after {expire / 3600:.1f} h: an agent stopped longer "
-                        "than that loses its position (set binlog_expire_logs_seconds to a few days)")
+                        "than that, or an HA pair's failover waiting longer, loses its position (set "
+                        "binlog_expire_logs_seconds to a few days)")
     return problems
 
 

@@ -340,6 +340,7 @@ class BinlogSource(SnapshotSupport, Source):
         if report.get("warning"):
             self._retention["warning"] = report["warning"]
         self.context.set_health(lag_bytes=report.get("bytes_behind"), warning=report.get("warning"),
+                                retention_s=report.get("expire_seconds"),
                                 details={k: v for k, v in report.items() if k not in ("bytes_behind", "warning")})
         self.context.report_progress({**self._progress, **self._retention})
         if report.get("warning") and not report.get("purged") and time.monotonic() - self._warned_at > 600:
