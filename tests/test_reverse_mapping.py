@@ -95,3 +95,11 @@ def test_side_by_side_shows_local_row_and_event_images():
     text = side_by_side({"cust_name": "Local"}, {"before": {"name": "A"}, "after": {"name": "B"},
                                                  "metadata": {"event_id": "e1"}})
     assert '"local_row": {"cust_name": "Local"}' in text and '"after": {"name": "B"}' in text and "e1" in text
+
+
+@pytest.mark.parametrize("value", ["SOC-17", "1.5", Decimal("1.5"), True])
+def test_int_conversion_refuses_what_is_not_a_whole_number(value):
+    rules = {**REVERSE["Customer"]["tables"][0]["columns"], "soc_no": {"field": "status", "convert": ["int"]}}
+    with pytest.raises(ApplyRejected, match=r"column soc_no of erp_customer \(field status\): convert int failed"):
+        plan(columns=rules).values(customer("C-1", status=value), NOW)
+    assert plan(columns=rules).values(customer("C-1", status=" 17 "), NOW)["soc_no"] == 17

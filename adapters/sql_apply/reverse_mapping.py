@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Mapping, Optional
@@ -19,6 +20,7 @@ __all__ = ["ApplyRejected", "Column", "TablePlan", "ProcedurePlan", "rule_value"
 
 
 _STEPS = [Decimal(1).scaleb(-n) for n in range(19)]
+_WHOLE = re.compile(r"[+-]?[0-9]+")
 _LIMITS = [Decimal(10) ** n for n in range(80)]
 
 
@@ -31,7 +33,14 @@ def _yn(v):
 
 
 def _int(v):
-    return v if v is None else int(v)
+    # Strict: int('1.5'), int(Decimal('1.5')) and int(True) would lose or invent data silently.
+    if v is None:
+        return v
+    if isinstance(v, str) and _WHOLE.fullmatch(v.strip()):
+        return int(v)
+    if isinstance(v, (int, Decimal)) and not isinstance(v, bool) and v == int(v):
+        return int(v)
+    raise ValueError(f"{v!r:.80} is not a whole number")
 
 
 def _date(v):
@@ -232,7 +241,10 @@ def rule_value(rule, payload: Mapping[str, Any], now: dt.datetime, lookups: Mapp
     else:
         value = payload.get(rule.field)
     for name in rule.convert:
-        value = CONVERSIONS[name](value)
+        try:
+            value = CONVERSIONS[name](value)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise ApplyRejected(f"{where} (field {rule.field}): convert {name} failed on {value!r:.80}: {exc}") from None
     if value is not None and (rule.lookup or rule.map is not None):
         table = rule.map if rule.map is not None else lookups[rule.lookup]
         if str(value) not in table:

@@ -207,6 +207,9 @@ class SqlApplySink(contracts.Sink):
                 except ApplyRejected as why:
                     rejected[event.event_id] = str(why)
                     continue
+                except Exception as exc:    # a per-event failure parks this event, never the queue
+                    rejected[event.event_id] = f"cannot apply {event.entity} {event.key}: {type(exc).__name__}: {exc}"
+                    continue
                 ops += steps
                 applied.append(event)
                 for kind, plan, row in steps:
@@ -231,7 +234,7 @@ class SqlApplySink(contracts.Sink):
                 if isinstance(plan, TablePlan) and plan.target.conflict.mode != "none" and image:
                     try:
                         wanted.setdefault(plan.object, (plan, set()))[1].add(plan.key_values(image, now))
-                    except ApplyRejected:
+                    except Exception:
                         pass        # reported when the event is planned
         local = {}
         lock = conn.dialect.name != "sqlite"
@@ -334,6 +337,10 @@ class SqlApplySink(contracts.Sink):
             if exc.connection_invalidated or code not in _MYSQL_DATA_ERRORS:
                 raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: "
                                      f"{self._scrub(exc)}") from None
+            raise _Terminal(self._scrub(exc)) from None
+        except sa.exc.StatementError as exc:
+            # raised before the database saw the statement: a parameter this event carries
+            # that the driver cannot take; retrying cannot help, so isolate and park it
             raise _Terminal(self._scrub(exc)) from None
         except sa.exc.SQLAlchemyError as exc:
             raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: "

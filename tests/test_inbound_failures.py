@@ -1,0 +1,58 @@
+"""Inbound events that cannot be applied as they are: each is parked with a reason that
+says what is wrong, and everything else keeps flowing (issue 10, defects 3, 5 and the
+inbound gates).
+
+Real agent process (``tests/support/agent_process.py``), real tansu broker, real PostgreSQL
+and MariaDB targets. The schema registry is the HTTP double of
+``tests/support/registry_double.py`` (no registry server can run here).
+"""
+import copy
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from tests.support.agent_process import AgentProcess, open_exceptions, queue_depth, wait_for
+from tests.support.inbound import (REVERSE, FabricProducer, create_local, customer, event, inbound_config, new_topic,
+                                   write_config)
+
+
+@pytest.fixture(params=["postgres", "mariadb"])
+def server_url(request):
+    return request.getfixturevalue({"postgres": "pg_url", "mariadb": "mariadb_url"}[request.param])
+
+
+def rows(engine, sql):
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(sql)]
+
+
+def agent_for(tmp_path, url, broker, registry, topic, reverse=None, **extra) -> AgentProcess:
+    document = inbound_config(tmp_path / "state", url, broker.bootstrap, registry.url, topic,
+                              reverse=reverse, **extra)
+    return AgentProcess(write_config(tmp_path / "outpost.yaml", document), tmp_path / "agent.log")
+
+
+def with_columns(**columns) -> dict:
+    reverse = copy.deepcopy(REVERSE)
+    reverse["Customer"]["tables"][0]["columns"].update(columns)
+    return reverse
+
+
+def test_a_value_that_fails_its_conversion_is_parked_and_the_next_event_applies(tmp_path, server_url, broker,
+                                                                               registry):
+    """Defect 3: ``convert: [int]`` on 'SOC-17' used to raise out of the sink and hold the queue."""
+    engine = sa.create_engine(server_url)
+    create_local(engine, with_audit=False)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE erp_customer ADD COLUMN soc_no INTEGER")
+    topic = new_topic(broker, "conv")
+    bad, good = event(customer("SOC-17"), operation="CREATE"), event(customer("42"), operation="CREATE")
+    FabricProducer(broker.bootstrap, registry.url, topic).send([bad, good])
+    with agent_for(tmp_path, server_url, broker, registry, topic,
+               reverse=with_columns(soc_no={"field": "customer_number", "convert": ["int"]})) as agent:
+        assert agent.until(lambda: rows(engine, "SELECT cust_no, soc_no FROM erp_customer") == [("42", 42)]
+                           and queue_depth(tmp_path / "state") == 0), agent.log()[-3000:]
+        (parked,) = open_exceptions(tmp_path / "state")
+    assert parked["stage"] == "publish" and parked["event_id"] == bad["metadata"]["event_id"]
+    assert "column soc_no" in parked["reason"] and "'SOC-17'" in parked["reason"], parked["reason"]
