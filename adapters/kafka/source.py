@@ -86,13 +86,20 @@ class KafkaSource(contracts.Source):
                 "enable.auto.offset.store": False, "error_cb": self._on_error}
         try:
             consumer = Consumer(conf)
-            consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                               on_lost=self._on_revoke)
             if self._registry is None:
                 self._registry = SchemaRegistryClient(dict(self._registry_conf))
         except (KafkaException, ValueError, TypeError) as exc:
             raise ConfigError([f"source {self.context.name}: {self._scrub(exc)}"]) from None
-        self._consumer, self._assigned, self._pending = consumer, set(), None
+        self._consumer, self._assigned, self._pending, self._subscribed = consumer, set(), None, False
+
+    def _subscribe(self) -> None:
+        """Join the group only to read: ``outpost check`` opens the source too, and a member
+        that joins and leaves again rebalances the running agent's group (tansu could even
+        keep the departed member as leader, and nothing was consumed any more)."""
+        if not self._subscribed:
+            self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                     on_lost=self._on_revoke)
+            self._subscribed = True
 
     def close(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -108,10 +115,15 @@ class KafkaSource(contracts.Source):
     def _on_assign(self, _consumer, partitions) -> None:
         with self._lock:
             self._assigned |= {(p.topic, p.partition) for p in partitions}
+        self.context.log.info("kafka source %s: group %s assigned %s", self.context.name, self.spec.group_id,
+                              _partitions(partitions))
 
     def _on_revoke(self, _consumer, partitions) -> None:
         with self._lock:
             self._assigned -= {(p.topic, p.partition) for p in partitions}
+        # a rebalance costs the group a pause: worth a line (another member joined or left)
+        self.context.log.info("kafka source %s: group %s revoked %s", self.context.name, self.spec.group_id,
+                              _partitions(partitions))
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() in _DOWN:
@@ -122,6 +134,7 @@ class KafkaSource(contracts.Source):
     def batches(self, checkpoint: Any) -> Iterator[SourceBatch]:
         if self._consumer is None:
             self.open()
+        self._subscribe()
         offsets = dict((checkpoint or {}).get("offsets") or {}) if isinstance(checkpoint, dict) else {}
         self._settle_pending(offsets)
         waited = 0.0
@@ -168,6 +181,7 @@ class KafkaSource(contracts.Source):
             # Not durable: forget what was fetched; the group's committed offsets are the truth.
             self.close()
             self.open()
+            self._subscribe()
 
     def _store(self, ends: dict[tuple[str, int], int]) -> None:
         try:
@@ -282,6 +296,7 @@ class KafkaSource(contracts.Source):
     # ------------------------------------------------------------------ checking
 
     def check(self) -> list[str]:
+        """Metadata calls only: the consumer never subscribes here (see ``_subscribe``)."""
         problems = []
         try:
             metadata = self._consumer.list_topics(timeout=5) if self._consumer else None
@@ -296,6 +311,10 @@ class KafkaSource(contracts.Source):
         except Exception as exc:
             problems.append(f"schema registry unreachable: {self._scrub(exc)}")
         return problems
+
+
+def _partitions(partitions) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
 
 
 Source = KafkaSource
