@@ -103,3 +103,20 @@ def test_int_conversion_refuses_what_is_not_a_whole_number(value):
     with pytest.raises(ApplyRejected, match=r"column soc_no of erp_customer \(field status\): convert int failed"):
         plan(columns=rules).values(customer("C-1", status=value), NOW)
     assert plan(columns=rules).values(customer("C-1", status=" 17 "), NOW)["soc_no"] == 17
+
+
+def test_a_double_column_takes_exact_decimals_it_can_give_back():
+    double = Column("credit_lim", "float")
+    assert fit(double, Decimal("2040563.57"), UTC) == Decimal("2040563.57")
+    with pytest.raises(ApplyRejected, match=r"about 15 significant digits\); 1234567890123456.78 would be stored as "
+                                            r"1234567890123456.8"):
+        fit(double, Decimal("1234567890123456.78"), UTC)
+    with pytest.raises(ApplyRejected, match="never floats"):
+        fit(double, 12.5, UTC)
+
+
+def test_money_is_compared_at_the_schema_scale():
+    from adapters.sql_apply.reverse_mapping import comparable
+    assert comparable(Decimal("2040563.5700000001"), UTC, 2) == comparable(Decimal("2040563.57"), UTC, 2)
+    assert comparable(0.30000000000000004, UTC, 2) == comparable(Decimal("0.30"), UTC, 2)
+    assert comparable(Decimal("2040563.571"), UTC, 3) != comparable(Decimal("2040563.57"), UTC, 3)

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Callable, Mapping, Optional
 from zoneinfo import ZoneInfo
 
@@ -79,7 +79,7 @@ class Column:
     """What the reflected schema says about a local column (filled in by the sink)."""
 
     name: str
-    kind: str                       # string, integer, numeric, float, boolean, date, datetime, other
+    kind: str                       # string, integer, numeric, float (binary), boolean, date, datetime, other
     nullable: bool = True
     length: Optional[int] = None
     precision: Optional[int] = None
@@ -122,6 +122,8 @@ def fit(column: Column, value: Any, zone: ZoneInfo) -> Any:
                 raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); {value} does not fit")
             value = exact
         return value
+    if kind == "float":
+        return _fit_double(where, value)
     if kind == "boolean":
         if not isinstance(value, bool):
             raise ApplyRejected(f"{where} holds booleans, the event has {type(value).__name__} {value!r:.80}")
@@ -141,12 +143,38 @@ def fit(column: Column, value: Any, zone: ZoneInfo) -> Any:
     return value
 
 
-def comparable(value: Any, zone: ZoneInfo) -> Any:
-    """A normal form for comparing a local value with an event value (types differ by driver)."""
+def _fit_double(where: str, value: Any) -> Decimal:
+    """An exact decimal for a binary floating-point column, if the column gives it back:
+    a double keeps about 15 significant digits, so a longer amount would be changed."""
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise ApplyRejected(f"{where} holds floating-point numbers; the event has {type(value).__name__} "
+                            f"{value!r:.80}; amounts come as exact decimals, never floats")
+    value = Decimal(value)
+    if not value.is_finite():
+        raise ApplyRejected(f"{where}: {value} is not a finite number")
+    try:
+        stored = Decimal(repr(float(value)))
+    except OverflowError:
+        raise ApplyRejected(f"{where} is a double; {value:f} is out of its range") from None
+    if stored != value:
+        raise ApplyRejected(f"{where} is a double (about 15 significant digits); {value:f} would be stored "
+                            f"as {stored:f}")
+    return value
+
+
+def comparable(value: Any, zone: ZoneInfo, scale: Optional[int] = None) -> Any:
+    """A normal form for comparing a local value with an event value (types differ by driver).
+
+    ``scale``: the canonical field's decimal scale. Money is compared at that scale: a
+    double read back as 2040563.5700000001 is the amount 2040563.57."""
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float, Decimal)):
-        return Decimal(str(value)).normalize()
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        if scale is not None and number.is_finite():
+            number = number.quantize(_STEPS[scale] if scale < len(_STEPS) else Decimal(1).scaleb(-scale),
+                                     rounding=ROUND_HALF_EVEN)
+        return number.normalize()
     if isinstance(value, dt.datetime):
         return (value if value.tzinfo else value.replace(tzinfo=zone)).astimezone(dt.timezone.utc)
     if isinstance(value, str):
@@ -161,7 +189,9 @@ def comparable(value: Any, zone: ZoneInfo) -> Any:
 class TablePlan:
     """One local table an entity lands in, compiled from a ``TableTarget``."""
 
-    def __init__(self, target, entity: str, lookups: Mapping[str, Mapping[str, Any]]):
+    def __init__(self, target, entity: str, lookups: Mapping[str, Mapping[str, Any]],
+                 fields: Optional[Mapping[str, Any]] = None):
+        """``fields``: the entity's ``FieldSpec`` by name (decimal scales for comparisons)."""
         self.target, self.entity = target, entity
         self.table, self.schema = target.table, target.schema_
         self.object = f"{self.schema}.{self.table}" if self.schema else self.table
@@ -170,6 +200,9 @@ class TablePlan:
         self.zone = ZoneInfo(target.timezone)
         self._lookups = lookups
         self.columns: dict[str, Column] = {}          # set by the sink from reflection
+        self.scales = {column: spec.scale for column, rule in self.rules.items()
+                       if rule.field and (spec := (fields or {}).get(rule.field)) is not None
+                       and spec.avro_type == "decimal"}
 
     def fields(self) -> set[str]:
         return {r.field for r in self.rules.values() if r.field}
@@ -225,7 +258,8 @@ class TablePlan:
             return None
         expected = self.values(before, now)
         differing = [c for c, r in self.rules.items() if not r.now and r.field
-                     and comparable(local.get(c), self.zone) != comparable(expected[c], self.zone)]
+                     and comparable(local.get(c), self.zone, self.scales.get(c))
+                     != comparable(expected[c], self.zone, self.scales.get(c))]
         if differing:
             return "local row differs from the event's before image in " + ", ".join(differing)
         return None

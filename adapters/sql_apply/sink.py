@@ -50,10 +50,10 @@ def _describe(column: sa.Column) -> Column:
             else "float" if isinstance(t, sa.Float) else "numeric" if isinstance(t, sa.Numeric)
             else "datetime" if isinstance(t, sa.DateTime) else "date" if isinstance(t, sa.Date)
             else "string" if isinstance(t, sa.String) else "other")
-    if kind == "float":
-        kind = "numeric"     # a legacy float column still receives Decimal, never a float
-    return Column(column.name, kind, bool(column.nullable),
-                  getattr(t, "length", None), getattr(t, "precision", None), getattr(t, "scale", None),
+    # A float's "precision" is binary (53 for a double), never decimal digits: a legacy
+    # double column receives an exact Decimal (the database rounds it once), never numeric(53,0).
+    precision, scale = (None, None) if kind == "float" else (getattr(t, "precision", None), getattr(t, "scale", None))
+    return Column(column.name, kind, bool(column.nullable), getattr(t, "length", None), precision, scale,
                   bool(getattr(t, "timezone", False)))
 
 
@@ -70,7 +70,8 @@ class SqlApplySink(contracts.Sink):
             except KeyError as exc:
                 problems.append(f"sink {context.name}: entities.{entity}: {exc.args[0]}")
                 continue
-            plans = ([TablePlan(t, entity, lookups) for t in target.tables] if target.tables
+            fields = {f.name: f for f in context.schemas.entity(entity).fields}
+            plans = ([TablePlan(t, entity, lookups, fields) for t in target.tables] if target.tables
                      else [ProcedurePlan(target.procedure, entity, lookups)])
             for plan in plans:
                 problems += [f"sink {context.name}: entities.{entity}: {plan.object}: {f!r} is not a field of "
