@@ -72,6 +72,7 @@ def make_event(catalog: SchemaCatalog, entity: str, **after_changes) -> dict:
             "occurred_at": datetime(2026, 11, 27, 9, 59, 59, 999999, tzinfo=timezone.utc),
             "captured_at": datetime(2026, 11, 27, 10, 0, 1, 5, tzinfo=timezone.utc),
             "schema_version": schema.version,
+            "version": 42,
         },
         "key": after[schema.key_field],
         "before": before,
@@ -137,10 +138,11 @@ def test_delete_with_only_before_image_and_other_timezones(catalog):
 def test_missing_nullable_fields_default_to_null(catalog):
     schema = catalog.entity("Customer")
     event = make_event(catalog, "Customer")
-    del event["metadata"]["causation_id"]
+    del event["metadata"]["causation_id"], event["metadata"]["version"]
     del event["after"]["country"]
     decoded = schema.decode(schema.encode(event))
     assert decoded["metadata"]["causation_id"] is None and decoded["after"]["country"] is None
+    assert decoded["metadata"]["version"] is None
 
 
 def test_trailing_zero_decimals_are_accepted_exactly(catalog):
@@ -165,7 +167,7 @@ def test_v1_data_is_readable_with_current_schema(catalog):
     event = make_event(catalog, "Customer")
     for image in ("before", "after"):
         del event[image]["country"]
-    del event["metadata"]["causation_id"]
+    del event["metadata"]["causation_id"], event["metadata"]["version"]
     out = io.BytesIO()
     fastavro.schemaless_writer(out, v1, event)
     out.seek(0)
