@@ -7,7 +7,7 @@ __all__ = ["needed", "missing_on_postgres"]
 
 
 def _bookkeeping_parts(spec) -> list[tuple]:
-    names = [spec.ledger.table, spec.ledger.rows_table]
+    names = [spec.ledger.table, spec.ledger.rows_table, spec.ledger.keys_table]
     parts = [(spec.ledger.schema_, n) for n in names]
     return parts + ([(spec.marker.schema_, spec.marker.table)] if spec.marker.enabled else [])
 

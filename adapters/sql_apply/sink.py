@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from adapters.sql_apply import statements as sql
 from adapters.sql_apply.bookkeeping import Bookkeeping
+from adapters.sql_apply.ordering import Stamp
 from adapters.sql_apply.reverse_mapping import (ApplyRejected, Column, ProcedurePlan, TablePlan,
                                                 reverse_lookups, side_by_side)
 from adapters.sql_apply.spec import SinkOptions
@@ -55,6 +56,11 @@ def _describe(column: sa.Column) -> Column:
     precision, scale = (None, None) if kind == "float" else (getattr(t, "precision", None), getattr(t, "scale", None))
     return Column(column.name, kind, bool(column.nullable), getattr(t, "length", None), precision, scale,
                   bool(getattr(t, "timezone", False)))
+
+
+def _key_of(event: QueuedEvent) -> tuple[str, str]:
+    """The entity key as the ledger's keys table holds it."""
+    return event.entity, event.key[:255]
 
 
 class SqlApplySink(contracts.Sink):
@@ -200,9 +206,18 @@ class SqlApplySink(contracts.Sink):
         with self._db_errors("apply to"), self._engine.begin() as conn:
             done = self._books.applied(conn, [e.event_id for e, _ in items])
             todo = [(e, p) for e, p in items if e.event_id not in done]
+            last = self._books.last_applied(conn, {_key_of(e) for e, _ in todo}, conn.dialect.name != "sqlite")
             local = self._prefetch(conn, todo, now)
-            ops, applied, rejected, touched = [], [], {}, defaultdict(dict)
+            ops, applied, rejected, touched, stamps = [], [], {}, defaultdict(dict), {}
             for event, payload in todo:
+                stamp = Stamp.of(event.event_id, payload.get("metadata"))
+                newer = last.get(_key_of(event))
+                why = newer and stamp.older_than(newer)
+                if why:
+                    rejected[event.event_id] = (f"stale: {event.entity} {event.key}: this change is older than the "
+                                                f"one applied last for this key (event {newer.event_id}; {why}); "
+                                                "applying it would move the row backwards: discard it")
+                    continue
                 try:
                     steps = self._plan(event, payload, local, now)
                 except ApplyRejected as why:
@@ -213,6 +228,7 @@ class SqlApplySink(contracts.Sink):
                     continue
                 ops += steps
                 applied.append(event)
+                last[_key_of(event)] = stamps[_key_of(event)] = stamp
                 for kind, plan, row in steps:
                     if kind != "delete" and isinstance(plan, TablePlan) and plan.target.capture_cursor:
                         touched[plan.object][plan.key_of(row)] = (plan, event.event_id)
@@ -220,7 +236,7 @@ class SqlApplySink(contracts.Sink):
                 self._books.mark(conn, now)
             self._execute(conn, ops)
             if applied:
-                self._books.record(conn, applied, touched, now)
+                self._books.record(conn, applied, touched, stamps, now)
         report.delivered |= done | {e.event_id for e in applied}
         report.rejected.update(rejected)
 

@@ -141,6 +141,8 @@ class Ledger(_Strict):
     schema_: Optional[str] = Field(None, alias="schema")
     table: str = "outpost_applied_events"
     rows_table: str = "outpost_applied_rows"
+    keys_table: str = Field("outpost_applied_keys", description="The last applied change per entity key (never "
+                                                                "pruned): an older one is parked as stale.")
     create: bool = True
     retention_days: float = Field(7, gt=0)
 

@@ -41,6 +41,44 @@ REVERSE = {"Customer": {"tables": [{
     "delete": {"policy": "soft", "column": "deleted", "value": "Y"}}]}}
 
 
+# a legacy invoice table: uppercase names, a version column kept by a trigger
+INVOICE_DDL = ("CREATE TABLE {q}INVOICE{q} ({q}INVNO{q} VARCHAR(20) PRIMARY KEY, {q}CUSTNO{q} VARCHAR(20) NOT NULL,"
+               " {q}COMPANY{q} VARCHAR(4), {q}CURR{q} CHAR(3), {q}TAXCODE{q} VARCHAR(8), {q}INVDATE{q} DATE,"
+               " {q}NET{q} NUMERIC(18,2), {q}TAX{q} NUMERIC(18,2), {q}GROSS{q} NUMERIC(18,2), {q}STATUS{q} VARCHAR(12),"
+               " {q}ROWVER{q} INTEGER NOT NULL DEFAULT 1)")
+INVOICE_REVERSE = {"Invoice": {"tables": [{
+    "table": "INVOICE", "key": "INVNO",
+    "columns": {"INVNO": "invoice_number", "CUSTNO": "customer_number",
+                "COMPANY": {"field": "legal_entity", "lookup": "legal_entity"}, "CURR": "currency",
+                "TAXCODE": {"field": "tax_jurisdiction", "lookup": "tax_jurisdiction"}, "INVDATE": "invoice_date",
+                "NET": "net_amount", "TAX": "tax_amount", "GROSS": "total_amount", "STATUS": "status"}}]}}
+
+
+def create_invoices(engine) -> None:
+    """The INVOICE table, its ROWVER bumped by a trigger on every update."""
+    dialect = engine.dialect.name
+    q = '"' if dialect == "postgresql" else "`"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(INVOICE_DDL.format(q=q))
+        if dialect == "postgresql":
+            conn.exec_driver_sql('CREATE FUNCTION bump_rowver() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN'
+                                 ' NEW."ROWVER" := OLD."ROWVER" + 1; RETURN NEW; END $$')
+            conn.exec_driver_sql('CREATE TRIGGER invoice_rowver BEFORE UPDATE ON "INVOICE" FOR EACH ROW'
+                                 ' EXECUTE FUNCTION bump_rowver()')
+        else:
+            conn.exec_driver_sql("CREATE TRIGGER invoice_rowver BEFORE UPDATE ON INVOICE FOR EACH ROW"
+                                 " SET NEW.ROWVER = OLD.ROWVER + 1")
+
+
+def invoice(no: str, customer_number: str = "C-1", *, status: str = "OPEN", company: str = "US01",
+            net: str = "100.00", **extra) -> dict:
+    net_amount = Decimal(net)
+    return {"invoice_number": no, "customer_number": customer_number, "legal_entity": company, "currency": "USD",
+            "tax_jurisdiction": "US-NY", "invoice_date": dt.date(2026, 11, 1), "due_date": None,
+            "net_amount": net_amount, "tax_amount": (net_amount * Decimal("0.19")).quantize(Decimal("0.01")),
+            "total_amount": (net_amount * Decimal("1.19")).quantize(Decimal("0.01")), "status": status, **extra}
+
+
 def create_local(engine, with_audit: bool = True) -> None:
     """The target table plus (optionally) an audit trigger counting every write to it."""
     dialect = engine.dialect.name
