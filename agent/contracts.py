@@ -103,6 +103,9 @@ class DeliveryReport:
     delivered: set[str] = field(default_factory=set)          # event ids acked
     rejected: dict[str, str] = field(default_factory=dict)     # event id -> terminal reason
     transient_error: Optional[str] = None                      # why the rest is still queued
+    # Optional structured detail of a rejection, kept in its exception-queue entry's context
+    # (a conflict's local row and event side by side, for ``outpost queue show``).
+    context: dict[str, dict] = field(default_factory=dict)    # event id -> JSON-able detail
 
 
 @dataclass

@@ -256,7 +256,8 @@ class DurableQueue:
                           event_id, e.entity, e.key, e.correlation_id, sink, reason,
                           extra={"event_id": event_id, "correlation_id": e.correlation_id, "route": e.route})
             self._insert_exceptions(db, [
-                {"route": e.route, "stage": "publish", "reason": reason, "context": {"sink": sink, "seq": e.seq},
+                {"route": e.route, "stage": "publish", "reason": reason,
+                 "context": {"sink": sink, "seq": e.seq, **report.context.get(e.event_id, {})},
                  "event_id": e.event_id, "entity": e.entity, "key": e.key, "sink": sink, "operation": e.operation,
                  "schema_fingerprint": e.schema_fingerprint, "body": e.body, "correlation_id": e.correlation_id,
                  "occurred_at": e.occurred_at}

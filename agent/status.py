@@ -37,7 +37,8 @@ LOW_DISK_BYTES = 64 << 20
 # What log-based and file sources report about themselves (see their docs), when present.
 _SOURCE_DETAILS = (("engine", "engine_state"), ("replication slot retains (bytes)", "slot_retained_bytes"),
                    ("slot warning", "slot_warning"), ("binlog", "binlog"), ("snapshot", "snapshot"),
-                   ("source warning", "source_warning"), ("waiting for companion file", "waiting_for_companion"))
+                   ("source warning", "source_warning"), ("waiting for companion file", "waiting_for_companion"),
+                   ("unknown fields dropped (since start)", "unknown_fields"))
 
 
 def _ago(timestamp) -> str:

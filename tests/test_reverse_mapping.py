@@ -91,10 +91,15 @@ def test_fit_rejects_what_the_column_cannot_hold():
     assert berlin == dt.datetime(2026, 11, 27, 13, 0) and berlin.tzinfo is None
 
 
-def test_side_by_side_shows_local_row_and_event_images():
-    text = side_by_side({"cust_name": "Local"}, {"before": {"name": "A"}, "after": {"name": "B"},
-                                                 "metadata": {"event_id": "e1"}})
-    assert '"local_row": {"cust_name": "Local"}' in text and '"after": {"name": "B"}' in text and "e1" in text
+def test_side_by_side_shows_the_local_row_and_both_images_with_local_and_canonical_codes():
+    lines = side_by_side(plan(), {"cust_no": "C-1", "company": "01", "cust_name": "Local"},
+                         {"before": customer("C-1", "A"), "after": customer("C-1", "B", company="UK01")}, NOW)
+    by_column = {line["column"]: line for line in lines}
+    assert by_column["cust_name"] == {"column": "cust_name", "field": "name", "local": "Local", "before": "A",
+                                      "after": "B", "before_canonical": "A", "after_canonical": "B"}
+    assert by_column["company"] == {"column": "company", "field": "legal_entity", "local": "01", "before": "01",
+                                    "after": "02", "before_canonical": "US01", "after_canonical": "UK01"}
+    assert by_column["credit_lim"]["after"] == "100.00", "amounts as exact text"
 
 
 @pytest.mark.parametrize("value", ["SOC-17", "1.5", Decimal("1.5"), True])

@@ -49,10 +49,34 @@ _DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLV
 
 
 class _Writer:
-    """A writer schema from the registry, parsed once."""
+    """A writer schema from the registry, parsed once; ``dropped``: its fields the canonical
+    schema lacks (Avro schema resolution drops them from every event it wrote)."""
 
-    def __init__(self, parsed: Any, entity: Optional[str], error: Optional[str] = None):
-        self.parsed, self.entity, self.error = parsed, entity, error
+    def __init__(self, parsed: Any, entity: Optional[str], error: Optional[str] = None, dropped: tuple = ()):
+        self.parsed, self.entity, self.error, self.dropped = parsed, entity, error, dropped
+
+
+def _records(schema: Any, found: Optional[dict] = None) -> dict:
+    """Every record definition in a schema document: short name -> field names."""
+    found = {} if found is None else found
+    if isinstance(schema, list):
+        for branch in schema:
+            _records(branch, found)
+    elif isinstance(schema, dict):
+        if schema.get("type") == "record":
+            found.setdefault(str(schema.get("name", "")).rsplit(".", 1)[-1], [f["name"] for f in schema["fields"]])
+            for f in schema["fields"]:
+                _records(f["type"], found)
+        elif schema.get("type") in ("array", "map"):
+            _records(schema.get("items") or schema.get("values"), found)
+    return found
+
+
+def unknown_fields(writer: Any, reader: Any) -> tuple[str, ...]:
+    """``Record.field`` of each field the writer has and the reader does not."""
+    known = _records(reader)
+    return tuple(f"{name}.{f}" for name, fields in _records(writer).items() if name in known
+                 for f in fields if f not in known[name])
 
 
 class KafkaSource(contracts.Source):
@@ -67,6 +91,7 @@ class KafkaSource(contracts.Source):
         self._registry: Optional[SchemaRegistryClient] = None
         self._dlq: Optional[Producer] = None
         self._writers: dict[int, _Writer] = {}
+        self._dropped: dict[int, int] = {}      # writer schema id -> events that lost unknown fields
         self._readers: dict[str, Any] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._pending: Optional[dict[tuple[str, int], int]] = None   # yielded, not yet stored
@@ -164,6 +189,11 @@ class KafkaSource(contracts.Source):
             for (topic, partition), end in ends.items():
                 offsets[f"{topic}:{partition}"] = end
             self._pending = ends
+            if any(self._writers[i].dropped for i in {r.after["schema_id"] for r in records} if i in self._writers):
+                self.context.report_status(unknown_fields={
+                    f"schema {i} ({self._writers[i].entity})": {"fields": list(self._writers[i].dropped),
+                                                               "events": count}
+                    for i, count in self._dropped.items()})
             yield SourceBatch(records, {"v": CHECKPOINT_VERSION, "offsets": dict(offsets)},
                               {"partitions": len(self._assigned), "last_batch": len(records)})
             # Resumed: the batch is durable in the local queue (invariant 2).
@@ -231,6 +261,8 @@ class KafkaSource(contracts.Source):
         if body.tell() != len(value) - 5:
             return f"{len(value) - 5 - body.tell()} byte(s) left after decoding as {entity}: corrupt message"
         carried["event"] = event
+        if writer.dropped:
+            self._dropped[schema_id] = self._dropped.get(schema_id, 0) + 1
         if reader is writer.parsed:
             carried["body"] = value[5:]   # already the current schema's encoding: queued as is
         return None
@@ -261,9 +293,14 @@ class KafkaSource(contracts.Source):
         else:
             entity = self._entity_of(document)
             current = self.context.schemas.entity(entity) if entity else None
+            dropped = unknown_fields(document, current.schema) if current is not None else ()
             if current is not None and json.loads(current.schema_json) == document:
                 parsed = current.parsed    # the current schema itself: no resolution needed (faster)
-            writer = _Writer(parsed, entity)
+            elif dropped:
+                self.context.log.warning("kafka source %s: writer schema %d (%s) has field(s) the canonical schema "
+                                         "lacks: %s; they are dropped from every event it wrote (counted in status)",
+                                         self.context.name, schema_id, entity, ", ".join(dropped))
+            writer = _Writer(parsed, entity, dropped=dropped)
         self._writers[schema_id] = writer
         return writer
 

@@ -25,7 +25,12 @@ _LIMITS = [Decimal(10) ** n for n in range(80)]
 
 
 class ApplyRejected(Exception):
-    """This event cannot be applied as it is; ``reason`` goes to the exception queue."""
+    """This event cannot be applied as it is; the message goes to the exception queue as its
+    reason, ``context`` (JSON-able) into the entry's context."""
+
+    def __init__(self, reason: str, context: Optional[dict] = None):
+        super().__init__(reason)
+        self.context = context or {}
 
 
 def _yn(v):
@@ -203,6 +208,17 @@ class TablePlan:
         self.scales = {column: spec.scale for column, rule in self.rules.items()
                        if rule.field and (spec := (fields or {}).get(rule.field)) is not None
                        and spec.avro_type == "decimal"}
+        conflict = target.conflict
+        # version mode without a field: the column holds the source version the sink applied
+        self.version_column = conflict.column if conflict.mode == "version" and not conflict.field else None
+        # written on every create/update unless mapped: a soft-deleted row that is created
+        # again must come back (set by the sink: the column's "not deleted" value)
+        self.restore: dict[str, Any] = {}
+
+    def write_columns(self) -> list[str]:
+        """The columns an upsert writes: the mapped ones, then those the sink keeps itself."""
+        extra = [c for c in [self.version_column, *self.restore] if c and c not in self.rules]
+        return list(self.rules) + list(dict.fromkeys(extra))
 
     def fields(self) -> set[str]:
         return {r.field for r in self.rules.values() if r.field}
@@ -224,6 +240,19 @@ class TablePlan:
             raise ApplyRejected(f"{self.entity} -> {self.object}: no value for key column(s) {missing}")
         return row
 
+    def row(self, payload: Mapping[str, Any], now: dt.datetime, version: Optional[int] = None) -> dict[str, Any]:
+        """The row a create/update writes: ``values`` plus what the sink keeps itself."""
+        row = self.values(payload, now)
+        for column, value in self.restore.items():
+            row.setdefault(column, value)
+        if self.version_column and self.version_column not in self.rules:
+            if version is None:
+                raise ApplyRejected(f"{self.entity} -> {self.object}: conflict mode 'version' keeps the source "
+                                    f"version in {self.version_column}, and this event carries no metadata.version")
+            spec = self.columns.get(self.version_column)
+            row[self.version_column] = fit(spec, version, self.zone) if spec is not None else version
+        return row
+
     def key_of(self, row: Mapping[str, Any]) -> tuple:
         return tuple(row[k] for k in self.key)
 
@@ -240,13 +269,22 @@ class TablePlan:
         return fit(spec, value, self.zone) if spec is not None else value
 
     def conflict(self, local: Optional[Mapping[str, Any]], before: Optional[Mapping[str, Any]],
-                 now: dt.datetime) -> Optional[str]:
+                 now: dt.datetime, version: Optional[int] = None) -> Optional[str]:
         """Why the event must not be applied over ``local`` (None: apply it).
 
-        Without a before image (create, snapshot) there is no base version to compare:
-        the event is applied (an upsert). A missing local row is not a conflict either."""
+        ``version`` mode without a field compares the event's ``metadata.version`` with the
+        version the local column holds, for every operation. Otherwise, without a before
+        image (create, snapshot) there is no base version to compare: the event is applied
+        (an upsert). A missing local row is not a conflict either."""
         rule = self.target.conflict
-        if rule.mode == "none" or local is None or before is None:
+        if rule.mode == "none" or local is None:
+            return None
+        if self.version_column:
+            mine = local.get(self.version_column)
+            if mine is not None and version is not None and int(mine) > version:
+                return f"local {self.version_column}={mine} is newer than the event's version {version}"
+            return None
+        if before is None:
             return None
         if rule.mode in ("version", "timestamp"):
             base, mine = before.get(rule.field), local.get(rule.column)
@@ -307,10 +345,31 @@ def _show(value: Any) -> str:
     return value.isoformat() if isinstance(value, (dt.datetime, dt.date)) else repr(value)
 
 
-def side_by_side(local: Optional[Mapping[str, Any]], event: Mapping[str, Any], limit: int = 4000) -> str:
-    """The local row next to the event's images, for a conflict's reason text."""
-    text = json.dumps({"local_row": local, "event": {"before": event.get("before"), "after": event.get("after"),
-                                                     "event_id": (event.get("metadata") or {}).get("event_id")}},
-                      default=lambda v: v.isoformat() if isinstance(v, (dt.datetime, dt.date)) else str(v),
-                      sort_keys=True)
-    return text if len(text) <= limit else text[:limit] + "...(truncated)"
+def _plain(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return f"{value:f}" if isinstance(value, Decimal) else value
+
+
+def side_by_side(plan: TablePlan, local: Optional[Mapping[str, Any]], payload: Mapping[str, Any],
+                 now: dt.datetime) -> list[dict]:
+    """One line per mapped column: the local row's value next to the event's before and
+    after images, each as the local column holds it and as the canonical field says it
+    (a looked-up code: "01" locally, "US01" canonically). For a conflict's context."""
+    def local_form(column: str, rule, image) -> Any:
+        if image is None:
+            return None
+        try:
+            return _plain(plan._value(column, rule, image, now))
+        except ApplyRejected as why:
+            return f"(cannot be mapped: {why})"
+    lines = []
+    before, after = payload.get("before"), payload.get("after")
+    for column, rule in plan.rules.items():
+        line = {"column": column, "field": rule.field, "local": _plain((local or {}).get(column)),
+                "before": local_form(column, rule, before), "after": local_form(column, rule, after)}
+        if rule.field:
+            line["before_canonical"] = _plain((before or {}).get(rule.field))
+            line["after_canonical"] = _plain((after or {}).get(rule.field))
+        lines.append(line)
+    return lines

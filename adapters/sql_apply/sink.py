@@ -16,9 +16,11 @@ transaction so that only the offending one is parked.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any, Mapping, Optional, Sequence
 
 import sqlalchemy as sa
@@ -31,6 +33,7 @@ from adapters.sql_apply.reverse_mapping import (ApplyRejected, Column, Procedure
 from adapters.sql_apply.spec import SinkOptions
 from agent import contracts
 from agent.contracts import AdapterContext, ConfigError, DeliveryReport, QueuedEvent, TransientError
+from agent.mapping import gate_problems, known_codes
 
 __all__ = ["SqlApplySink", "Sink"]
 
@@ -58,6 +61,29 @@ def _describe(column: sa.Column) -> Column:
                   bool(getattr(t, "timezone", False)))
 
 
+_QUOTED = re.compile(r"^'((?:[^']|'')*)'(?:::[\w\s]+)?$")
+
+
+def _literal_default(column: sa.Column) -> tuple[bool, Any]:
+    """(True, value) when the reflected server default is a plain literal ('N', 0, true)."""
+    default = getattr(column.server_default, "arg", None)
+    text = str(getattr(default, "text", default) if default is not None else "").strip().strip("()")
+    if not text or text.upper() == "NULL":
+        return False, None
+    quoted = _QUOTED.match(text)
+    if quoted:
+        return True, quoted.group(1).replace("''", "'")
+    if re.fullmatch(r"[+-]?[0-9]+", text):
+        return True, int(text)
+    if text.lower() in ("true", "false"):
+        return True, text.lower() == "true"
+    return False, None
+
+
+def _plain(value: Any) -> str:
+    return f"{value:f}" if isinstance(value, Decimal) else repr(value)
+
+
 def _key_of(event: QueuedEvent) -> tuple[str, str]:
     """The entity key as the ledger's keys table holds it."""
     return event.entity, event.key[:255]
@@ -70,6 +96,8 @@ class SqlApplySink(contracts.Sink):
         super().__init__(options, context)
         lookups, problems = reverse_lookups(self.spec.lookups)
         self.targets: dict[str, list] = {}
+        self._gated: dict[str, list] = {}           # entity -> its fields that carry gate rules
+        self._codes = known_codes(self.spec.lookups)
         for entity, target in self.spec.entities.items():
             try:
                 known = {f.name for f in context.schemas.entity(entity).fields}
@@ -77,6 +105,7 @@ class SqlApplySink(contracts.Sink):
                 problems.append(f"sink {context.name}: entities.{entity}: {exc.args[0]}")
                 continue
             fields = {f.name: f for f in context.schemas.entity(entity).fields}
+            self._gated[entity] = [f for f in fields.values() if f.rules]
             plans = ([TablePlan(t, entity, lookups, fields) for t in target.tables] if target.tables
                      else [ProcedurePlan(target.procedure, entity, lookups)])
             for plan in plans:
@@ -155,9 +184,19 @@ class SqlApplySink(contracts.Sink):
                     f"(an upsert needs one)"]
         plan.sa_table = table
         plan.columns = {c: _describe(table.c[c]) for c in plan.referenced_columns()}
+        soft = plan.target.delete
+        if soft.policy == "soft" and soft.column not in plan.rules:
+            if "restore_value" in soft.model_fields_set:
+                plan.restore = {soft.column: soft.restore_value}
+            else:
+                known, value = _literal_default(table.c[soft.column])
+                if not known and not table.c[soft.column].nullable:
+                    return [f"{entity}: {plan.object}.{soft.column} is NOT NULL without a plain default: say what a "
+                            "row that is not deleted holds (delete.restore_value)"]
+                plan.restore = {soft.column: value}
         if dialect.name in ("mysql", "mariadb") and len({frozenset(u) for u in unique if u}) > 1:
-            self._row_by_row[plan.object] = sql.update_then_insert(table, plan.key, list(plan.rules))
-        self._stmts[("upsert", plan.object)] = sql.upsert(dialect, table, plan.key, list(plan.rules))
+            self._row_by_row[plan.object] = sql.update_then_insert(table, plan.key, plan.write_columns())
+        self._stmts[("upsert", plan.object)] = sql.upsert(dialect, table, plan.key, plan.write_columns())
         self._stmts[("delete", plan.object)] = sql.delete(table, plan.key)
         if plan.target.delete.policy == "soft":
             self._stmts[("soft", plan.object)] = sql.soft_delete(table, plan.key, plan.target.delete.column)
@@ -217,11 +256,19 @@ class SqlApplySink(contracts.Sink):
                     rejected[event.event_id] = (f"stale: {event.entity} {event.key}: this change is older than the "
                                                 f"one applied last for this key (event {newer.event_id}; {why}); "
                                                 "applying it would move the row backwards: discard it")
+                    report.context[event.event_id] = {"stale": {"event": stamp.describe(),
+                                                                "applied_last": newer.describe()}}
+                    continue
+                broken = self._gates(event, payload)
+                if broken:
+                    rejected[event.event_id] = broken
                     continue
                 try:
                     steps = self._plan(event, payload, local, now)
                 except ApplyRejected as why:
                     rejected[event.event_id] = str(why)
+                    if why.context:
+                        report.context[event.event_id] = why.context
                     continue
                 except Exception as exc:    # a per-event failure parks this event, never the queue
                     rejected[event.event_id] = f"cannot apply {event.entity} {event.key}: {type(exc).__name__}: {exc}"
@@ -245,10 +292,10 @@ class SqlApplySink(contracts.Sink):
         wanted: dict[str, tuple[TablePlan, set]] = {}
         for event, payload in todo:
             image = payload.get("after") or payload.get("before")
-            if payload.get("before") is None:
-                continue        # no base version to compare: nothing to check (see TablePlan.conflict)
             for plan in self.targets[event.entity]:
-                if isinstance(plan, TablePlan) and plan.target.conflict.mode != "none" and image:
+                # without a before image there is no base to compare (see TablePlan.conflict)
+                if (isinstance(plan, TablePlan) and plan.target.conflict.mode != "none" and image
+                        and (payload.get("before") is not None or plan.version_column)):
                     try:
                         wanted.setdefault(plan.object, (plan, set()))[1].add(plan.key_values(image, now))
                     except Exception:
@@ -263,6 +310,17 @@ class SqlApplySink(contracts.Sink):
                 for row in conn.execute(stmt).mappings():
                     local[(name, plan.key_of(row))] = dict(row)
         return local
+
+    def _gates(self, event: QueuedEvent, payload: dict) -> Optional[str]:
+        """The schema's gates, as outbound rows pass them (non-negative amounts, ISO 4217,
+        known codes): an event that breaks one is parked, never applied."""
+        image = payload.get("after") if event.operation != "delete" else None
+        if not image:
+            return None
+        broken = [f"{spec.name} {_plain(image[spec.name])}: {message}" for spec in self._gated[event.entity]
+                  if image.get(spec.name) is not None
+                  for _, message in gate_problems(spec, image[spec.name], self._codes)]
+        return f"gate: {event.entity} {event.key}: " + "; ".join(broken) if broken else None
 
     def _plan(self, event: QueuedEvent, payload: dict, local: dict, now) -> list:
         """The statements of one event, all or none (raises ApplyRejected)."""
@@ -290,7 +348,7 @@ class SqlApplySink(contracts.Sink):
                 continue
             if after is None:
                 raise ApplyRejected(f"{event.entity} {event.operation} event without an after image")
-            row = plan.values(after, now)
+            row = plan.row(after, now, (payload.get("metadata") or {}).get("version"))
             key = plan.key_of(row)
             current = local.get((plan.object, key))
             self._check_conflict(plan, current, payload, now)
@@ -301,10 +359,12 @@ class SqlApplySink(contracts.Sink):
         return steps
 
     def _check_conflict(self, plan: TablePlan, current, payload: dict, now) -> None:
-        reason = plan.conflict(current, payload.get("before"), now)
+        reason = plan.conflict(current, payload.get("before"), now, (payload.get("metadata") or {}).get("version"))
         if reason:
-            raise ApplyRejected(f"conflict: {plan.entity} {plan.object}: {reason}; "
-                                f"{side_by_side(current, payload)}")
+            raise ApplyRejected(f"conflict: {plan.entity} {plan.object}: {reason} (outpost queue show: the local "
+                                "row and the event side by side)",
+                                {"conflict": {"table": plan.object, "reason": reason,
+                                              "side_by_side": side_by_side(plan, current, payload, now)}})
 
     def _execute(self, conn, ops: list) -> None:
         """Consecutive statements of one kind on one table go as one executemany, in order."""

@@ -53,7 +53,9 @@ class ColumnRule(_Strict):
 class ConflictRule(_Strict):
     """How to tell that the local row changed after the version an event was based on.
 
-    ``version``: the local ``column`` must equal the event's ``before.<field>``;
+    ``version``: with ``field``, the local ``column`` must equal the event's ``before.<field>``;
+    without, ``column`` holds the source version the sink applied (``metadata.version``,
+    written by the sink) and an event with an older version is refused;
     ``timestamp``: the local ``column`` must not be later than ``before.<field>``;
     ``before_image``: every mapped column must equal the event's before image;
     ``none``: last writer wins.
@@ -65,15 +67,23 @@ class ConflictRule(_Strict):
 
     @model_validator(mode="after")
     def _needs(self):
-        if self.mode in ("version", "timestamp") and not (self.column and self.field):
-            raise ValueError(f"conflict mode {self.mode!r} needs 'column' (local) and 'field' (canonical)")
+        if self.mode == "timestamp" and not (self.column and self.field):
+            raise ValueError("conflict mode 'timestamp' needs 'column' (local) and 'field' (canonical)")
+        if self.mode == "version" and not self.column:
+            raise ValueError("conflict mode 'version' needs 'column' (local; with 'field' it is compared with "
+                             "before.<field>, without it holds the event's metadata.version)")
         return self
 
 
 class DeletePolicy(_Strict):
+    """``soft``: a delete sets ``column`` to ``value``; every create or update sets it back to
+    ``restore_value`` (default: the column's default, else NULL), so a customer deleted
+    and created again comes back. Mapping the column yourself overrides that."""
+
     policy: Literal["hard", "soft", "ignore"] = "ignore"
     column: Optional[str] = None
     value: Any = None
+    restore_value: Any = None
 
     @model_validator(mode="after")
     def _soft_needs(self):
