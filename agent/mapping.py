@@ -16,6 +16,8 @@ from functools import lru_cache
 from typing import Any, Callable, Mapping, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .schemas import decimal_misfit
+
 __all__ = ["Problem", "EntityMapping", "check_mapping", "gate_problems", "known_codes", "CONVERSIONS", "CODE_RULES"]
 
 # Schema rules that mean "must be one of the values of the lookup table of that name".
@@ -98,12 +100,12 @@ def _to_decimal(value, scale: int, precision: int) -> Decimal:
             raise ValueError(f"expected a decimal amount, found {value!r}") from None
         if not number.is_finite():
             raise ValueError(f"expected a finite amount, found {value!r}")
-        exact = number.quantize(Decimal(1).scaleb(-scale))
-        if exact != number:
-            raise ValueError(f"has more than {scale} decimal places")
-        number = exact
+        misfit = decimal_misfit(number, precision, scale)
+        if misfit:
+            raise ValueError(misfit)
+        number = number.quantize(Decimal(1).scaleb(-scale))
     if len(number.as_tuple().digits) > precision:
-        raise ValueError(f"does not fit decimal({precision},{scale})")
+        raise ValueError(decimal_misfit(number, precision, scale) or f"does not fit decimal({precision},{scale})")
     return number
 
 

@@ -1,19 +1,23 @@
 """Inbound events that cannot be applied as they are: each is parked with a reason that
 says what is wrong, and everything else keeps flowing (issue 10, defects 3, 5 and the
-inbound gates).
+dead-letter copies of defect 8).
 
-Real agent process (``tests/support/agent_process.py``), real tansu broker, real PostgreSQL
-and MariaDB targets. The schema registry is the HTTP double of
+Real agent process (``tests/support/agent_process.py``), real tansu broker (and its
+dead-letter topic), real PostgreSQL and MariaDB targets. The schema registry is the HTTP double of
 ``tests/support/registry_double.py`` (no registry server can run here).
 """
 import copy
+import io
+import json
 from decimal import Decimal
 
+import fastavro
 import pytest
 import sqlalchemy as sa
+from confluent_kafka.schema_registry import Schema
 
 from tests.support.agent_process import AgentProcess, open_exceptions, queue_depth, wait_for
-from tests.support.inbound import (REVERSE, FabricProducer, create_local, customer, event, inbound_config, new_topic,
+from tests.support.inbound import (CUSTOMER, REVERSE, FabricProducer, create_local, customer, event, inbound_config, new_topic,
                                    write_config)
 
 
@@ -97,3 +101,53 @@ def test_double_columns_take_exact_decimals_and_compare_at_the_schema_scale(tmp_
     stored = dict(rows(engine, "SELECT cust_no, credit_lim FROM erp_customer"))
     assert {k: round(Decimal(repr(float(v))), 2) for k, v in stored.items()} == {
         c["customer_number"]: c["credit_limit"] for c in seconds}
+
+
+def test_every_rejected_message_is_dead_lettered_with_its_reason(tmp_path, pg_url, broker, registry):
+    """Defect 8: dead-letter copies carried no header naming the error, and messages refused
+    after decoding (text for a decimal, an amount beyond the schema's precision, a key that
+    is not the image's) were not copied at all; 1e16 was reported as "more than 2 decimal
+    places" and oversized values were shown rounded."""
+    engine = sa.create_engine(pg_url)
+    create_local(engine, with_audit=False)
+    topic = new_topic(broker, "dlq")
+    fabric = FabricProducer(broker.bootstrap, registry.url, topic)
+    as_text = copy.deepcopy(CUSTOMER.schema)        # a producer whose schema has text for the amount
+    next(f for f in next(t for t in as_text["fields"][2]["type"] if t != "null")["fields"]
+         if f["name"] == "credit_limit")["type"] = ["null", "string"]
+    text_id = fabric.registry.register_schema(f"{topic}-text-value", Schema(json.dumps(as_text), "AVRO"))
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(as_text),
+                               event({**customer("C-TXT"), "credit_limit": "500.00"}, operation="CREATE"))
+    wider = copy.deepcopy(CUSTOMER.schema)          # ... and one whose amounts are decimal(20,2)
+    next(f for f in next(t for t in wider["fields"][2]["type"] if t != "null")["fields"]
+         if f["name"] == "credit_limit")["type"] = ["null", {"type": "bytes", "logicalType": "decimal",
+                                                             "precision": 20, "scale": 2}]
+    wider_id = fabric.registry.register_schema(f"{topic}-wide-value", Schema(json.dumps(wider), "AVRO"))
+    big = io.BytesIO()
+    fastavro.schemaless_writer(big, fastavro.parse_schema(wider),
+                               event(customer("C-BIG", limit="10000000000000000.00"), operation="CREATE"))
+    mismatched = event(customer("C-KEY"), operation="CREATE")
+    mismatched["key"] = "C-OTHER"
+    fabric.send([mismatched, event(customer("C-OK"), operation="CREATE")],
+                raw=[b"not avro at all", fabric.frame(out.getvalue(), text_id),
+                     fabric.frame(big.getvalue(), wider_id)])
+    document = inbound_config(tmp_path / "state", pg_url, broker.bootstrap, registry.url, topic)
+    document["sources"]["fabric_in"]["dead_letter_topic"] = f"{topic}.dlq"
+    path = write_config(tmp_path / "outpost.yaml", document)
+    with AgentProcess(path, tmp_path / "agent.log") as agent:
+        assert agent.until(lambda: len(open_exceptions(tmp_path / "state")) == 4
+                           and rows(engine, "SELECT cust_no FROM erp_customer") == [("C-OK",)]), agent.log()[-3000:]
+        dead = broker.consume(f"{topic}.dlq", expected=4, timeout=30)
+    parked = {p["context"]["offset"]: p for p in open_exceptions(tmp_path / "state")}
+    assert len(dead) == 4 and len(parked) == 4
+    for message in dead:
+        headers = dict(message.headers())
+        entry = parked[int(headers["outpost.origin"].decode().rsplit(":", 1)[1])]
+        assert headers["outpost.error"].decode() == entry["reason"], "the copy says why, as the exception queue does"
+    reasons = sorted(p["reason"] for p in parked.values())
+    assert any("10000000000000000.00 does not fit decimal(18,2): 17 integer digits (at most 16)" in r
+               for r in reasons), reasons
+    assert any("got text or raw bytes" in r and "credit_limit" in r for r in reasons), reasons
+    assert any("key 'C-OTHER' differs from customer_number 'C-KEY'" in r for r in reasons), reasons
+    assert any("not Confluent-framed" in r for r in reasons), reasons

@@ -296,3 +296,14 @@ def test_rules_and_field_specs_are_exposed(catalog):
             assert spec.avro_type != "double" and spec.avro_type != "float"   # never a float
         # Custom attributes survive the expansion (fastavro ignores them when encoding).
         assert schema.schema["outpost.key"] == schema.key_field
+
+
+def test_a_decimal_misfit_is_described_in_exact_digits():
+    from agent.schemas import decimal_misfit
+    assert decimal_misfit(Decimal("1E+16"), 18, 2) == \
+        "10000000000000000 does not fit decimal(18,2): 17 integer digits (at most 16)"
+    assert decimal_misfit(Decimal("10000000000000000.001"), 18, 2) == \
+        "10000000000000000.001 does not fit decimal(18,2): 17 integer digits (at most 16) and 3 decimal places (at most 2)"
+    assert decimal_misfit(Decimal("1234567890123456789012345678901.55"), 18, 2).startswith(
+        "1234567890123456789012345678901.55 does not fit"), "never rounded to the context's 28 digits"
+    assert decimal_misfit(Decimal("100.0000"), 18, 2) is None and decimal_misfit(Decimal("0.00"), 18, 2) is None

@@ -16,9 +16,10 @@ repeats by ``event_id``). Order: partitions are read in offset order and each ba
 that order, so per-key order (one key, one partition) holds.
 
 Poison messages (no Confluent framing, unknown schema id, body that does not decode or
-does not fit the canonical schema) are handed on with ``error`` set: the pass-through
-translator puts them in the exception queue with topic, partition, offset, error and the
-raw bytes. An unreachable registry or broker is transient: the run stops, nothing is
+does not fit the canonical schema, or that the route's own validation refuses) are handed
+on with ``error`` set: the pass-through translator puts them in the exception queue with
+topic, partition, offset, error and the raw bytes; a copy goes to ``dead_letter_topic``
+with the original headers plus ``outpost.origin`` and ``outpost.error`` (the reason). An unreachable registry or broker is transient: the run stops, nothing is
 stored, and the route retries with backoff.
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ from agent.passthrough import OPERATION_OF_SYMBOL
 __all__ = ["KafkaSource", "Source"]
 
 CHECKPOINT_VERSION = 1
+_ERROR_HEADER_BYTES = 4096
 _DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
 
 
@@ -184,7 +186,7 @@ class KafkaSource(contracts.Source):
                 record = self._record(message)
                 records.append(record)
                 if record.after["error"]:
-                    poison.append(message)
+                    poison.append((message, record.after["error"]))
                 ends[(message.topic(), message.partition())] = message.offset() + 1
             for (topic, partition), end in ends.items():
                 offsets[f"{topic}:{partition}"] = end
@@ -230,13 +232,22 @@ class KafkaSource(contracts.Source):
         position = f"{topic}:{partition}:{offset}"
         error = self._decode(value, carried, message.headers() or [])
         if error:
-            carried["error"] = f"{topic}[{partition}]@{offset}: {error}"
-            carried["raw"] = base64.b64encode(value or b"").decode("ascii")
-            return SourceRecord(topic, "update", position, after=carried)
+            return self._poison(message, carried, position, error)
         meta = carried["event"]["metadata"]
-        occurred = meta.get("occurred_at")
-        return SourceRecord(topic, OPERATION_OF_SYMBOL.get(meta.get("operation"), "update"), position,
-                            after=carried, occurred_at=occurred)
+        record = SourceRecord(topic, OPERATION_OF_SYMBOL.get(meta.get("operation"), "update"), position,
+                              after=carried, occurred_at=meta.get("occurred_at"))
+        # What the route would refuse after decoding (text for a decimal, an amount beyond the
+        # schema's precision, a key that is not the image's) is poison too: dead-lettered
+        # with its reason like an undecodable message, not only parked.
+        problems = self.context.validate(record)
+        if problems:
+            return self._poison(message, carried, position, "; ".join(p["message"] for p in problems))
+        return record
+
+    def _poison(self, message, carried: dict, position: str, error: str) -> SourceRecord:
+        carried["error"] = f"{message.topic()}[{message.partition()}]@{message.offset()}: {error}"
+        carried["raw"] = base64.b64encode(message.value() or b"").decode("ascii")
+        return SourceRecord(message.topic(), "update", position, after=carried)
 
     def _decode(self, value: Optional[bytes], carried: dict, headers) -> Optional[str]:
         """Fill ``carried`` with the decoded event; returns why not, for poison messages."""
@@ -320,9 +331,11 @@ class KafkaSource(contracts.Source):
             return
         if self._dlq is None:
             self._dlq = Producer({**self._client_conf(), "enable.idempotence": True, "acks": "all"})
-        for message in messages:
+        for message, error in messages:
             headers = list(message.headers() or []) + [
-                ("outpost.origin", f"{message.topic()}:{message.partition()}:{message.offset()}".encode())]
+                ("outpost.origin", f"{message.topic()}:{message.partition()}:{message.offset()}".encode()),
+                # why it is here: the same reason as its exception-queue entry (bounded: a header)
+                ("outpost.error", error.encode("utf-8")[:_ERROR_HEADER_BYTES])]
             self._dlq.produce(self.spec.dead_letter_topic, value=message.value(), key=message.key(),
                               headers=headers)
         left = self._dlq.flush(10)

@@ -16,6 +16,8 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Callable, Mapping, Optional
 from zoneinfo import ZoneInfo
 
+from agent.schemas import decimal_misfit
+
 __all__ = ["ApplyRejected", "Column", "TablePlan", "ProcedurePlan", "rule_value", "reverse_lookups", "fit", "side_by_side", "CONVERSIONS"]
 
 
@@ -121,10 +123,12 @@ def fit(column: Column, value: Any, zone: ZoneInfo) -> Any:
             try:
                 exact = value.quantize(_STEPS[scale] if scale < len(_STEPS) else Decimal(1).scaleb(-scale))
             except InvalidOperation:
-                raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); {value} does not fit")
-            # integer digits checked by magnitude: cheaper than counting digits (hot path)
-            if exact != value or abs(exact) >= _LIMITS[column.precision - scale]:
-                raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); {value} does not fit")
+                exact = None
+            # integer digits checked by magnitude: cheaper than counting digits (hot path);
+            # the digits are counted only to say what does not fit
+            if exact is None or exact != value or abs(exact) >= _LIMITS[column.precision - scale]:
+                raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); "
+                                    f"{decimal_misfit(value, column.precision, scale) or f'{value:f} does not fit'}")
             value = exact
         return value
     if kind == "float":
