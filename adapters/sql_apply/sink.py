@@ -28,11 +28,12 @@ import sqlalchemy as sa
 from adapters.sql_apply import statements as sql
 from adapters.sql_apply.bookkeeping import Bookkeeping
 from adapters.sql_apply.ordering import Stamp
+from adapters.sql_apply.parents import Parents
 from adapters.sql_apply.reverse_mapping import (ApplyRejected, Column, ProcedurePlan, TablePlan,
                                                 reverse_lookups, side_by_side)
 from adapters.sql_apply.spec import SinkOptions
 from agent import contracts
-from agent.contracts import AdapterContext, ConfigError, DeliveryReport, QueuedEvent, TransientError
+from agent.contracts import AdapterContext, ConfigError, Deferral, DeliveryReport, QueuedEvent, TransientError
 from agent.mapping import gate_problems, known_codes
 
 __all__ = ["SqlApplySink", "Sink"]
@@ -45,7 +46,21 @@ _MYSQL_DATA_ERRORS = {4025, 3819, 1366, 1292, 1264, 1265}
 
 
 class _Terminal(Exception):
-    """The database refused the data itself (constraint, value): isolate and park it."""
+    """The database refused the data itself (constraint, value): isolate and park it, or
+    let it wait when the refusal is a foreign key whose parent row is missing."""
+
+    def __init__(self, message: str, missing_parent: bool = False):
+        super().__init__(message)
+        self.missing_parent = missing_parent
+
+
+def _missing_parent(exc: sa.exc.DBAPIError) -> bool:
+    """A child row refused because its parent row is not there (not: a parent still referenced)."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == "23503":                      # PostgreSQL foreign_key_violation
+        return str(orig).startswith("insert or update on table")
+    code = (getattr(orig, "args", None) or [None])[0]
+    return code == 1452 or "FOREIGN KEY constraint failed" in str(orig) and "INSERT" in str(exc.statement or "")
 
 
 def _describe(column: sa.Column) -> Column:
@@ -151,6 +166,8 @@ class SqlApplySink(contracts.Sink):
             self._books.metadata.create_all(conn, checkfirst=True)
         problems = [f"bookkeeping table {name} is missing and ledger.create is off"
                     for name in self._books.missing(conn)]
+        # SQLite checks foreign keys only when a connection asks it to (off by default)
+        enforced = dialect.name != "sqlite" or bool(conn.exec_driver_sql("PRAGMA foreign_keys").scalar())
         self._stmts: dict[tuple, tuple] = {}
         self._row_by_row: dict[str, tuple] = {}
         for entity, plans in self.targets.items():
@@ -166,6 +183,8 @@ class SqlApplySink(contracts.Sink):
                 problems += self._reflect(conn, dialect, entity, plan)
         if problems:
             raise ConfigError([f"sink {self.context.name}: {p}" for p in problems])
+        self._parents = Parents([plan for plans in self.targets.values() for plan in plans
+                                 if isinstance(plan, TablePlan)] if enforced else [])
 
     def _reflect(self, conn, dialect, entity: str, plan: TablePlan) -> list[str]:
         try:
@@ -228,17 +247,33 @@ class SqlApplySink(contracts.Sink):
             try:
                 self._apply(items, report)
             except _Terminal:
-                # Find the offending event(s): one transaction each, in order.
-                for item in items:
-                    try:
-                        self._apply([item], report)
-                    except _Terminal as exc:
-                        report.rejected[item[0].event_id] = f"constraint: {exc}"
+                self._one_by_one(items, report)
         except TransientError as exc:
             report.transient_error = str(exc)
             self._reset()
         self._prune()
         return report
+
+    def _one_by_one(self, items: list, report: DeliveryReport) -> None:
+        """After the database refused the batch: one transaction per event, in order, so only
+        the offender is parked. A foreign key the database reports violated means a parent
+        that is not there yet: that event waits, with the later events of its key."""
+        blocked = {}
+        for event, payload in items:
+            key = _key_of(event)
+            if key in blocked:
+                report.deferred[event.event_id] = self._behind(blocked[key], report.deferred[blocked[key]])
+                continue
+            try:
+                self._apply([(event, payload)], report)
+            except _Terminal as exc:
+                if exc.missing_parent:
+                    report.deferred[event.event_id] = Deferral(f"{event.entity} {event.key} waits for its parent: "
+                                                               f"{exc}", self.spec.wait_for_parent)
+                else:
+                    report.rejected[event.event_id] = f"constraint: {exc}"
+            if event.event_id in report.deferred:
+                blocked.setdefault(key, event.event_id)
 
     def _apply(self, items: list, report: DeliveryReport) -> None:
         now = dt.datetime.now(dt.timezone.utc)
@@ -247,45 +282,81 @@ class SqlApplySink(contracts.Sink):
             todo = [(e, p) for e, p in items if e.event_id not in done]
             last = self._books.last_applied(conn, {_key_of(e) for e, _ in todo}, conn.dialect.name != "sqlite")
             local = self._prefetch(conn, todo, now)
-            ops, applied, rejected, touched, stamps = [], [], {}, defaultdict(dict), {}
-            for event, payload in todo:
-                stamp = Stamp.of(event.event_id, payload.get("metadata"))
-                newer = last.get(_key_of(event))
-                why = newer and stamp.older_than(newer)
-                if why:
-                    rejected[event.event_id] = (f"stale: {event.entity} {event.key}: this change is older than the "
-                                                f"one applied last for this key (event {newer.event_id}; {why}); "
-                                                "applying it would move the row backwards: discard it")
-                    report.context[event.event_id] = {"stale": {"event": stamp.describe(),
-                                                                "applied_last": newer.describe()}}
-                    continue
-                broken = self._gates(event, payload)
-                if broken:
-                    rejected[event.event_id] = broken
-                    continue
-                try:
-                    steps = self._plan(event, payload, local, now)
-                except ApplyRejected as why:
-                    rejected[event.event_id] = str(why)
-                    if why.context:
-                        report.context[event.event_id] = why.context
-                    continue
-                except Exception as exc:    # a per-event failure parks this event, never the queue
-                    rejected[event.event_id] = f"cannot apply {event.entity} {event.key}: {type(exc).__name__}: {exc}"
-                    continue
-                ops += steps
-                applied.append(event)
-                last[_key_of(event)] = stamps[_key_of(event)] = stamp
-                for kind, plan, row in steps:
-                    if kind != "delete" and isinstance(plan, TablePlan) and plan.target.capture_cursor:
-                        touched[plan.object][plan.key_of(row)] = (plan, event.event_id)
+            planned = [(event, self._decide(event, payload, local, last, now, report)) for event, payload in todo]
+            accepted, rejected = self._in_key_order(conn, planned, report)
+            ops = [step for _, _, steps in accepted for step in steps]
             if ops:
                 self._books.mark(conn, now)
             self._execute(conn, ops)
-            if applied:
-                self._books.record(conn, applied, touched, stamps, now)
-        report.delivered |= done | {e.event_id for e in applied}
+            if accepted:
+                touched = defaultdict(dict)
+                for event, _, steps in accepted:
+                    for kind, plan, row in steps:
+                        if kind != "delete" and isinstance(plan, TablePlan) and plan.target.capture_cursor:
+                            touched[plan.object][plan.key_of(row)] = (plan, event.event_id)
+                self._books.record(conn, [e for e, _, _ in accepted], touched,
+                                   {_key_of(e): stamp for e, stamp, _ in accepted}, now)
+        report.delivered |= done | {e.event_id for e, _, _ in accepted}
         report.rejected.update(rejected)
+
+    def _decide(self, event: QueuedEvent, payload: dict, local: dict, last: dict, now, report: DeliveryReport):
+        """(stamp, steps) of an event that may be applied, else why it is rejected (str)."""
+        stamp = Stamp.of(event.event_id, payload.get("metadata"))
+        newer = last.get(_key_of(event))
+        why = newer and stamp.older_than(newer)
+        if why:
+            report.context[event.event_id] = {"stale": {"event": stamp.describe(), "applied_last": newer.describe()}}
+            return (f"stale: {event.entity} {event.key}: this change is older than the one applied last for this "
+                    f"key (event {newer.event_id}; {why}); applying it would move the row backwards: discard it")
+        broken = self._gates(event, payload)
+        if broken:
+            return broken
+        try:
+            steps = self._plan(event, payload, local, now)
+        except ApplyRejected as why:
+            if why.context:
+                report.context[event.event_id] = why.context
+            return str(why)
+        except Exception as exc:    # a per-event failure parks this event, never the queue
+            return f"cannot apply {event.entity} {event.key}: {type(exc).__name__}: {exc}"
+        last[_key_of(event)] = stamp           # later events of the batch compare with this one
+        return stamp, steps
+
+    def _in_key_order(self, conn, planned: list, report: DeliveryReport) -> tuple[list, dict]:
+        """Accepted (event, stamp, steps) and rejections, in queue order. An event whose parent
+        row is not there (in the database or earlier in the batch) waits, and so does every
+        later event of its key, whatever it would have been: per-key order holds."""
+        needs = {e.event_id: self._parents.needs(outcome[1]) for e, outcome in planned
+                 if not isinstance(outcome, str)} if self._parents else {}
+        present = self._parents.present(conn, {n for ns in needs.values() for n in ns}) if any(needs.values()) \
+            else set()
+        accepted, rejected, blocked = [], {}, {}
+        for event, outcome in planned:
+            key = _key_of(event)
+            if key in blocked:
+                report.deferred[event.event_id] = self._behind(blocked[key], report.deferred[blocked[key]])
+                continue
+            if isinstance(outcome, str):
+                rejected[event.event_id] = outcome
+                continue
+            missing = [n for n in needs.get(event.event_id, ()) if n not in present]
+            if missing:
+                report.deferred[event.event_id] = Deferral(
+                    f"{event.entity} {event.key} waits for its parent: {missing[0].describe()}",
+                    self.spec.wait_for_parent, missing[0].token())
+                blocked[key] = event.event_id
+                continue
+            accepted.append((event, *outcome))
+            if self._parents:
+                provided = self._parents.provided(outcome[1])
+                present |= provided
+                report.provided |= {n.token() for n in provided}
+        return accepted, rejected
+
+    def _behind(self, blocker_id: str, blocker: Deferral) -> Deferral:
+        """Waits with the event ahead of it on its key (woken by the same parent)."""
+        return Deferral(f"waits behind event {blocker_id} of the same key: {blocker.reason}",
+                        self.spec.wait_for_parent, blocker.waits_for)
 
     def _prefetch(self, conn, todo: list, now) -> dict:
         """Current local rows of the keys this batch touches, for conflict checks."""
@@ -408,7 +479,7 @@ class SqlApplySink(contracts.Sink):
         try:
             yield
         except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
-            raise _Terminal(self._scrub(exc)) from None
+            raise _Terminal(self._scrub(exc), isinstance(exc, sa.exc.IntegrityError) and _missing_parent(exc)) from None
         except sa.exc.DBAPIError as exc:
             code = (getattr(exc.orig, "args", None) or [None])[0]
             if exc.connection_invalidated or code not in _MYSQL_DATA_ERRORS:

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.config import expand_shorthand
+from agent.config import Duration, expand_shorthand
 
 __all__ = ["SinkOptions", "ColumnRule", "TableTarget", "ProcedureTarget", "EntityTarget", "REVERSE_CONVERSIONS"]
 
@@ -175,6 +175,9 @@ class SinkOptions(_Strict):
     ledger: Ledger = Ledger()
     marker: Marker = Marker()
     applier: Optional[str] = Field(None, description="Name written in the marker row (default: sink name).")
+    wait_for_parent: Duration = Field(600.0, gt=0, description=(
+        "How long an event whose foreign key points at a parent row that is not there yet waits (queued, "
+        "in order, shown in status) before it is parked naming the missing parent."))
 
     @model_validator(mode="after")
     def _lookups_known(self):
