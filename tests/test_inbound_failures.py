@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka.schema_registry import Schema
 
-from tests.support.agent_process import AgentProcess, open_exceptions, queue_depth, wait_for
+from tests.support.agent_process import AgentProcess, open_exceptions, queue_depth, route_status, wait_for
 from tests.support.inbound import (CUSTOMER, REVERSE, FabricProducer, create_local, customer, event, inbound_config, new_topic,
                                    write_config)
 
@@ -151,3 +151,44 @@ def test_every_rejected_message_is_dead_lettered_with_its_reason(tmp_path, pg_ur
     assert any("got text or raw bytes" in r and "credit_limit" in r for r in reasons), reasons
     assert any("key 'C-OTHER' differs from customer_number 'C-KEY'" in r for r in reasons), reasons
     assert any("not Confluent-framed" in r for r in reasons), reasons
+
+
+def lock_table(engine):
+    """Another session holds a table lock: writers wait (MariaDB LOCK TABLES, PostgreSQL LOCK TABLE)."""
+    conn = engine.connect()
+    if engine.dialect.name == "postgresql":
+        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("LOCK TABLE erp_customer IN ACCESS EXCLUSIVE MODE")
+    else:
+        conn.exec_driver_sql("LOCK TABLES erp_customer WRITE")
+    return conn
+
+
+def test_an_apply_blocked_by_a_table_lock_is_shown_in_status_on_every_dialect(tmp_path, server_url, broker,
+                                                                              registry):
+    """A MariaDB LOCK TABLES block was silent in status (only the queue grew) when the agent
+    started with a backlog: the lock wait was unbounded (lock_wait_timeout is a day) and the
+    start-up drain runs before the stall watch. The lock wait is now bounded by the sink."""
+    engine = sa.create_engine(server_url, poolclass=sa.pool.NullPool)
+    create_local(engine, with_audit=False)
+    topic = new_topic(broker, "lock")
+    fabric = FabricProducer(broker.bootstrap, registry.url, topic)
+    agent = agent_for(tmp_path, server_url, broker, registry, topic, sink_extra={"lock_wait": "3s"})
+    state = tmp_path / "state"
+    with agent:
+        fabric.send([event(customer("C-0"), operation="CREATE")])
+        assert agent.until(lambda: rows(engine, "SELECT count(*) FROM erp_customer") == [(1,)]), agent.log()[-3000:]
+        locker = lock_table(engine)
+        try:
+            fabric.send([event(customer(f"C-{n}"), operation="CREATE") for n in range(1, 4)])
+            assert agent.until(lambda: queue_depth(state) == 3), agent.log()[-3000:]
+            agent.kill()
+            agent.start()                        # restarts with a backlog, the table still locked
+            assert agent.until(lambda: "lock" in (route_status(state, "inbound").get("sink_error") or ""),
+                               timeout=30), (route_status(state, "inbound"), agent.log()[-3000:])
+            error = route_status(state, "inbound")["sink_error"]
+        finally:
+            locker.close()                       # the lock goes with the session
+        assert agent.until(lambda: rows(engine, "SELECT count(*) FROM erp_customer") == [(4,)], timeout=60), \
+            agent.log()[-3000:]
+    assert "waited 3s for a lock another session holds" in error, error

@@ -145,8 +145,14 @@ class SqlApplySink(contracts.Sink):
         if self._engine is not None:
             return
         kwargs = {}
-        if self._url.get_backend_name() in ("postgresql", "mysql", "mariadb"):
-            kwargs["connect_args"] = {"connect_timeout": 10}
+        backend, wait = self._url.get_backend_name(), int(self.spec.lock_wait)
+        if backend == "postgresql":
+            options = " ".join(filter(None, [str(self._url.query.get("options") or ""), f"-c lock_timeout={wait * 1000}"]))
+            kwargs["connect_args"] = {"connect_timeout": 10, "options": options}      # the URL's own options kept
+        elif backend in ("mysql", "mariadb"):
+            # LOCK TABLES waits on a metadata lock (lock_wait_timeout), row locks on InnoDB's own
+            kwargs["connect_args"] = {"connect_timeout": 10, "init_command": f"SET SESSION lock_wait_timeout={wait},"
+                                                                            f" innodb_lock_wait_timeout={wait}"}
         try:
             engine = sa.create_engine(self._url, pool_pre_ping=True, **kwargs)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
@@ -482,6 +488,10 @@ class SqlApplySink(contracts.Sink):
             raise _Terminal(self._scrub(exc), isinstance(exc, sa.exc.IntegrityError) and _missing_parent(exc)) from None
         except sa.exc.DBAPIError as exc:
             code = (getattr(exc.orig, "args", None) or [None])[0]
+            if code == 1205 or getattr(exc.orig, "sqlstate", None) == "55P03":      # lock wait timeout
+                raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: waited "
+                                     f"{self.spec.lock_wait:.0f}s for a lock another session holds (LOCK TABLE(S) or "
+                                     f"a long transaction); retrying: {self._scrub(exc)}") from None
             if exc.connection_invalidated or code not in _MYSQL_DATA_ERRORS:
                 raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: "
                                      f"{self._scrub(exc)}") from None

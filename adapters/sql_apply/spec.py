@@ -175,6 +175,10 @@ class SinkOptions(_Strict):
     ledger: Ledger = Ledger()
     marker: Marker = Marker()
     applier: Optional[str] = Field(None, description="Name written in the marker row (default: sink name).")
+    lock_wait: Duration = Field(30.0, ge=1, description=(
+        "How long one apply waits for a lock another session holds (LOCK TABLES, a long transaction) "
+        "before it gives up, says so in status and retries: the databases' own bounds are a day "
+        "(MariaDB lock_wait_timeout) or none (PostgreSQL lock_timeout), and a wait without end is silent."))
     wait_for_parent: Duration = Field(600.0, gt=0, description=(
         "How long an event whose foreign key points at a parent row that is not there yet waits (queued, "
         "in order, shown in status) before it is parked naming the missing parent."))
