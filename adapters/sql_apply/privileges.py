@@ -27,6 +27,10 @@ def needed(spec, targets) -> list[str]:
                 continue
             rights = ["SELECT", "INSERT", "UPDATE"] + (["DELETE"] if plan.target.delete.policy == "hard" else [])
             lines.append(f"{', '.join(rights)} on {plan.object} (columns: {', '.join(plan.referenced_columns())})")
+            table = getattr(plan, "sa_table", None)      # reflected when the sink opened
+            parents = sorted({fk.column.table.fullname for fk in table.foreign_keys} if table is not None else ())
+            if parents:
+                lines.append(f"SELECT on {', '.join(parents)} (parents of {plan.object}: a child waits for its parent)")
     tables = ", ".join(_bookkeeping(spec))
     lines.append(f"SELECT, INSERT, UPDATE, DELETE on {tables}")
     if spec.ledger.create:
