@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from . import waiting
 from .contracts import DeliveryReport, OutpostError, QueuedEvent
 
 log = logging.getLogger("outpost.queue")
@@ -66,14 +67,6 @@ CREATE TABLE IF NOT EXISTS exceptions (
 CREATE INDEX IF NOT EXISTS exceptions_open ON exceptions (status, id);
 CREATE INDEX IF NOT EXISTS exceptions_by_event ON exceptions (event_id);
 CREATE TABLE IF NOT EXISTS route_status (route TEXT PRIMARY KEY, value TEXT NOT NULL);
--- Queued events a sink deferred (see ``Deferral``): offered again at ``due`` (made now when
--- a batch provides what they wait for); until then they and the later events of their key
--- are skipped by ``peek``. Rows leave with their event.
-CREATE TABLE IF NOT EXISTS waiting (
-    seq INTEGER PRIMARY KEY, sink TEXT NOT NULL, route TEXT NOT NULL, entity TEXT NOT NULL, key TEXT NOT NULL,
-    reason TEXT NOT NULL, waits_for TEXT, since REAL NOT NULL, due REAL NOT NULL, attempts INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS waiting_by_key ON waiting (sink, entity, key, seq);
-CREATE INDEX IF NOT EXISTS waiting_for ON waiting (sink, waits_for);
 -- The quota counts only what waits to be delivered. Triggers keep the count exact in the
 -- same transaction as every insert and delete, whoever makes it (capture, settle, retry).
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -84,9 +77,6 @@ CREATE TRIGGER IF NOT EXISTS outbox_pending_out AFTER DELETE ON outbox BEGIN
     UPDATE counters SET value = value - length(OLD.body) WHERE name = 'pending_bytes'; END;
 """
 _FOREVER = float("inf")     # "delivered at" of a discarded id: never pruned
-# A deferred event is offered again when what it waits for was provided, else after these
-# (then every 30 s): re-checking many waiting events often would starve the events behind them.
-_RECHECK_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 _EVENT_COLUMNS = ("event_id", "route", "sink", "entity", "key", "operation", "schema_fingerprint",
                   "body", "correlation_id", "occurred_at")
 
@@ -127,7 +117,7 @@ class DurableQueue:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         conn = self._conn()
-        conn.executescript(_DDL)
+        conn.executescript(_DDL + waiting.DDL)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         migrate(conn, self.path)
 
@@ -240,70 +230,24 @@ class DurableQueue:
 
     # -- delivery side ------------------------------------------------------------------
     def peek(self, sink: str, limit: int) -> list[QueuedEvent]:
-        if self._has_waiting(self._conn(), sink):
-            return self._peek_past_waiting(sink, limit)
+        if waiting.has_waiting(self._conn(), sink):
+            return [QueuedEvent(*row) for row in waiting.peek_past_waiting(self._conn(), sink, limit)]
         rows = self._conn().execute(
             "SELECT seq, event_id, route, entity, key, schema_fingerprint, body, correlation_id, operation,"
             " enqueued_at, occurred_at FROM outbox WHERE sink=? ORDER BY seq LIMIT ?", (sink, limit)).fetchall()
         return [QueuedEvent(*row) for row in rows]
 
-    def _has_waiting(self, db, sink: str) -> bool:
-        return db.execute("SELECT 1 FROM waiting WHERE sink=? LIMIT 1", (sink,)).fetchone() is not None
-
-    def _peek_past_waiting(self, sink: str, limit: int) -> list[QueuedEvent]:
-        """The head of the queue without the events that wait (not due yet) and without the
-        later events of their keys, so per-key order holds while other keys flow."""
-        rows = self._conn().execute(
-            "SELECT seq, event_id, route, entity, key, schema_fingerprint, body, correlation_id, operation,"
-            " enqueued_at, occurred_at FROM outbox o WHERE sink=? AND NOT EXISTS (SELECT 1 FROM waiting w"
-            " WHERE w.sink=o.sink AND w.entity=o.entity AND w.key=o.key AND w.seq <= o.seq AND w.due > ?)"
-            " ORDER BY seq LIMIT ?", (sink, time.time(), limit)).fetchall()
-        return [QueuedEvent(*row) for row in rows]
-
-    def _settle_waiting(self, db, sink: str, by_id: dict, report: DeliveryReport, now: float) -> dict[str, str]:
-        """Deferred events stay queued, due again a little later; one that waited past its
-        bound becomes a rejection (returned, and added to ``report.rejected`` for observers).
-        Settled events leave ``waiting``."""
-        deferred = {i: d for i, d in report.deferred.items()
-                    if i in by_id and i not in report.delivered and i not in report.rejected}
-        if not deferred and not self._has_waiting(db, sink):
-            return {}
-        known = {}
-        if deferred:
-            seqs = [by_id[i].seq for i in deferred]
-            for start in range(0, len(seqs), 500):
-                chunk = seqs[start:start + 500]
-                known.update((seq, (since, attempts)) for seq, since, attempts in db.execute(
-                    f"SELECT seq, since, attempts FROM waiting WHERE seq IN ({','.join('?' * len(chunk))})", chunk))
-        expired, waits = {}, []
-        for event_id, deferral in deferred.items():
-            e = by_id[event_id]
-            since, attempts = known.get(e.seq, (now, 0))
-            if now - since >= deferral.max_wait_s:
-                expired[event_id] = f"{deferral.reason} (waited {now - since:.0f}s)"
-            else:
-                waits.append((e.seq, sink, e.route, e.entity, e.key, self.redact(deferral.reason)[:500],
-                              deferral.waits_for, since, now + _RECHECK_S[min(attempts, len(_RECHECK_S) - 1)],
-                              attempts + 1))
-        db.executemany("INSERT OR REPLACE INTO waiting VALUES (?,?,?,?,?,?,?,?,?,?)", waits)
-        gone = [(e.seq,) for i, e in by_id.items() if i in report.delivered or i in report.rejected or i in expired]
-        db.executemany("DELETE FROM waiting WHERE seq=?", gone)
-        db.executemany("UPDATE waiting SET due=? WHERE sink=? AND waits_for=? AND due>?",
-                       [(now, sink, token, now) for token in report.provided])
-        report.rejected.update(expired)
-        return expired
-
     def settle(self, sink: str, events: Sequence[QueuedEvent], report: DeliveryReport) -> None:
         """Invariant 3: remove only what the sink confirmed; park what it rejected; keep what
-        it deferred (``_settle_waiting``)."""
+        it deferred (``agent.waiting``)."""
         now = time.time()
         by_id = {e.event_id: e for e in events}
         delivered = [i for i in report.delivered if i in by_id]
         rejected = {i: r for i, r in report.rejected.items() if i in by_id}
         pending = [e.event_id for e in events if e.event_id not in report.delivered and e.event_id not in rejected]
         with self._write() as db:
-            rejected.update(self._settle_waiting(db, sink, by_id, report, now))
-            if len(delivered) == len(events) and not self._has_waiting(db, sink):
+            rejected.update(waiting.settle_waiting(db, sink, by_id, report, now, self.redact))
+            if len(delivered) == len(events) and not waiting.has_waiting(db, sink):
                 # The batch is the head of this sink's queue in seq order and seq only
                 # grows, so the whole range is exactly the batch: one statement. (Not when
                 # events wait: the peek went past them and they lie inside the range.)
@@ -370,11 +314,8 @@ class DurableQueue:
             result.setdefault(route, {}).update(queue_depth=depth, oldest_queued_age_s=round(now - oldest, 3))
         for route, count in conn.execute("SELECT route, count(*) FROM exceptions WHERE status='open' GROUP BY route"):
             result.setdefault(route, {})["open_exceptions"] = count
-        for route, count, since, reason in conn.execute(
-                "SELECT route, count(*), min(since), (SELECT reason FROM waiting o WHERE o.route=w.route"
-                " ORDER BY since, seq LIMIT 1) FROM waiting w GROUP BY route"):
-            result.setdefault(route, {}).update(waiting=count, oldest_waiting_s=round(now - since, 1),
-                                                waiting_reason=reason)
+        for route, fields in waiting.waiting_status(conn, now).items():
+            result.setdefault(route, {}).update(fields)
         for route, value in result.items():
             value.setdefault("queue_depth", 0)
             value.setdefault("oldest_queued_age_s", None)

@@ -11,15 +11,8 @@ import sqlalchemy as sa
 
 from tests.support.agent_process import AgentProcess, outpost, wait_for
 from tests.support.databases import PG_SERVER
-from tests.support.inbound import FabricProducer, create_local, customer, event, inbound_config, new_topic, write_config
-
-
-def count(engine, sql) -> int:
-    try:
-        with engine.connect() as conn:
-            return conn.exec_driver_sql(sql).scalar()
-    except sa.exc.SQLAlchemyError:
-        return -1
+from tests.support.inbound import (create_local, customer, event, FabricProducer, inbound_config, new_topic, rows,
+                                   write_config)
 
 
 def test_check_beside_a_running_agent_leaves_its_consumer_group_alone(tmp_path, pg_url, broker, registry):
@@ -34,13 +27,13 @@ def test_check_beside_a_running_agent_leaves_its_consumer_group_alone(tmp_path, 
                         inbound_config(tmp_path / "state", pg_url, broker.bootstrap, registry.url, topic))
     with AgentProcess(path, tmp_path / "agent.log") as agent:
         fabric.send([event(customer("C-0"), operation="CREATE")])
-        assert agent.until(lambda: count(engine, "SELECT count(*) FROM erp_customer") == 1), agent.log()[-2000:]
+        assert agent.until(lambda: rows(engine, "SELECT count(*) FROM erp_customer") == [(1,)]), agent.log()[-2000:]
         assert "assigned" in agent.log() and "revoked" not in agent.log()
         for _ in range(2):
             checked = outpost("check", "-c", path)
             assert checked.returncode == 0, checked.stdout + checked.stderr
         fabric.send([event(customer(f"C-{n}"), operation="CREATE") for n in range(1, 6)])
-        assert agent.until(lambda: count(engine, "SELECT count(*) FROM erp_customer") == 6, timeout=60), \
+        assert agent.until(lambda: rows(engine, "SELECT count(*) FROM erp_customer") == [(6,)], timeout=60), \
             agent.log()[-2000:]
         wait_for(lambda: "revoked" in agent.log(), timeout=5)     # a late rebalance would show here
     assert "revoked" not in agent.log(), "the check joined the live consumer group: " + agent.log()[-2000:]
@@ -81,8 +74,8 @@ def test_check_on_postgres_quotes_uppercase_table_names(tmp_path, pg_url, limite
     assert "does not exist" not in checked.stdout, checked.stdout
     with engine.begin() as conn:      # the bookkeeping tables exist now (the check opened the sink)
         conn.exec_driver_sql(f'GRANT SELECT, INSERT ON "CUSTMAST" TO {limited_role}')
-        conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON outpost_applied_events, outpost_applied_rows"
-                             f" TO {limited_role}")
+        conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON outpost_applied_events, outpost_applied_rows,"
+                             f" outpost_applied_keys TO {limited_role}")
     url = sa.engine.make_url(pg_url).set(username=limited_role).render_as_string(hide_password=False)
     document["sinks"]["erp_apply"]["url"] = url
     checked = outpost("check", "-c", write_config(tmp_path / "limited.yaml", document))

@@ -12,27 +12,12 @@ import json
 from decimal import Decimal
 
 import fastavro
-import pytest
 import sqlalchemy as sa
 from confluent_kafka.schema_registry import Schema
 
-from tests.support.agent_process import AgentProcess, open_exceptions, queue_depth, route_status, wait_for
-from tests.support.inbound import (CUSTOMER, REVERSE, FabricProducer, create_local, customer, event, inbound_config, new_topic,
-                                   write_config)
-
-
-@pytest.fixture(params=["postgres", "mariadb"])
-def server_url(request):
-    return request.getfixturevalue({"postgres": "pg_url", "mariadb": "mariadb_url"}[request.param])
-
-
-def rows(engine, sql):
-    """The rows of ``sql``; [] while the table does not exist yet (the applier creates its own)."""
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql)]
-    except sa.exc.ProgrammingError:
-        return []
+from tests.support.agent_process import AgentProcess, open_exceptions, queue_depth, route_status
+from tests.support.inbound import (CUSTOMER, REVERSE, create_local, customer, event, FabricProducer, inbound_config,
+                                   new_topic, rows, write_config)
 
 
 def agent_for(tmp_path, url, broker, registry, topic, reverse=None, **extra) -> AgentProcess:

@@ -10,17 +10,11 @@ can run here).
 """
 import json
 
-import pytest
 import sqlalchemy as sa
 
 from tests.support import deals
-from tests.support.agent_process import AgentProcess, open_exceptions, outpost, queue_depth, wait_for
+from tests.support.agent_process import AgentProcess, open_exceptions, outpost, queue_depth
 from tests.support.inbound import FabricProducer, inbound_config, new_topic, write_config
-
-
-@pytest.fixture(params=["postgres", "mariadb"])
-def server_url(request):
-    return request.getfixturevalue({"postgres": "pg_url", "mariadb": "mariadb_url"}[request.param])
 
 
 def setup(tmp_path, url, broker, registry, **sink_extra):

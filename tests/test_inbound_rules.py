@@ -17,16 +17,8 @@ import sqlalchemy as sa
 from confluent_kafka.schema_registry import Schema
 
 from tests.support.agent_process import AgentProcess, open_exceptions, outpost, queue_depth, route_status
-from tests.support.inbound import (CUSTOMER, REVERSE, T0, FabricProducer, create_local, customer, event,
-                                   inbound_config, new_topic, write_config)
-
-
-def rows(engine, sql):
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql)]
-    except sa.exc.ProgrammingError:
-        return []
+from tests.support.inbound import (CUSTOMER, REVERSE, T0, create_local, customer, event, FabricProducer,
+                                   inbound_config, new_topic, rows, write_config)
 
 
 def run(tmp_path, pg_url, broker, registry, topic, reverse=None):

@@ -6,20 +6,21 @@ same table skips (echo prevention) and, when enabled, the Debezium marker row. A
 successful return is the queue's ack (invariant 3); an event already in the ledger is
 acknowledged without touching anything (invariant 4), so redelivery changes nothing.
 
-Outcomes per event: applied; rejected (exception queue, stage "publish"): a conflict
-("conflict: ..." with the local row and the event side by side), an unknown code, a value
-the column cannot hold, a constraint violation ("constraint: ..."); or, when the database
-is unreachable, everything stays queued (``transient_error``) and is retried in order.
-A constraint violation rolls the batch back, then each event is applied in its own
-transaction so that only the offending one is parked.
+Outcomes per event, decided in queue order: applied; rejected (exception queue, stage
+"publish"): older than the change applied last for its key ("stale: ..."), a broken gate
+("gate: ..."), a conflict ("conflict: ..." with the local row and the event side by side
+in its context), an unknown code, a value the column cannot hold, a constraint violation
+("constraint: ..."); deferred: its parent row is not there yet (it and the later events
+of its key wait, see ``parents``); or, when the database is unreachable, everything stays
+queued (``transient_error``) and is retried in order. A constraint violation rolls the
+batch back, then each event is applied in its own transaction so that only the offending
+one is parked.
 """
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, Mapping, Optional, Sequence
 
@@ -27,10 +28,10 @@ import sqlalchemy as sa
 
 from adapters.sql_apply import statements as sql
 from adapters.sql_apply.bookkeeping import Bookkeeping
+from adapters.sql_apply.database import Refused, errors, reflect, session_settings
 from adapters.sql_apply.ordering import Stamp
 from adapters.sql_apply.parents import Parents
-from adapters.sql_apply.reverse_mapping import (ApplyRejected, Column, ProcedurePlan, TablePlan,
-                                                reverse_lookups, side_by_side)
+from adapters.sql_apply.reverse_mapping import ApplyRejected, ProcedurePlan, TablePlan, reverse_lookups, side_by_side
 from adapters.sql_apply.spec import SinkOptions
 from agent import contracts
 from agent.contracts import AdapterContext, ConfigError, Deferral, DeliveryReport, QueuedEvent, TransientError
@@ -39,60 +40,6 @@ from agent.mapping import gate_problems, known_codes
 __all__ = ["SqlApplySink", "Sink"]
 
 _PRUNE_EVERY_S = 3600
-# MySQL/MariaDB errors about the data that PyMySQL reports as OperationalError/InternalError:
-# CHECK constraint (4025 MariaDB, 3819 MySQL), incorrect value (1366, 1292), out of range
-# (1264), truncated (1265). Retrying cannot fix them: the event is parked instead.
-_MYSQL_DATA_ERRORS = {4025, 3819, 1366, 1292, 1264, 1265}
-
-
-class _Terminal(Exception):
-    """The database refused the data itself (constraint, value): isolate and park it, or
-    let it wait when the refusal is a foreign key whose parent row is missing."""
-
-    def __init__(self, message: str, missing_parent: bool = False):
-        super().__init__(message)
-        self.missing_parent = missing_parent
-
-
-def _missing_parent(exc: sa.exc.DBAPIError) -> bool:
-    """A child row refused because its parent row is not there (not: a parent still referenced)."""
-    orig = exc.orig
-    if getattr(orig, "sqlstate", None) == "23503":                      # PostgreSQL foreign_key_violation
-        return str(orig).startswith("insert or update on table")
-    code = (getattr(orig, "args", None) or [None])[0]
-    return code == 1452 or "FOREIGN KEY constraint failed" in str(orig) and "INSERT" in str(exc.statement or "")
-
-
-def _describe(column: sa.Column) -> Column:
-    t = column.type
-    kind = ("boolean" if isinstance(t, sa.Boolean) else "integer" if isinstance(t, sa.Integer)
-            else "float" if isinstance(t, sa.Float) else "numeric" if isinstance(t, sa.Numeric)
-            else "datetime" if isinstance(t, sa.DateTime) else "date" if isinstance(t, sa.Date)
-            else "string" if isinstance(t, sa.String) else "other")
-    # A float's "precision" is binary (53 for a double), never decimal digits: a legacy
-    # double column receives an exact Decimal (the database rounds it once), never numeric(53,0).
-    precision, scale = (None, None) if kind == "float" else (getattr(t, "precision", None), getattr(t, "scale", None))
-    return Column(column.name, kind, bool(column.nullable), getattr(t, "length", None), precision, scale,
-                  bool(getattr(t, "timezone", False)))
-
-
-_QUOTED = re.compile(r"^'((?:[^']|'')*)'(?:::[\w\s]+)?$")
-
-
-def _literal_default(column: sa.Column) -> tuple[bool, Any]:
-    """(True, value) when the reflected server default is a plain literal ('N', 0, true)."""
-    default = getattr(column.server_default, "arg", None)
-    text = str(getattr(default, "text", default) if default is not None else "").strip().strip("()")
-    if not text or text.upper() == "NULL":
-        return False, None
-    quoted = _QUOTED.match(text)
-    if quoted:
-        return True, quoted.group(1).replace("''", "'")
-    if re.fullmatch(r"[+-]?[0-9]+", text):
-        return True, int(text)
-    if text.lower() in ("true", "false"):
-        return True, text.lower() == "true"
-    return False, None
 
 
 def _plain(value: Any) -> str:
@@ -144,17 +91,8 @@ class SqlApplySink(contracts.Sink):
     def open(self) -> None:
         if self._engine is not None:
             return
-        kwargs = {}
-        backend, wait = self._url.get_backend_name(), int(self.spec.lock_wait)
-        if backend == "postgresql":
-            options = " ".join(filter(None, [str(self._url.query.get("options") or ""), f"-c lock_timeout={wait * 1000}"]))
-            kwargs["connect_args"] = {"connect_timeout": 10, "options": options}      # the URL's own options kept
-        elif backend in ("mysql", "mariadb"):
-            # LOCK TABLES waits on a metadata lock (lock_wait_timeout), row locks on InnoDB's own
-            kwargs["connect_args"] = {"connect_timeout": 10, "init_command": f"SET SESSION lock_wait_timeout={wait},"
-                                                                            f" innodb_lock_wait_timeout={wait}"}
         try:
-            engine = sa.create_engine(self._url, pool_pre_ping=True, **kwargs)
+            engine = sa.create_engine(self._url, pool_pre_ping=True, **session_settings(self._url, self.spec.lock_wait))
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise ConfigError([f"sink {self.context.name}: url {self._safe_url}: {self._scrub(exc)}"]) from None
         try:
@@ -186,46 +124,11 @@ class SqlApplySink(contracts.Sink):
                     plan.delete_call = (sql.procedure_call(dialect, plan.target.schema_, plan.target.delete_name,
                                                            len(plan.target.args)) if plan.target.delete_name else None)
                     continue
-                problems += self._reflect(conn, dialect, entity, plan)
+                problems += reflect(conn, dialect, entity, plan, self._safe_url, self._stmts, self._row_by_row)
         if problems:
             raise ConfigError([f"sink {self.context.name}: {p}" for p in problems])
         self._parents = Parents([plan for plans in self.targets.values() for plan in plans
                                  if isinstance(plan, TablePlan)] if enforced else [])
-
-    def _reflect(self, conn, dialect, entity: str, plan: TablePlan) -> list[str]:
-        try:
-            table = sa.Table(plan.table, sa.MetaData(), schema=plan.schema, autoload_with=conn)
-        except sa.exc.NoSuchTableError:
-            return [f"{entity}: table {plan.object} not found in {self._safe_url}"]
-        missing = [c for c in plan.referenced_columns() if c not in table.c]
-        if missing:
-            return [f"{entity}: column(s) {missing} not found in {plan.object}"]
-        inspector = sa.inspect(conn)
-        unique = [list(table.primary_key.columns.keys())]
-        unique += [u["column_names"] for u in inspector.get_unique_constraints(plan.table, schema=plan.schema)]
-        unique += [i["column_names"] for i in inspector.get_indexes(plan.table, schema=plan.schema) if i.get("unique")]
-        if not any(set(u) == set(plan.key) for u in unique):
-            return [f"{entity}: key {plan.key} of {plan.object} is not its primary key or a unique key "
-                    f"(an upsert needs one)"]
-        plan.sa_table = table
-        plan.columns = {c: _describe(table.c[c]) for c in plan.referenced_columns()}
-        soft = plan.target.delete
-        if soft.policy == "soft" and soft.column not in plan.rules:
-            if "restore_value" in soft.model_fields_set:
-                plan.restore = {soft.column: soft.restore_value}
-            else:
-                known, value = _literal_default(table.c[soft.column])
-                if not known and not table.c[soft.column].nullable:
-                    return [f"{entity}: {plan.object}.{soft.column} is NOT NULL without a plain default: say what a "
-                            "row that is not deleted holds (delete.restore_value)"]
-                plan.restore = {soft.column: value}
-        if dialect.name in ("mysql", "mariadb") and len({frozenset(u) for u in unique if u}) > 1:
-            self._row_by_row[plan.object] = sql.update_then_insert(table, plan.key, plan.write_columns())
-        self._stmts[("upsert", plan.object)] = sql.upsert(dialect, table, plan.key, plan.write_columns())
-        self._stmts[("delete", plan.object)] = sql.delete(table, plan.key)
-        if plan.target.delete.policy == "soft":
-            self._stmts[("soft", plan.object)] = sql.soft_delete(table, plan.key, plan.target.delete.column)
-        return []
 
     def close(self) -> None:
         engine, self._engine = self._engine, None
@@ -252,7 +155,7 @@ class SqlApplySink(contracts.Sink):
         try:
             try:
                 self._apply(items, report)
-            except _Terminal:
+            except Refused:
                 self._one_by_one(items, report)
         except TransientError as exc:
             report.transient_error = str(exc)
@@ -272,7 +175,7 @@ class SqlApplySink(contracts.Sink):
                 continue
             try:
                 self._apply([(event, payload)], report)
-            except _Terminal as exc:
+            except Refused as exc:
                 if exc.missing_parent:
                     report.deferred[event.event_id] = Deferral(f"{event.entity} {event.key} waits for its parent: "
                                                                f"{exc}", self.spec.wait_for_parent)
@@ -480,29 +383,8 @@ class SqlApplySink(contracts.Sink):
         if self._engine is not None:
             self._engine.dispose()
 
-    @contextmanager
     def _db_errors(self, doing: str):
-        try:
-            yield
-        except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
-            raise _Terminal(self._scrub(exc), isinstance(exc, sa.exc.IntegrityError) and _missing_parent(exc)) from None
-        except sa.exc.DBAPIError as exc:
-            code = (getattr(exc.orig, "args", None) or [None])[0]
-            if code == 1205 or getattr(exc.orig, "sqlstate", None) == "55P03":      # lock wait timeout
-                raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: waited "
-                                     f"{self.spec.lock_wait:.0f}s for a lock another session holds (LOCK TABLE(S) or "
-                                     f"a long transaction); retrying: {self._scrub(exc)}") from None
-            if exc.connection_invalidated or code not in _MYSQL_DATA_ERRORS:
-                raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: "
-                                     f"{self._scrub(exc)}") from None
-            raise _Terminal(self._scrub(exc)) from None
-        except sa.exc.StatementError as exc:
-            # raised before the database saw the statement: a parameter this event carries
-            # that the driver cannot take; retrying cannot help, so isolate and park it
-            raise _Terminal(self._scrub(exc)) from None
-        except sa.exc.SQLAlchemyError as exc:
-            raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: "
-                                 f"{self._scrub(exc)}") from None
+        return errors(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}", self._scrub, self.spec.lock_wait)
 
     def _scrub(self, exc: BaseException) -> str:
         lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]

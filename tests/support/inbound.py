@@ -187,3 +187,13 @@ def new_topic(broker, name: str, partitions: int = 1) -> str:
     topic = f"{name}{uuid.uuid4().hex[:8]}"
     broker.create_topic(topic, partitions=partitions)
     return topic
+
+
+def rows(engine, sql) -> list[tuple]:
+    """The rows of ``sql``; [] while its table does not exist yet (the applier creates its own)."""
+    import sqlalchemy as sa
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(sql)]
+    except sa.exc.ProgrammingError:
+        return []
