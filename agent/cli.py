@@ -124,6 +124,29 @@ def queue_show(config_path, exception_id):
     if item.get("body") is not None:
         item["body"] = f"<{len(item['body'])} bytes of Avro>"
     click.echo(json.dumps(item, indent=2, default=str))
+    conflict = (item.get("context") or {}).get("conflict") if isinstance(item.get("context"), dict) else None
+    if conflict and conflict.get("side_by_side"):
+        click.echo("")
+        click.echo(escape_controls(f"conflict on {conflict.get('table')}: {conflict.get('reason')}"))
+        for line in side_by_side_table(conflict["side_by_side"]).splitlines():
+            click.echo(escape_controls(line))     # values come from outside: no control characters
+
+
+def side_by_side_table(lines: list) -> str:
+    """The local row next to the event's images, one column per line; a looked-up code is
+    shown as the local value with the canonical one in brackets. '!' marks a column where
+    the local row is not what the event was based on."""
+    def cell(local, canonical=None):
+        text = "-" if local is None else str(local)
+        return text if canonical is None or str(canonical) == text else f"{text} ({canonical})"
+    table = [("", "column", "field", "local row", "event before", "event after")]
+    for line in lines:
+        differs = line.get("before") is not None and str(line.get("local")) != str(line.get("before"))
+        table.append(("!" if differs else "", line["column"], line.get("field") or "-", cell(line.get("local")),
+                      cell(line.get("before"), line.get("before_canonical")),
+                      cell(line.get("after"), line.get("after_canonical"))))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in table)
 
 
 @queue.command("retry")

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 __all__ = [
     "OutpostError", "ConfigError", "TransientError", "TerminalError",
-    "SourceRecord", "SourceBatch", "QueuedEvent", "DeliveryReport",
+    "SourceRecord", "SourceBatch", "QueuedEvent", "DeliveryReport", "Deferral",
     "AdapterContext", "AdapterSpec", "Health", "KeyHold", "Source", "Sink", "OPERATIONS",
 ]
 
@@ -96,13 +96,30 @@ class QueuedEvent:
     occurred_at: Optional[float] = None
 
 
+@dataclass(frozen=True)
+class Deferral:
+    """An event that cannot be delivered *yet* (an applier's parent row has not arrived): it
+    stays queued in order, holds back the later events of its key, and is offered again as
+    soon as a batch ``provided`` what it ``waits_for`` (else on a slow timer); it is parked
+    with ``reason`` once it has waited ``max_wait_s``."""
+
+    reason: str
+    max_wait_s: float
+    waits_for: Optional[str] = None     # a token the sink puts in ``DeliveryReport.provided``
+
+
 @dataclass
 class DeliveryReport:
-    """What a sink did with a batch. Events in neither set stay queued (transient)."""
+    """What a sink did with a batch. Events in no set stay queued (transient)."""
 
     delivered: set[str] = field(default_factory=set)          # event ids acked
     rejected: dict[str, str] = field(default_factory=dict)     # event id -> terminal reason
     transient_error: Optional[str] = None                      # why the rest is still queued
+    deferred: dict[str, Deferral] = field(default_factory=dict)   # event id -> why it waits, how long
+    provided: set[str] = field(default_factory=set)     # what this batch made available (wakes deferrals)
+    # Optional structured detail of a rejection, kept in its exception-queue entry's context
+    # (a conflict's local row and event side by side, for ``outpost queue show``).
+    context: dict[str, dict] = field(default_factory=dict)    # event id -> JSON-able detail
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from functools import lru_cache
 from typing import Any, Callable, Mapping, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["Problem", "EntityMapping", "check_mapping", "CONVERSIONS", "CODE_RULES"]
+from .schemas import decimal_misfit
+
+__all__ = ["Problem", "EntityMapping", "check_mapping", "gate_problems", "known_codes", "CONVERSIONS", "CODE_RULES"]
 
 # Schema rules that mean "must be one of the values of the lookup table of that name".
 CODE_RULES = ("legal_entity", "tax_jurisdiction", "service_line")
@@ -98,12 +100,12 @@ def _to_decimal(value, scale: int, precision: int) -> Decimal:
             raise ValueError(f"expected a decimal amount, found {value!r}") from None
         if not number.is_finite():
             raise ValueError(f"expected a finite amount, found {value!r}")
-        exact = number.quantize(Decimal(1).scaleb(-scale))
-        if exact != number:
-            raise ValueError(f"has more than {scale} decimal places")
-        number = exact
+        misfit = decimal_misfit(number, precision, scale)
+        if misfit:
+            raise ValueError(misfit)
+        number = number.quantize(Decimal(1).scaleb(-scale))
     if len(number.as_tuple().digits) > precision:
-        raise ValueError(f"does not fit decimal({precision},{scale})")
+        raise ValueError(decimal_misfit(number, precision, scale) or f"does not fit decimal({precision},{scale})")
     return number
 
 
@@ -180,8 +182,7 @@ class EntityMapping:
         self.lookups = lookups
         self.zone = ZoneInfo(config.source_timezone)
         # canonical code sets, for rules on fields that are not looked up themselves
-        self._known_codes = {rule: {str(v) for v in lookups[rule].values()}
-                             for rule in CODE_RULES if rule in lookups}
+        self._known_codes = known_codes(lookups)
         self._plan = self._compile()
 
     @property
@@ -249,15 +250,28 @@ class EntityMapping:
         return payload, problems
 
     def _gates(self, spec, value, column) -> list[Problem]:
-        found = []
-        for rule in spec.rules:
-            if rule == "iso4217" and not (isinstance(value, str) and _is_iso4217(value)):
-                found.append(Problem(spec.name, rule, f"{value!r} is not an ISO 4217 currency code", column, value))
-            elif rule == "non_negative" and value < 0:
-                found.append(Problem(spec.name, rule, "must not be negative", column, value))
-            elif rule in self._known_codes and str(value) not in self._known_codes[rule]:
-                found.append(Problem(spec.name, rule, f"unknown {rule} code {value!r}", column, value))
-        return found
+        return [Problem(spec.name, rule, message, column, value)
+                for rule, message in gate_problems(spec, value, self._known_codes)]
+
+
+def known_codes(lookups: Mapping[str, Mapping[str, Any]]) -> dict[str, set[str]]:
+    """The canonical codes of each code rule that has a lookup table of its name."""
+    return {rule: {str(v) for v in lookups[rule].values() if v is not None} for rule in CODE_RULES if rule in lookups}
+
+
+def gate_problems(spec, value, codes: Mapping[str, set]) -> list[tuple[str, str]]:
+    """(rule, message) for every schema rule of ``spec`` that ``value`` breaks: the gates
+    outbound rows pass before they are published and inbound events before they are
+    applied. ``codes``: the known canonical codes per code rule (``known_codes``)."""
+    found = []
+    for rule in spec.rules:
+        if rule == "iso4217" and not (isinstance(value, str) and _is_iso4217(value)):
+            found.append((rule, f"{value!r} is not an ISO 4217 currency code"))
+        elif rule == "non_negative" and value < 0:
+            found.append((rule, "must not be negative"))
+        elif rule in codes and str(value) not in codes[rule]:
+            found.append((rule, f"unknown {rule} code {value!r}"))
+    return found
 
 
 def check_mapping(where: str, config, catalog, lookups: Mapping[str, Any]) -> list[str]:

@@ -93,6 +93,8 @@ class PassThroughTranslator:
         body = carried.get("body")
         if not isinstance(body, bytes):
             body = schema.encode(event)
+        else:
+            schema.check(event)     # kept as it is, its amounts and times must still fit the schema
         occurred = meta.get("occurred_at")
         return {"event_id": meta["event_id"], "route": self.route, "sink": self.sink, "entity": schema.entity,
                 "key": str(key), "operation": operation, "schema_fingerprint": schema.fingerprint, "body": body,

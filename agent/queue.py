@@ -14,7 +14,8 @@ It is what lets capture go on while the fabric is down. Delivery invariants (DES
    yields a second event and a replay never brings back what a person threw away.
 5. Order is kept per sink in ``seq`` order, hence per entity key. A rejected event is
    the only thing that may reorder: it moves to the exception queue, and is logged,
-   counted and visible there.
+   counted and visible there. A deferred event (``waiting``) keeps its place: it and
+   the later events of its key wait, other keys go past.
 
 One connection per thread (SQLite connections must not be shared); writers take the
 lock with ``BEGIN IMMEDIATE`` so two threads never deadlock upgrading a read lock.
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from . import waiting
 from .contracts import DeliveryReport, QueuedEvent
 from .queue_schema import _DDL, CACHE_KIB, SCHEMA_VERSION, dedup_key, migrate  # noqa: F401 (re-exported)
 
@@ -57,7 +59,7 @@ class DurableQueue:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         conn = self._conn()
-        conn.executescript(_DDL)
+        conn.executescript(_DDL + waiting.DDL)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         migrate(conn, self.path)
 
@@ -188,9 +190,9 @@ class DurableQueue:
         """The newest checkpoint of ``route`` whose events have all left the queue (the sink
         confirmed or rejected them), or None; older marks are forgotten."""
         with self._write() as db:
-            waiting = db.execute("SELECT min(seq) FROM outbox WHERE sink=? AND route=?", (sink, route)).fetchone()[0]
+            oldest = db.execute("SELECT min(seq) FROM outbox WHERE sink=? AND route=?", (sink, route)).fetchone()[0]
             row = db.execute("SELECT seq, value FROM capture_marks WHERE route=? AND seq < ? ORDER BY seq DESC"
-                             " LIMIT 1", (route, waiting if waiting is not None else 1 << 62)).fetchone()
+                             " LIMIT 1", (route, oldest if oldest is not None else 1 << 62)).fetchone()
             if row is None:
                 return None
             db.execute("DELETE FROM capture_marks WHERE route=? AND seq < ?", (route, row[0]))
@@ -205,22 +207,27 @@ class DurableQueue:
 
     # -- delivery side ------------------------------------------------------------------
     def peek(self, sink: str, limit: int) -> list[QueuedEvent]:
+        if waiting.has_waiting(self._conn(), sink):
+            return [QueuedEvent(*row) for row in waiting.peek_past_waiting(self._conn(), sink, limit)]
         rows = self._conn().execute(
             "SELECT seq, event_id, route, entity, key, schema_fingerprint, body, correlation_id, operation,"
             " enqueued_at, occurred_at FROM outbox WHERE sink=? ORDER BY seq LIMIT ?", (sink, limit)).fetchall()
         return [QueuedEvent(*row) for row in rows]
 
     def settle(self, sink: str, events: Sequence[QueuedEvent], report: DeliveryReport) -> None:
-        """Invariant 3: remove only what the sink confirmed; park what it rejected."""
+        """Invariant 3: remove only what the sink confirmed; park what it rejected; keep what
+        it deferred (``agent.waiting``)."""
         now = time.time()
         by_id = {e.event_id: e for e in events}
         delivered = [i for i in report.delivered if i in by_id]
         rejected = {i: r for i, r in report.rejected.items() if i in by_id}
         pending = [e.event_id for e in events if e.event_id not in report.delivered and e.event_id not in rejected]
         with self._write() as db:
-            if len(delivered) == len(events):
+            rejected.update(waiting.settle_waiting(db, sink, by_id, report, now, self.redact))
+            if len(delivered) == len(events) and not waiting.has_waiting(db, sink):
                 # The batch is the head of this sink's queue in seq order and seq only
-                # grows, so the whole range is exactly the batch: one statement.
+                # grows, so the whole range is exactly the batch: one statement. (Not when
+                # events wait: the peek went past them and they lie inside the range.)
                 db.execute("DELETE FROM outbox WHERE sink=? AND seq BETWEEN ? AND ?",
                            (sink, min(e.seq for e in events), max(e.seq for e in events)))
             else:
@@ -234,7 +241,8 @@ class DurableQueue:
                           event_id, e.entity, e.key, e.correlation_id, sink, reason,
                           extra={"event_id": event_id, "correlation_id": e.correlation_id, "route": e.route})
             self._insert_exceptions(db, [
-                {"route": e.route, "stage": "publish", "reason": reason, "context": {"sink": sink, "seq": e.seq},
+                {"route": e.route, "stage": "publish", "reason": reason,
+                 "context": {"sink": sink, "seq": e.seq, **report.context.get(e.event_id, {})},
                  "event_id": e.event_id, "entity": e.entity, "key": e.key, "sink": sink, "operation": e.operation,
                  "schema_fingerprint": e.schema_fingerprint, "body": e.body, "correlation_id": e.correlation_id,
                  "occurred_at": e.occurred_at}
@@ -288,6 +296,8 @@ class DurableQueue:
             result.setdefault(route, {}).update(queue_depth=depth, oldest_queued_age_s=round(now - oldest, 3))
         for route, count in conn.execute("SELECT route, count(*) FROM exceptions WHERE status='open' GROUP BY route"):
             result.setdefault(route, {})["open_exceptions"] = count
+        for route, fields in waiting.waiting_status(conn, now).items():
+            result.setdefault(route, {}).update(fields)
         for route, value in result.items():
             value.setdefault("queue_depth", 0)
             value.setdefault("oldest_queued_age_s", None)

@@ -28,7 +28,7 @@ from fastavro.validation import ValidationError, validate
 
 from agent.contracts import ConfigError, TerminalError
 
-__all__ = ["find_schema_dir", "FieldSpec", "EntitySchema", "SchemaCatalog"]
+__all__ = ["find_schema_dir", "FieldSpec", "EntitySchema", "SchemaCatalog", "decimal_misfit"]
 
 _LOGICAL_NAMES = {"decimal": "decimal", "date": "date", "timestamp-micros": "timestamp",
                   "timestamp-millis": "timestamp"}
@@ -67,6 +67,27 @@ class FieldSpec:
     scale: Optional[int]
     rules: tuple[str, ...]
     doc: str
+
+
+def decimal_misfit(value: Decimal, precision: int, scale: int) -> Optional[str]:
+    """Why ``value`` does not fit decimal(precision, scale), in exact digits (never rounded,
+    never in exponent notation: 1E+16 is shown as 10000000000000000); None if it fits.
+    Trailing zeros are not decimal places (100.0000 fits decimal(18,2))."""
+    if not value.is_finite():
+        return f"{value} is not a finite number"
+    _, digits, exponent = value.as_tuple()
+    digits = list(digits)
+    while exponent < 0 and len(digits) > 1 and digits[-1] == 0:
+        digits.pop()
+        exponent += 1
+    places = max(-exponent, 0)
+    integer_digits = max(len(digits) + exponent, 0) if value else 0
+    problems = []
+    if integer_digits > precision - scale:
+        problems.append(f"{integer_digits} integer digits (at most {precision - scale})")
+    if places > scale:
+        problems.append(f"{places} decimal places (at most {scale})")
+    return f"{value:f} does not fit decimal({precision},{scale}): {' and '.join(problems)}" if problems else None
 
 
 def _non_null(avro_type: Any) -> tuple[Any, bool]:
@@ -156,6 +177,11 @@ class EntitySchema:
             raise TerminalError(self._explain(event, exc)) from exc
         return out.getvalue()
 
+    def check(self, event: dict) -> None:
+        """What ``encode`` checks beyond fastavro (decimal precision and scale, aware times),
+        for an event whose body is kept as it arrived; TerminalError naming the field."""
+        self._precheck(event)
+
     def decode(self, body: bytes) -> dict:
         return schemaless_reader(io.BytesIO(body), self._parsed, self._parsed)
 
@@ -191,18 +217,15 @@ class EntitySchema:
     def _check_decimal(self, image: str, name: str, value: Any, precision: int, scale: int) -> Decimal:
         where = f"{self.entity} {image}.{name} (decimal({precision},{scale}))"
         if not isinstance(value, Decimal):
-            raise TerminalError(f"{where}: got {type(value).__name__} {value!r}; amounts must be"
-                                " decimal.Decimal, never float")
-        if not value.is_finite():
-            raise TerminalError(f"{where}: {value} is not a finite number")
+            kind = "text or raw bytes (the writer's schema has no decimal here)" \
+                if isinstance(value, (str, bytes)) else type(value).__name__
+            raise TerminalError(f"{where}: got {kind} {value!r:.80}; an amount must be an exact decimal, "
+                                "never text or a float")
+        misfit = decimal_misfit(value, precision, scale)
+        if misfit:
+            raise TerminalError(f"{where}: {misfit}")
         if value.as_tuple().exponent < -scale:
-            # More decimal places than the schema: fine only if they are zeros (100.0000).
-            quantized = value.quantize(Decimal(1).scaleb(-scale))
-            if quantized != value:
-                raise TerminalError(f"{where}: {value} has more than {scale} decimal places")
-            value = quantized
-        if value and value.adjusted() + 1 > precision - scale:
-            raise TerminalError(f"{where}: {value} has more than {precision - scale} integer digits")
+            value = value.quantize(Decimal(1).scaleb(-scale))     # only zeros beyond the scale (100.0000)
         return value
 
     def _explain(self, event: dict, exc: Exception) -> str:

@@ -102,6 +102,9 @@ def render(report: dict) -> str:
             lines.append(f"  progress: {r['progress']}")
         lines.extend(_health_lines(r.get("health")))
         lines.append(f"  queue: {r['queue_depth']} waiting" + (f", oldest {age:.1f}s" if age is not None else ""))
+        if r.get("waiting"):
+            lines.append(f"  held back: {r['waiting']} event(s) wait, the oldest for {r['oldest_waiting_s']:.0f}s: "
+                         f"{r.get('waiting_reason')}")
         lines.append(f"  publish: last {_ago(r.get('last_publish_at'))}, published {r.get('published_total', 0)}, "
                      f"dead-lettered {r.get('dead_lettered_total', 0)}, open exceptions {r['open_exceptions']}")
         for label, key in (("source error", "source_error"), ("sink error", "sink_error")):

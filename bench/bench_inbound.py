@@ -19,12 +19,18 @@ apply-only /s    this process: SqlApplySink.write() over the same N events alrea
                  (decode + reverse mapping + conflict prefetch with FOR UPDATE + upsert
                  executemany + ledger insert + commit), batches of 2000, fresh table.
 The reverse mapping is tests/support/inbound.py's REVERSE (timestamp conflict detection).
+cpu_us_per_event CPU time (user+sys, psutil) of this process per event over the timed window: the
+                 agent runs in this process, so it is the agent's cost per event (e2e), or the
+                 sink's alone (apply-only); db_cpu_us_per_event is the database server's
+                 processes over the same window. The machine is printed first.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import logging
+import os
+import platform
 import sys
 import tempfile
 import time
@@ -34,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from agent import config as config_module  # noqa: E402
@@ -65,6 +72,42 @@ class FreshDatabase:
         self.admin.dispose()
 
 
+DB_PROCESSES = {"postgres": ("postgres",), "mariadb": ("mariadbd", "mysqld")}
+
+
+class CpuMeter:
+    """CPU seconds (user+sys) of this process and of the database server's processes."""
+
+    def __init__(self, target: str):
+        self.me = psutil.Process()
+        self.names = DB_PROCESSES[target]
+
+    def _db(self) -> float:
+        total = 0.0
+        for proc in psutil.process_iter(["name"]):
+            if proc.info["name"] in self.names:
+                try:
+                    total += sum(proc.cpu_times()[:2])
+                except psutil.Error:
+                    pass
+        return total
+
+    def start(self):
+        self.t0 = (sum(self.me.cpu_times()[:2]), self._db())
+        return self
+
+    def per_event_us(self, n: int) -> dict:
+        mine, db = sum(self.me.cpu_times()[:2]) - self.t0[0], self._db() - self.t0[1]
+        return {"cpu_us_per_event": round(mine / n * 1e6), "db_cpu_us_per_event": round(db / n * 1e6)}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return (f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+            f"Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
+
+
 def scalar(engine, sql):
     try:
         with engine.connect() as conn:
@@ -90,11 +133,13 @@ def e2e(target, n, broker, registry, events) -> dict:
             started = time.monotonic()
             agent.start()
             first = consumed = None
+            cpu = None
             try:
                 while True:
                     captured = agent.queue.status().get("inbound", {}).get("captured_total", 0)
                     if first is None and captured:
                         first = time.monotonic()
+                        cpu = CpuMeter(target).start()
                     if consumed is None and captured >= n:
                         consumed = time.monotonic()
                     if scalar(engine, "SELECT count(*) FROM outpost_applied_events") >= n:
@@ -103,17 +148,19 @@ def e2e(target, n, broker, registry, events) -> dict:
                         raise RuntimeError("timed out")
                     time.sleep(0.05)
                 done = time.monotonic()
+                used = cpu.per_event_us(n)
             finally:
                 agent.stop()
         assert scalar(engine, "SELECT count(*) FROM erp_customer") == n // 2
         engine.dispose()
         return {"join_s": round(first - started, 1), "e2e_per_s": round(n / (done - first)),
-                "consume_per_s": round(n / (consumed - first)), "e2e_incl_join_per_s": round(n / (done - started))}
+                "consume_per_s": round(n / (consumed - first)), "e2e_incl_join_per_s": round(n / (done - started)),
+                **used}
     finally:
         db.close()
 
 
-def apply_only(target, n, events) -> float:
+def apply_only(target, n, events) -> dict:
     from adapters.sql_apply.sink import SqlApplySink
     db = FreshDatabase(target)
     try:
@@ -124,14 +171,16 @@ def apply_only(target, n, events) -> float:
         sink = SqlApplySink({"url": db.url, "entities": REVERSE, "lookups": LOOKUPS}, context)
         sink.open()
         batch = queued(events)
+        cpu = CpuMeter(target).start()
         started = time.monotonic()
         for start in range(0, n, 2000):
             report = sink.write(batch[start:start + 2000])
             assert len(report.delivered) == len(batch[start:start + 2000]), report
         elapsed = time.monotonic() - started
+        used = cpu.per_event_us(n)
         sink.close()
         engine.dispose()
-        return round(n / elapsed)
+        return {"apply_only_per_s": round(n / elapsed), **{f"apply_only_{k}": v for k, v in used.items()}}
     finally:
         db.close()
 
@@ -148,12 +197,13 @@ def main():
     events = [event(c, operation="CREATE") for c in firsts] + [
         event({**c, "name": c["name"] + " (renamed)", "updated_at": c["updated_at"] + dt.timedelta(seconds=1)},
               before=c) for c in firsts]
+    print("machine:", machine(), flush=True)
     broker = Broker(Path(tempfile.mkdtemp()) / "tansu.log")
     registry = RegistryDouble()
     try:
         for target in args.targets.split(","):
             result = e2e(target, args.events, broker, registry, events)
-            result["apply_only_per_s"] = apply_only(target, args.events, events)
+            result.update(apply_only(target, args.events, events))
             print(target, args.events, result, flush=True)
     finally:
         registry.stop()

@@ -1,6 +1,7 @@
 """The durable queue's invariants (DESIGN.md 1-5), on a real SQLite file."""
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -248,3 +249,54 @@ def test_a_held_event_holds_the_later_events_of_its_key_only(queue):
     assert sink.written == ["id-2", "id-5"], "A waits behind its held event; C's refused one leaves the order"
     assert report.delivered == {"id-2", "id-5"} and report.rejected == {"id-4": "schema refused"}
     assert "registry unreachable" in report.transient_error
+
+
+def test_a_deferred_event_waits_in_place_holds_its_key_back_and_is_parked_past_its_bound(queue, monkeypatch):
+    from agent.contracts import Deferral
+    queue.commit_capture("r", [event(1, "K1"), event(2, "K2"), event(3, "K1")], [], None)
+    first = queue.peek("s", 10)
+    wait = Deferral("Project P-1 waits for its parent: erp_customer with cust_no = 'C-1'", max_wait_s=60)
+    queue.settle("s", first, DeliveryReport(delivered={"id-2"}, deferred={"id-1": wait, "id-3": wait}))
+    assert queue.depth("s") == 2 and queue.peek("s", 10) == [], "not offered again before it is due"
+    queue.commit_capture("r", [event(4, "K1"), event(5, "K3")], [], None)
+    assert [e.event_id for e in queue.peek("s", 10)] == ["id-5"], "its key waits behind it, other keys flow"
+    status = queue.status()["r"]
+    assert status["waiting"] == 2 and status["waiting_reason"] == wait.reason
+    now = [time.time() + 1]
+    monkeypatch.setattr("agent.queue.time.time", lambda: now[0])
+    due = queue.peek("s", 10)
+    assert [e.event_id for e in due] == ["id-1", "id-3", "id-4", "id-5"], "due again, in order"
+    queue.settle("s", due, DeliveryReport(delivered={"id-5"}, deferred={i: wait for i in ("id-1", "id-3", "id-4")}))
+    now[0] += 59.5                      # the parent never came
+    due = queue.peek("s", 10)
+    report = DeliveryReport(deferred={i: wait for i in ("id-1", "id-3", "id-4")})
+    queue.settle("s", due, report)
+    assert set(report.rejected) == {"id-1", "id-3"}, "parked past the bound"
+    assert [x["reason"][:len(wait.reason) + 10] for x in queue.exceptions()] == [wait.reason + " (waited 6"] * 2
+    assert queue.depth("s") == 1 and queue.status()["r"]["waiting"] == 1, "id-4 began to wait later: its own bound"
+
+
+def test_a_deferred_event_is_due_at_once_when_a_batch_provides_what_it_waits_for(queue):
+    from agent.contracts import Deferral
+    queue.commit_capture("r", [event(1, "P-1"), event(2, "P-2"), event(3, "C-1")], [], None)
+    parent = "erp_customer(cust_no)=('C-1',)"
+    waits = {"id-1": Deferral("waits for C-1", 600, parent), "id-2": Deferral("waits for C-2", 600, "other")}
+    queue.settle("s", queue.peek("s", 2), DeliveryReport(deferred=waits))
+    assert [e.event_id for e in queue.peek("s", 10)] == ["id-3"]
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(delivered={"id-3"}, provided={parent}))
+    assert [e.event_id for e in queue.peek("s", 10)] == ["id-1"], "woken by its parent, the other still waits"
+
+
+def test_a_batch_delivered_around_a_waiting_event_never_removes_it(queue):
+    """The whole-range delete of a fully delivered batch assumed the batch was the head of the
+    queue; a peek past a waiting event makes the batch straddle it."""
+    from agent.contracts import Deferral
+    queue.commit_capture("r", [event(n, f"K{n}") for n in (1, 2, 3, 4)], [], None)
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(delivered={"id-2", "id-4"}, deferred={
+        "id-1": Deferral("waits", 600, "a"), "id-3": Deferral("waits", 600, "b")}))
+    queue.commit_capture("r", [event(5, "K5"), event(6, "K6")], [], None)
+    queue.settle("s", queue.peek("s", 1), DeliveryReport(delivered={"id-5"}, provided={"a"}))
+    batch = queue.peek("s", 10)
+    assert [e.event_id for e in batch] == ["id-1", "id-6"], "id-1 woken, id-3 still waits between them"
+    queue.settle("s", batch, DeliveryReport(delivered={"id-1", "id-6"}))
+    assert queue.depth("s") == 1 and queue.status()["r"]["waiting"] == 1, "id-3 is still queued"

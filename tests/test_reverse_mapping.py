@@ -91,7 +91,37 @@ def test_fit_rejects_what_the_column_cannot_hold():
     assert berlin == dt.datetime(2026, 11, 27, 13, 0) and berlin.tzinfo is None
 
 
-def test_side_by_side_shows_local_row_and_event_images():
-    text = side_by_side({"cust_name": "Local"}, {"before": {"name": "A"}, "after": {"name": "B"},
-                                                 "metadata": {"event_id": "e1"}})
-    assert '"local_row": {"cust_name": "Local"}' in text and '"after": {"name": "B"}' in text and "e1" in text
+def test_side_by_side_shows_the_local_row_and_both_images_with_local_and_canonical_codes():
+    lines = side_by_side(plan(), {"cust_no": "C-1", "company": "01", "cust_name": "Local"},
+                         {"before": customer("C-1", "A"), "after": customer("C-1", "B", company="UK01")}, NOW)
+    by_column = {line["column"]: line for line in lines}
+    assert by_column["cust_name"] == {"column": "cust_name", "field": "name", "local": "Local", "before": "A",
+                                      "after": "B", "before_canonical": "A", "after_canonical": "B"}
+    assert by_column["company"] == {"column": "company", "field": "legal_entity", "local": "01", "before": "01",
+                                    "after": "02", "before_canonical": "US01", "after_canonical": "UK01"}
+    assert by_column["credit_lim"]["after"] == "100.00", "amounts as exact text"
+
+
+@pytest.mark.parametrize("value", ["SOC-17", "1.5", Decimal("1.5"), True])
+def test_int_conversion_refuses_what_is_not_a_whole_number(value):
+    rules = {**REVERSE["Customer"]["tables"][0]["columns"], "soc_no": {"field": "status", "convert": ["int"]}}
+    with pytest.raises(ApplyRejected, match=r"column soc_no of erp_customer \(field status\): convert int failed"):
+        plan(columns=rules).values(customer("C-1", status=value), NOW)
+    assert plan(columns=rules).values(customer("C-1", status=" 17 "), NOW)["soc_no"] == 17
+
+
+def test_a_double_column_takes_exact_decimals_it_can_give_back():
+    double = Column("credit_lim", "float")
+    assert fit(double, Decimal("2040563.57"), UTC) == Decimal("2040563.57")
+    with pytest.raises(ApplyRejected, match=r"about 15 significant digits\); 1234567890123456.78 would be stored as "
+                                            r"1234567890123456.8"):
+        fit(double, Decimal("1234567890123456.78"), UTC)
+    with pytest.raises(ApplyRejected, match="never floats"):
+        fit(double, 12.5, UTC)
+
+
+def test_money_is_compared_at_the_schema_scale():
+    from adapters.sql_apply.reverse_mapping import comparable
+    assert comparable(Decimal("2040563.5700000001"), UTC, 2) == comparable(Decimal("2040563.57"), UTC, 2)
+    assert comparable(0.30000000000000004, UTC, 2) == comparable(Decimal("0.30"), UTC, 2)
+    assert comparable(Decimal("2040563.571"), UTC, 3) != comparable(Decimal("2040563.57"), UTC, 3)

@@ -72,6 +72,7 @@ def make_event(catalog: SchemaCatalog, entity: str, **after_changes) -> dict:
             "occurred_at": datetime(2026, 11, 27, 9, 59, 59, 999999, tzinfo=timezone.utc),
             "captured_at": datetime(2026, 11, 27, 10, 0, 1, 5, tzinfo=timezone.utc),
             "schema_version": schema.version,
+            "version": 42,
         },
         "key": after[schema.key_field],
         "before": before,
@@ -137,10 +138,11 @@ def test_delete_with_only_before_image_and_other_timezones(catalog):
 def test_missing_nullable_fields_default_to_null(catalog):
     schema = catalog.entity("Customer")
     event = make_event(catalog, "Customer")
-    del event["metadata"]["causation_id"]
+    del event["metadata"]["causation_id"], event["metadata"]["version"]
     del event["after"]["country"]
     decoded = schema.decode(schema.encode(event))
     assert decoded["metadata"]["causation_id"] is None and decoded["after"]["country"] is None
+    assert decoded["metadata"]["version"] is None
 
 
 def test_trailing_zero_decimals_are_accepted_exactly(catalog):
@@ -165,7 +167,7 @@ def test_v1_data_is_readable_with_current_schema(catalog):
     event = make_event(catalog, "Customer")
     for image in ("before", "after"):
         del event[image]["country"]
-    del event["metadata"]["causation_id"]
+    del event["metadata"]["causation_id"], event["metadata"]["version"]
     out = io.BytesIO()
     fastavro.schemaless_writer(out, v1, event)
     out.seek(0)
@@ -294,3 +296,14 @@ def test_rules_and_field_specs_are_exposed(catalog):
             assert spec.avro_type != "double" and spec.avro_type != "float"   # never a float
         # Custom attributes survive the expansion (fastavro ignores them when encoding).
         assert schema.schema["outpost.key"] == schema.key_field
+
+
+def test_a_decimal_misfit_is_described_in_exact_digits():
+    from agent.schemas import decimal_misfit
+    assert decimal_misfit(Decimal("1E+16"), 18, 2) == \
+        "10000000000000000 does not fit decimal(18,2): 17 integer digits (at most 16)"
+    assert decimal_misfit(Decimal("10000000000000000.001"), 18, 2) == \
+        "10000000000000000.001 does not fit decimal(18,2): 17 integer digits (at most 16) and 3 decimal places (at most 2)"
+    assert decimal_misfit(Decimal("1234567890123456789012345678901.55"), 18, 2).startswith(
+        "1234567890123456789012345678901.55 does not fit"), "never rounded to the context's 28 digits"
+    assert decimal_misfit(Decimal("100.0000"), 18, 2) is None and decimal_misfit(Decimal("0.00"), 18, 2) is None

@@ -91,6 +91,7 @@ class TxnTracker:
         self.file, self.boundary, self.skip, self.gtid = file, pos, skip, gtid
         self.rows = 0              # row changes of our table seen in the current transaction
         self.pending_gtid: Optional[str] = None
+        self.echo = False          # the current transaction wrote the applier's marker row
 
     def rotate(self, next_file: str, position: int) -> None:
         # The rotate sent when a dump starts names the file we asked for: nothing moves. A
@@ -103,7 +104,7 @@ class TxnTracker:
                 self.boundary = position
 
     def begin(self, gtid: Optional[str] = None) -> None:
-        self.pending_gtid = gtid
+        self.pending_gtid, self.echo = gtid, False
 
     def row(self) -> Optional[int]:
         """Number of the next row in the transaction, or None if it was queued before a restart."""
@@ -112,7 +113,7 @@ class TxnTracker:
         return None if index < self.skip else index
 
     def commit(self, end_pos: int) -> None:
-        self.boundary, self.rows, self.skip = end_pos, 0, 0
+        self.boundary, self.rows, self.skip, self.echo = end_pos, 0, 0, False
         if self.pending_gtid:
             self.gtid, self.pending_gtid = self.pending_gtid, None
 

@@ -63,6 +63,9 @@ class BinlogSource(SnapshotSupport, Source):
         self.server_id = self.spec.server_id or 1_000_000 + zlib.crc32(
             f"{context.name}/{self.schema}.{self.table}/{context.state_dir}".encode()) % 3_000_000_000
         self._server = Server(self.settings, where)
+        marker = self.spec.echo_marker_table
+        self._marker = (tuple(marker.split(".", 1)) if "." in marker else (self.schema, marker)) if marker else None
+        self._echoes = 0                # rows of Outpost's own apply transactions, not captured
         self._columns: Optional[list[tuple[str, str, bool]]] = None
         self._stream: Optional[BinLogStreamReader] = None
         self._tracker: Optional[TxnTracker] = None
@@ -182,6 +185,8 @@ class BinlogSource(SnapshotSupport, Source):
         progress = {"phase": "snapshot" if snap and snap.get("initial") else "streaming",
                     "position": f"{cp['file']}:{cp['pos']}" + (f"+{cp['rows']}" if cp["rows"] else ""),
                     "gtid": cp.get("gtid")}
+        if self._marker:
+            progress["own_changes_skipped"] = self._echoes
         if snap:
             progress["snapshot"] = {"table": self.table, "rows": snap["rows"], "request": snap.get("request")}
         self._progress = progress
@@ -198,8 +203,10 @@ class BinlogSource(SnapshotSupport, Source):
         settings = {**self.settings, "read_timeout": max(30, int(self.spec.heartbeat * 4))}
         self._stream = BinLogStreamReader(
             connection_settings=settings, server_id=self.server_id, log_file=cp["file"], log_pos=cp["pos"],
-            resume_stream=True, blocking=True, only_events=_EVENTS, only_schemas=[self.schema],
-            only_tables=[self.table], slave_heartbeat=self.spec.heartbeat, enable_logging=False,
+            resume_stream=True, blocking=True, only_events=_EVENTS,
+            only_schemas=sorted({self.schema, *(self._marker[:1] if self._marker else ())}),
+            only_tables=[self.table] + ([self._marker[1]] if self._marker else []),
+            slave_heartbeat=self.spec.heartbeat, enable_logging=False,
             # parse a table's map event once per table id (2/3 of the decode time otherwise);
             # DDL and every switch to another binlog file clear that cache below
             freeze_schema=True)
@@ -236,7 +243,15 @@ class BinlogSource(SnapshotSupport, Source):
                 self._close_stream()
                 break
             if kind in _OPERATION:
+                if self._marker and (event.schema, event.table) == self._marker:
+                    tracker.echo = True            # written first by the applier: its transaction
+                    continue
                 if event.schema != self.schema or event.table != self.table:
+                    continue
+                if tracker.echo:                   # Outpost applied it: not a new change (no echo)
+                    for _ in event.rows:
+                        tracker.row()              # counted all the same: positions stay the same
+                    self._echoes += len(event.rows)
                     continue
                 if not batch:
                     first_at = now

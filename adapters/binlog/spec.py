@@ -35,6 +35,11 @@ class SourceOptions(BaseModel):
     # warn in status when the unread binlog behind the stored position exceeds this
     retention_warn_bytes: int = Field(1 << 30, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
+    # Echo prevention for a table an inbound sql_apply sink also writes (marker.enabled): the
+    # sink writes this marker table first in each apply transaction; every change of a
+    # transaction that wrote it is Outpost's own and is not captured. "table" (in this
+    # source's schema) or "schema.table".
+    echo_marker_table: Optional[str] = None
 
     @field_validator("url")
     @classmethod

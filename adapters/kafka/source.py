@@ -16,9 +16,10 @@ repeats by ``event_id``). Order: partitions are read in offset order and each ba
 that order, so per-key order (one key, one partition) holds.
 
 Poison messages (no Confluent framing, unknown schema id, body that does not decode or
-does not fit the canonical schema) are handed on with ``error`` set: the pass-through
-translator puts them in the exception queue with topic, partition, offset, error and the
-raw bytes. An unreachable registry or broker is transient: the run stops, nothing is
+does not fit the canonical schema, or that the route's own validation refuses) are handed
+on with ``error`` set: the pass-through translator puts them in the exception queue with
+topic, partition, offset, error and the raw bytes; a copy goes to ``dead_letter_topic``
+with the original headers plus ``outpost.origin`` and ``outpost.error`` (the reason). An unreachable registry or broker is transient: the run stops, nothing is
 stored, and the route retries with backoff.
 """
 from __future__ import annotations
@@ -45,14 +46,39 @@ from agent.passthrough import OPERATION_OF_SYMBOL
 __all__ = ["KafkaSource", "Source"]
 
 CHECKPOINT_VERSION = 1
+_ERROR_HEADER_BYTES = 4096
 _DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
 
 
 class _Writer:
-    """A writer schema from the registry, parsed once."""
+    """A writer schema from the registry, parsed once; ``dropped``: its fields the canonical
+    schema lacks (Avro schema resolution drops them from every event it wrote)."""
 
-    def __init__(self, parsed: Any, entity: Optional[str], error: Optional[str] = None):
-        self.parsed, self.entity, self.error = parsed, entity, error
+    def __init__(self, parsed: Any, entity: Optional[str], error: Optional[str] = None, dropped: tuple = ()):
+        self.parsed, self.entity, self.error, self.dropped = parsed, entity, error, dropped
+
+
+def _records(schema: Any, found: Optional[dict] = None) -> dict:
+    """Every record definition in a schema document: short name -> field names."""
+    found = {} if found is None else found
+    if isinstance(schema, list):
+        for branch in schema:
+            _records(branch, found)
+    elif isinstance(schema, dict):
+        if schema.get("type") == "record":
+            found.setdefault(str(schema.get("name", "")).rsplit(".", 1)[-1], [f["name"] for f in schema["fields"]])
+            for f in schema["fields"]:
+                _records(f["type"], found)
+        elif schema.get("type") in ("array", "map"):
+            _records(schema.get("items") or schema.get("values"), found)
+    return found
+
+
+def unknown_fields(writer: Any, reader: Any) -> tuple[str, ...]:
+    """``Record.field`` of each field the writer has and the reader does not."""
+    known = _records(reader)
+    return tuple(f"{name}.{f}" for name, fields in _records(writer).items() if name in known
+                 for f in fields if f not in known[name])
 
 
 class KafkaSource(contracts.Source):
@@ -67,6 +93,7 @@ class KafkaSource(contracts.Source):
         self._registry: Optional[SchemaRegistryClient] = None
         self._dlq: Optional[Producer] = None
         self._writers: dict[int, _Writer] = {}
+        self._dropped: dict[int, int] = {}      # writer schema id -> events that lost unknown fields
         self._readers: dict[str, Any] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._pending: Optional[dict[tuple[str, int], int]] = None   # yielded, not yet stored
@@ -86,13 +113,20 @@ class KafkaSource(contracts.Source):
                 "enable.auto.offset.store": False, "error_cb": self._on_error}
         try:
             consumer = Consumer(conf)
-            consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                               on_lost=self._on_revoke)
             if self._registry is None:
                 self._registry = SchemaRegistryClient(dict(self._registry_conf))
         except (KafkaException, ValueError, TypeError) as exc:
             raise ConfigError([f"source {self.context.name}: {self._scrub(exc)}"]) from None
-        self._consumer, self._assigned, self._pending = consumer, set(), None
+        self._consumer, self._assigned, self._pending, self._subscribed = consumer, set(), None, False
+
+    def _subscribe(self) -> None:
+        """Join the group only to read: ``outpost check`` opens the source too, and a member
+        that joins and leaves again rebalances the running agent's group (tansu could even
+        keep the departed member as leader, and nothing was consumed any more)."""
+        if not self._subscribed:
+            self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                     on_lost=self._on_revoke)
+            self._subscribed = True
 
     def close(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -108,10 +142,15 @@ class KafkaSource(contracts.Source):
     def _on_assign(self, _consumer, partitions) -> None:
         with self._lock:
             self._assigned |= {(p.topic, p.partition) for p in partitions}
+        self.context.log.info("kafka source %s: group %s assigned %s", self.context.name, self.spec.group_id,
+                              _partitions(partitions))
 
     def _on_revoke(self, _consumer, partitions) -> None:
         with self._lock:
             self._assigned -= {(p.topic, p.partition) for p in partitions}
+        # a rebalance costs the group a pause: worth a line (another member joined or left)
+        self.context.log.info("kafka source %s: group %s revoked %s", self.context.name, self.spec.group_id,
+                              _partitions(partitions))
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() in _DOWN:
@@ -122,6 +161,7 @@ class KafkaSource(contracts.Source):
     def batches(self, checkpoint: Any) -> Iterator[SourceBatch]:
         if self._consumer is None:
             self.open()
+        self._subscribe()
         offsets = dict((checkpoint or {}).get("offsets") or {}) if isinstance(checkpoint, dict) else {}
         self._settle_pending(offsets)
         waited = 0.0
@@ -146,11 +186,17 @@ class KafkaSource(contracts.Source):
                 record = self._record(message)
                 records.append(record)
                 if record.after["error"]:
-                    poison.append(message)
+                    poison.append((message, record.after["error"]))
                 ends[(message.topic(), message.partition())] = message.offset() + 1
             for (topic, partition), end in ends.items():
                 offsets[f"{topic}:{partition}"] = end
             self._pending = ends
+            if any(self._writers[i].dropped for i in {r.after["schema_id"] for r in records} if i in self._writers):
+                dropped = {f"schema {i} ({self._writers[i].entity})": {"fields": list(self._writers[i].dropped),
+                                                                        "events": count}
+                           for i, count in self._dropped.items()}
+                self.context.set_health(details={**self.context.health.details,
+                                                 "unknown fields dropped (since start)": dropped})
             yield SourceBatch(records, {"v": CHECKPOINT_VERSION, "offsets": dict(offsets)},
                               {"partitions": len(self._assigned), "last_batch": len(records)})
             # Resumed: the batch is durable in the local queue (invariant 2).
@@ -168,6 +214,7 @@ class KafkaSource(contracts.Source):
             # Not durable: forget what was fetched; the group's committed offsets are the truth.
             self.close()
             self.open()
+            self._subscribe()
 
     def _store(self, ends: dict[tuple[str, int], int]) -> None:
         try:
@@ -186,13 +233,22 @@ class KafkaSource(contracts.Source):
         position = f"{topic}:{partition}:{offset}"
         error = self._decode(value, carried, message.headers() or [])
         if error:
-            carried["error"] = f"{topic}[{partition}]@{offset}: {error}"
-            carried["raw"] = base64.b64encode(value or b"").decode("ascii")
-            return SourceRecord(topic, "update", position, after=carried)
+            return self._poison(message, carried, position, error)
         meta = carried["event"]["metadata"]
-        occurred = meta.get("occurred_at")
-        return SourceRecord(topic, OPERATION_OF_SYMBOL.get(meta.get("operation"), "update"), position,
-                            after=carried, occurred_at=occurred)
+        record = SourceRecord(topic, OPERATION_OF_SYMBOL.get(meta.get("operation"), "update"), position,
+                              after=carried, occurred_at=meta.get("occurred_at"))
+        # What the route would refuse after decoding (text for a decimal, an amount beyond the
+        # schema's precision, a key that is not the image's) is poison too: dead-lettered
+        # with its reason like an undecodable message, not only parked.
+        problems = self.context.validate(record)
+        if problems:
+            return self._poison(message, carried, position, "; ".join(p["message"] for p in problems))
+        return record
+
+    def _poison(self, message, carried: dict, position: str, error: str) -> SourceRecord:
+        carried["error"] = f"{message.topic()}[{message.partition()}]@{message.offset()}: {error}"
+        carried["raw"] = base64.b64encode(message.value() or b"").decode("ascii")
+        return SourceRecord(message.topic(), "update", position, after=carried)
 
     def _decode(self, value: Optional[bytes], carried: dict, headers) -> Optional[str]:
         """Fill ``carried`` with the decoded event; returns why not, for poison messages."""
@@ -217,6 +273,8 @@ class KafkaSource(contracts.Source):
         if body.tell() != len(value) - 5:
             return f"{len(value) - 5 - body.tell()} byte(s) left after decoding as {entity}: corrupt message"
         carried["event"] = event
+        if writer.dropped:
+            self._dropped[schema_id] = self._dropped.get(schema_id, 0) + 1
         if reader is writer.parsed:
             carried["body"] = value[5:]   # already the current schema's encoding: queued as is
         return None
@@ -247,9 +305,14 @@ class KafkaSource(contracts.Source):
         else:
             entity = self._entity_of(document)
             current = self.context.schemas.entity(entity) if entity else None
+            dropped = unknown_fields(document, current.schema) if current is not None else ()
             if current is not None and json.loads(current.schema_json) == document:
                 parsed = current.parsed    # the current schema itself: no resolution needed (faster)
-            writer = _Writer(parsed, entity)
+            elif dropped:
+                self.context.log.warning("kafka source %s: writer schema %d (%s) has field(s) the canonical schema "
+                                         "lacks: %s; they are dropped from every event it wrote (counted in status)",
+                                         self.context.name, schema_id, entity, ", ".join(dropped))
+            writer = _Writer(parsed, entity, dropped=dropped)
         self._writers[schema_id] = writer
         return writer
 
@@ -269,9 +332,11 @@ class KafkaSource(contracts.Source):
             return
         if self._dlq is None:
             self._dlq = Producer({**self._client_conf(), "enable.idempotence": True, "acks": "all"})
-        for message in messages:
+        for message, error in messages:
             headers = list(message.headers() or []) + [
-                ("outpost.origin", f"{message.topic()}:{message.partition()}:{message.offset()}".encode())]
+                ("outpost.origin", f"{message.topic()}:{message.partition()}:{message.offset()}".encode()),
+                # why it is here: the same reason as its exception-queue entry (bounded: a header)
+                ("outpost.error", error.encode("utf-8")[:_ERROR_HEADER_BYTES])]
             self._dlq.produce(self.spec.dead_letter_topic, value=message.value(), key=message.key(),
                               headers=headers)
         left = self._dlq.flush(10)
@@ -282,6 +347,7 @@ class KafkaSource(contracts.Source):
     # ------------------------------------------------------------------ checking
 
     def check(self) -> list[str]:
+        """Metadata calls only: the consumer never subscribes here (see ``_subscribe``)."""
         problems = []
         try:
             metadata = self._consumer.list_topics(timeout=5) if self._consumer else None
@@ -296,6 +362,10 @@ class KafkaSource(contracts.Source):
         except Exception as exc:
             problems.append(f"schema registry unreachable: {self._scrub(exc)}")
         return problems
+
+
+def _partitions(partitions) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
 
 
 Source = KafkaSource

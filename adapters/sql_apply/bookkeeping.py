@@ -1,6 +1,7 @@
 """The applier's own tables, written in the apply transaction: the applied-events ledger
-(apply-once), the applied row versions (sql_poll echo prevention) and the Debezium
-marker row. See docs/inbound.md for the contracts."""
+(apply-once), the applied row versions (sql_poll echo prevention), the last applied change
+per entity key (no stale overwrite) and the marker row (Debezium and binlog echo
+prevention). See docs/inbound.md for the contracts."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,6 +10,7 @@ import uuid
 import sqlalchemy as sa
 
 from adapters.sql_apply import statements as sql
+from adapters.sql_apply.ordering import Stamp
 from adapters.sql_poll.source import row_position
 
 __all__ = ["Bookkeeping"]
@@ -20,7 +22,8 @@ def _naive(now: dt.datetime) -> dt.datetime:
 
 class Bookkeeping:
     def __init__(self, ledger_options, marker_options, applier: str):
-        self.metadata, self.ledger, self.rows, self.marker = sql.bookkeeping_tables(ledger_options, marker_options)
+        self.metadata, self.ledger, self.rows, self.keys, self.marker = sql.bookkeeping_tables(ledger_options,
+                                                                                              marker_options)
         self.applier = applier
         self._stmts: dict[str, tuple] = {}
 
@@ -36,12 +39,35 @@ class Bookkeeping:
                                      .where(self.ledger.c.event_id.in_(ids[start:start + 500]))).scalars())
         return done
 
-    def record(self, conn, applied: list, touched: dict, now: dt.datetime) -> None:
-        """Ledger rows and row versions, in the caller's transaction."""
+    def last_applied(self, conn, keys: set, lock: bool) -> dict[tuple, Stamp]:
+        """(entity, key) -> the stamp of the change applied last for it, read ``FOR UPDATE``
+        where the database can (so a concurrent applier cannot interleave)."""
+        by_entity: dict[str, list] = {}
+        for entity, key in keys:
+            by_entity.setdefault(entity, []).append(key[:255])
+        found, c = {}, self.keys.c
+        for entity, names in by_entity.items():
+            for start in range(0, len(names), 500):
+                stmt = sa.select(c.entity, c.entity_key, c.event_id, c.version, c.occurred_us, c.captured_us).where(
+                    c.entity == entity, c.entity_key.in_(names[start:start + 500]))
+                for row in conn.execute(stmt.with_for_update() if lock else stmt):
+                    found[(row.entity, row.entity_key)] = Stamp(row.event_id, row.version, row.occurred_us,
+                                                                row.captured_us)
+        return found
+
+    def record(self, conn, applied: list, touched: dict, stamps: dict, now: dt.datetime) -> None:
+        """Ledger rows, row versions and each key's last applied change, in the caller's transaction."""
         conn.execute(sa.insert(self.ledger), [
             {"event_id": e.event_id, "entity": e.entity, "entity_key": e.key[:255],
              "correlation_id": (e.correlation_id or "")[:64], "applied_at": _naive(now)} for e in applied])
         self._record_versions(conn, touched, now)
+        if stamps:
+            columns = ["entity", "entity_key", "event_id", "version", "occurred_us", "captured_us", "applied_at"]
+            stmt, params = self._upsert(conn, self.keys, ["entity", "entity_key"], columns)
+            conn.execute(stmt, [params({"entity": entity, "entity_key": key[:255], "event_id": s.event_id,
+                                        "version": s.version, "occurred_us": s.occurred_us,
+                                        "captured_us": s.captured_us, "applied_at": _naive(now)})
+                                for (entity, key), s in stamps.items()])
 
     def mark(self, conn, now: dt.datetime) -> None:
         """The Debezium marker row, written FIRST in an apply transaction: the debezium

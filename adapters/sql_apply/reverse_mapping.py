@@ -9,21 +9,29 @@ queue; nothing here ever builds SQL.
 from __future__ import annotations
 
 import datetime as dt
-import json
+import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Callable, Mapping, Optional
 from zoneinfo import ZoneInfo
+
+from agent.schemas import decimal_misfit
 
 __all__ = ["ApplyRejected", "Column", "TablePlan", "ProcedurePlan", "rule_value", "reverse_lookups", "fit", "side_by_side", "CONVERSIONS"]
 
 
 _STEPS = [Decimal(1).scaleb(-n) for n in range(19)]
+_WHOLE = re.compile(r"[+-]?[0-9]+")
 _LIMITS = [Decimal(10) ** n for n in range(80)]
 
 
 class ApplyRejected(Exception):
-    """This event cannot be applied as it is; ``reason`` goes to the exception queue."""
+    """This event cannot be applied as it is; the message goes to the exception queue as its
+    reason, ``context`` (JSON-able) into the entry's context."""
+
+    def __init__(self, reason: str, context: Optional[dict] = None):
+        super().__init__(reason)
+        self.context = context or {}
 
 
 def _yn(v):
@@ -31,7 +39,14 @@ def _yn(v):
 
 
 def _int(v):
-    return v if v is None else int(v)
+    # Strict: int('1.5'), int(Decimal('1.5')) and int(True) would lose or invent data silently.
+    if v is None:
+        return v
+    if isinstance(v, str) and _WHOLE.fullmatch(v.strip()):
+        return int(v)
+    if isinstance(v, (int, Decimal)) and not isinstance(v, bool) and v == int(v):
+        return int(v)
+    raise ValueError(f"{v!r:.80} is not a whole number")
 
 
 def _date(v):
@@ -70,7 +85,7 @@ class Column:
     """What the reflected schema says about a local column (filled in by the sink)."""
 
     name: str
-    kind: str                       # string, integer, numeric, float, boolean, date, datetime, other
+    kind: str                       # string, integer, numeric, float (binary), boolean, date, datetime, other
     nullable: bool = True
     length: Optional[int] = None
     precision: Optional[int] = None
@@ -107,12 +122,16 @@ def fit(column: Column, value: Any, zone: ZoneInfo) -> Any:
             try:
                 exact = value.quantize(_STEPS[scale] if scale < len(_STEPS) else Decimal(1).scaleb(-scale))
             except InvalidOperation:
-                raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); {value} does not fit")
-            # integer digits checked by magnitude: cheaper than counting digits (hot path)
-            if exact != value or abs(exact) >= _LIMITS[column.precision - scale]:
-                raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); {value} does not fit")
+                exact = None
+            # integer digits checked by magnitude: cheaper than counting digits (hot path);
+            # the digits are counted only to say what does not fit
+            if exact is None or exact != value or abs(exact) >= _LIMITS[column.precision - scale]:
+                raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); "
+                                    f"{decimal_misfit(value, column.precision, scale) or f'{value:f} does not fit'}")
             value = exact
         return value
+    if kind == "float":
+        return _fit_double(where, value)
     if kind == "boolean":
         if not isinstance(value, bool):
             raise ApplyRejected(f"{where} holds booleans, the event has {type(value).__name__} {value!r:.80}")
@@ -132,12 +151,38 @@ def fit(column: Column, value: Any, zone: ZoneInfo) -> Any:
     return value
 
 
-def comparable(value: Any, zone: ZoneInfo) -> Any:
-    """A normal form for comparing a local value with an event value (types differ by driver)."""
+def _fit_double(where: str, value: Any) -> Decimal:
+    """An exact decimal for a binary floating-point column, if the column gives it back:
+    a double keeps about 15 significant digits, so a longer amount would be changed."""
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise ApplyRejected(f"{where} holds floating-point numbers; the event has {type(value).__name__} "
+                            f"{value!r:.80}; amounts come as exact decimals, never floats")
+    value = Decimal(value)
+    if not value.is_finite():
+        raise ApplyRejected(f"{where}: {value} is not a finite number")
+    try:
+        stored = Decimal(repr(float(value)))
+    except OverflowError:
+        raise ApplyRejected(f"{where} is a double; {value:f} is out of its range") from None
+    if stored != value:
+        raise ApplyRejected(f"{where} is a double (about 15 significant digits); {value:f} would be stored "
+                            f"as {stored:f}")
+    return value
+
+
+def comparable(value: Any, zone: ZoneInfo, scale: Optional[int] = None) -> Any:
+    """A normal form for comparing a local value with an event value (types differ by driver).
+
+    ``scale``: the canonical field's decimal scale. Money is compared at that scale: a
+    double read back as 2040563.5700000001 is the amount 2040563.57."""
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float, Decimal)):
-        return Decimal(str(value)).normalize()
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        if scale is not None and number.is_finite():
+            number = number.quantize(_STEPS[scale] if scale < len(_STEPS) else Decimal(1).scaleb(-scale),
+                                     rounding=ROUND_HALF_EVEN)
+        return number.normalize()
     if isinstance(value, dt.datetime):
         return (value if value.tzinfo else value.replace(tzinfo=zone)).astimezone(dt.timezone.utc)
     if isinstance(value, str):
@@ -152,7 +197,9 @@ def comparable(value: Any, zone: ZoneInfo) -> Any:
 class TablePlan:
     """One local table an entity lands in, compiled from a ``TableTarget``."""
 
-    def __init__(self, target, entity: str, lookups: Mapping[str, Mapping[str, Any]]):
+    def __init__(self, target, entity: str, lookups: Mapping[str, Mapping[str, Any]],
+                 fields: Optional[Mapping[str, Any]] = None):
+        """``fields``: the entity's ``FieldSpec`` by name (decimal scales for comparisons)."""
         self.target, self.entity = target, entity
         self.table, self.schema = target.table, target.schema_
         self.object = f"{self.schema}.{self.table}" if self.schema else self.table
@@ -161,6 +208,20 @@ class TablePlan:
         self.zone = ZoneInfo(target.timezone)
         self._lookups = lookups
         self.columns: dict[str, Column] = {}          # set by the sink from reflection
+        self.scales = {column: spec.scale for column, rule in self.rules.items()
+                       if rule.field and (spec := (fields or {}).get(rule.field)) is not None
+                       and spec.avro_type == "decimal"}
+        conflict = target.conflict
+        # version mode without a field: the column holds the source version the sink applied
+        self.version_column = conflict.column if conflict.mode == "version" and not conflict.field else None
+        # written on every create/update unless mapped: a soft-deleted row that is created
+        # again must come back (set by the sink: the column's "not deleted" value)
+        self.restore: dict[str, Any] = {}
+
+    def write_columns(self) -> list[str]:
+        """The columns an upsert writes: the mapped ones, then those the sink keeps itself."""
+        extra = [c for c in [self.version_column, *self.restore] if c and c not in self.rules]
+        return list(self.rules) + list(dict.fromkeys(extra))
 
     def fields(self) -> set[str]:
         return {r.field for r in self.rules.values() if r.field}
@@ -182,6 +243,19 @@ class TablePlan:
             raise ApplyRejected(f"{self.entity} -> {self.object}: no value for key column(s) {missing}")
         return row
 
+    def row(self, payload: Mapping[str, Any], now: dt.datetime, version: Optional[int] = None) -> dict[str, Any]:
+        """The row a create/update writes: ``values`` plus what the sink keeps itself."""
+        row = self.values(payload, now)
+        for column, value in self.restore.items():
+            row.setdefault(column, value)
+        if self.version_column and self.version_column not in self.rules:
+            if version is None:
+                raise ApplyRejected(f"{self.entity} -> {self.object}: conflict mode 'version' keeps the source "
+                                    f"version in {self.version_column}, and this event carries no metadata.version")
+            spec = self.columns.get(self.version_column)
+            row[self.version_column] = fit(spec, version, self.zone) if spec is not None else version
+        return row
+
     def key_of(self, row: Mapping[str, Any]) -> tuple:
         return tuple(row[k] for k in self.key)
 
@@ -198,13 +272,22 @@ class TablePlan:
         return fit(spec, value, self.zone) if spec is not None else value
 
     def conflict(self, local: Optional[Mapping[str, Any]], before: Optional[Mapping[str, Any]],
-                 now: dt.datetime) -> Optional[str]:
+                 now: dt.datetime, version: Optional[int] = None) -> Optional[str]:
         """Why the event must not be applied over ``local`` (None: apply it).
 
-        Without a before image (create, snapshot) there is no base version to compare:
-        the event is applied (an upsert). A missing local row is not a conflict either."""
+        ``version`` mode without a field compares the event's ``metadata.version`` with the
+        version the local column holds, for every operation. Otherwise, without a before
+        image (create, snapshot) there is no base version to compare: the event is applied
+        (an upsert). A missing local row is not a conflict either."""
         rule = self.target.conflict
-        if rule.mode == "none" or local is None or before is None:
+        if rule.mode == "none" or local is None:
+            return None
+        if self.version_column:
+            mine = local.get(self.version_column)
+            if mine is not None and version is not None and int(mine) > version:
+                return f"local {self.version_column}={mine} is newer than the event's version {version}"
+            return None
+        if before is None:
             return None
         if rule.mode in ("version", "timestamp"):
             base, mine = before.get(rule.field), local.get(rule.column)
@@ -216,7 +299,8 @@ class TablePlan:
             return None
         expected = self.values(before, now)
         differing = [c for c, r in self.rules.items() if not r.now and r.field
-                     and comparable(local.get(c), self.zone) != comparable(expected[c], self.zone)]
+                     and comparable(local.get(c), self.zone, self.scales.get(c))
+                     != comparable(expected[c], self.zone, self.scales.get(c))]
         if differing:
             return "local row differs from the event's before image in " + ", ".join(differing)
         return None
@@ -232,7 +316,10 @@ def rule_value(rule, payload: Mapping[str, Any], now: dt.datetime, lookups: Mapp
     else:
         value = payload.get(rule.field)
     for name in rule.convert:
-        value = CONVERSIONS[name](value)
+        try:
+            value = CONVERSIONS[name](value)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise ApplyRejected(f"{where} (field {rule.field}): convert {name} failed on {value!r:.80}: {exc}") from None
     if value is not None and (rule.lookup or rule.map is not None):
         table = rule.map if rule.map is not None else lookups[rule.lookup]
         if str(value) not in table:
@@ -261,10 +348,31 @@ def _show(value: Any) -> str:
     return value.isoformat() if isinstance(value, (dt.datetime, dt.date)) else repr(value)
 
 
-def side_by_side(local: Optional[Mapping[str, Any]], event: Mapping[str, Any], limit: int = 4000) -> str:
-    """The local row next to the event's images, for a conflict's reason text."""
-    text = json.dumps({"local_row": local, "event": {"before": event.get("before"), "after": event.get("after"),
-                                                     "event_id": (event.get("metadata") or {}).get("event_id")}},
-                      default=lambda v: v.isoformat() if isinstance(v, (dt.datetime, dt.date)) else str(v),
-                      sort_keys=True)
-    return text if len(text) <= limit else text[:limit] + "...(truncated)"
+def _plain(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return f"{value:f}" if isinstance(value, Decimal) else value
+
+
+def side_by_side(plan: TablePlan, local: Optional[Mapping[str, Any]], payload: Mapping[str, Any],
+                 now: dt.datetime) -> list[dict]:
+    """One line per mapped column: the local row's value next to the event's before and
+    after images, each as the local column holds it and as the canonical field says it
+    (a looked-up code: "01" locally, "US01" canonically). For a conflict's context."""
+    def local_form(column: str, rule, image) -> Any:
+        if image is None:
+            return None
+        try:
+            return _plain(plan._value(column, rule, image, now))
+        except ApplyRejected as why:
+            return f"(cannot be mapped: {why})"
+    lines = []
+    before, after = payload.get("before"), payload.get("after")
+    for column, rule in plan.rules.items():
+        line = {"column": column, "field": rule.field, "local": _plain((local or {}).get(column)),
+                "before": local_form(column, rule, before), "after": local_form(column, rule, after)}
+        if rule.field:
+            line["before_canonical"] = _plain((before or {}).get(rule.field))
+            line["after_canonical"] = _plain((after or {}).get(rule.field))
+        lines.append(line)
+    return lines

@@ -6,55 +6,49 @@ same table skips (echo prevention) and, when enabled, the Debezium marker row. A
 successful return is the queue's ack (invariant 3); an event already in the ledger is
 acknowledged without touching anything (invariant 4), so redelivery changes nothing.
 
-Outcomes per event: applied; rejected (exception queue, stage "publish"): a conflict
-("conflict: ..." with the local row and the event side by side), an unknown code, a value
-the column cannot hold, a constraint violation ("constraint: ..."); or, when the database
-is unreachable, everything stays queued (``transient_error``) and is retried in order.
-A constraint violation rolls the batch back, then each event is applied in its own
-transaction so that only the offending one is parked.
+Outcomes per event, decided in queue order: applied; rejected (exception queue, stage
+"publish"): older than the change applied last for its key ("stale: ..."), a broken gate
+("gate: ..."), a conflict ("conflict: ..." with the local row and the event side by side
+in its context), an unknown code, a value the column cannot hold, a constraint violation
+("constraint: ..."); deferred: its parent row is not there yet (it and the later events
+of its key wait, see ``parents``); or, when the database is unreachable, everything stays
+queued (``transient_error``) and is retried in order. A constraint violation rolls the
+batch back, then each event is applied in its own transaction so that only the offending
+one is parked.
 """
 from __future__ import annotations
 
 import datetime as dt
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any, Mapping, Optional, Sequence
 
 import sqlalchemy as sa
 
 from adapters.sql_apply import statements as sql
 from adapters.sql_apply.bookkeeping import Bookkeeping
-from adapters.sql_apply.reverse_mapping import (ApplyRejected, Column, ProcedurePlan, TablePlan,
-                                                reverse_lookups, side_by_side)
+from adapters.sql_apply.database import Refused, errors, reflect, session_settings
+from adapters.sql_apply.ordering import Stamp
+from adapters.sql_apply.parents import Parents
+from adapters.sql_apply.reverse_mapping import ApplyRejected, ProcedurePlan, TablePlan, reverse_lookups, side_by_side
 from adapters.sql_apply.spec import SinkOptions
 from agent import contracts
-from agent.contracts import AdapterContext, ConfigError, DeliveryReport, QueuedEvent, TransientError
+from agent.contracts import AdapterContext, ConfigError, Deferral, DeliveryReport, QueuedEvent, TransientError
+from agent.mapping import gate_problems, known_codes
 
 __all__ = ["SqlApplySink", "Sink"]
 
 _PRUNE_EVERY_S = 3600
-# MySQL/MariaDB errors about the data that PyMySQL reports as OperationalError/InternalError:
-# CHECK constraint (4025 MariaDB, 3819 MySQL), incorrect value (1366, 1292), out of range
-# (1264), truncated (1265). Retrying cannot fix them: the event is parked instead.
-_MYSQL_DATA_ERRORS = {4025, 3819, 1366, 1292, 1264, 1265}
 
 
-class _Terminal(Exception):
-    """The database refused the data itself (constraint, value): isolate and park it."""
+def _plain(value: Any) -> str:
+    return f"{value:f}" if isinstance(value, Decimal) else repr(value)
 
 
-def _describe(column: sa.Column) -> Column:
-    t = column.type
-    kind = ("boolean" if isinstance(t, sa.Boolean) else "integer" if isinstance(t, sa.Integer)
-            else "float" if isinstance(t, sa.Float) else "numeric" if isinstance(t, sa.Numeric)
-            else "datetime" if isinstance(t, sa.DateTime) else "date" if isinstance(t, sa.Date)
-            else "string" if isinstance(t, sa.String) else "other")
-    if kind == "float":
-        kind = "numeric"     # a legacy float column still receives Decimal, never a float
-    return Column(column.name, kind, bool(column.nullable),
-                  getattr(t, "length", None), getattr(t, "precision", None), getattr(t, "scale", None),
-                  bool(getattr(t, "timezone", False)))
+def _key_of(event: QueuedEvent) -> tuple[str, str]:
+    """The entity key as the ledger's keys table holds it."""
+    return event.entity, event.key[:255]
 
 
 class SqlApplySink(contracts.Sink):
@@ -64,13 +58,17 @@ class SqlApplySink(contracts.Sink):
         super().__init__(options, context)
         lookups, problems = reverse_lookups(self.spec.lookups)
         self.targets: dict[str, list] = {}
+        self._gated: dict[str, list] = {}           # entity -> its fields that carry gate rules
+        self._codes = known_codes(self.spec.lookups)
         for entity, target in self.spec.entities.items():
             try:
                 known = {f.name for f in context.schemas.entity(entity).fields}
             except KeyError as exc:
                 problems.append(f"sink {context.name}: entities.{entity}: {exc.args[0]}")
                 continue
-            plans = ([TablePlan(t, entity, lookups) for t in target.tables] if target.tables
+            fields = {f.name: f for f in context.schemas.entity(entity).fields}
+            self._gated[entity] = [f for f in fields.values() if f.rules]
+            plans = ([TablePlan(t, entity, lookups, fields) for t in target.tables] if target.tables
                      else [ProcedurePlan(target.procedure, entity, lookups)])
             for plan in plans:
                 problems += [f"sink {context.name}: entities.{entity}: {plan.object}: {f!r} is not a field of "
@@ -93,11 +91,8 @@ class SqlApplySink(contracts.Sink):
     def open(self) -> None:
         if self._engine is not None:
             return
-        kwargs = {}
-        if self._url.get_backend_name() in ("postgresql", "mysql", "mariadb"):
-            kwargs["connect_args"] = {"connect_timeout": 10}
         try:
-            engine = sa.create_engine(self._url, pool_pre_ping=True, **kwargs)
+            engine = sa.create_engine(self._url, pool_pre_ping=True, **session_settings(self._url, self.spec.lock_wait))
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise ConfigError([f"sink {self.context.name}: url {self._safe_url}: {self._scrub(exc)}"]) from None
         try:
@@ -115,6 +110,8 @@ class SqlApplySink(contracts.Sink):
             self._books.metadata.create_all(conn, checkfirst=True)
         problems = [f"bookkeeping table {name} is missing and ledger.create is off"
                     for name in self._books.missing(conn)]
+        # SQLite checks foreign keys only when a connection asks it to (off by default)
+        enforced = dialect.name != "sqlite" or bool(conn.exec_driver_sql("PRAGMA foreign_keys").scalar())
         self._stmts: dict[tuple, tuple] = {}
         self._row_by_row: dict[str, tuple] = {}
         for entity, plans in self.targets.items():
@@ -127,34 +124,11 @@ class SqlApplySink(contracts.Sink):
                     plan.delete_call = (sql.procedure_call(dialect, plan.target.schema_, plan.target.delete_name,
                                                            len(plan.target.args)) if plan.target.delete_name else None)
                     continue
-                problems += self._reflect(conn, dialect, entity, plan)
+                problems += reflect(conn, dialect, entity, plan, self._safe_url, self._stmts, self._row_by_row)
         if problems:
             raise ConfigError([f"sink {self.context.name}: {p}" for p in problems])
-
-    def _reflect(self, conn, dialect, entity: str, plan: TablePlan) -> list[str]:
-        try:
-            table = sa.Table(plan.table, sa.MetaData(), schema=plan.schema, autoload_with=conn)
-        except sa.exc.NoSuchTableError:
-            return [f"{entity}: table {plan.object} not found in {self._safe_url}"]
-        missing = [c for c in plan.referenced_columns() if c not in table.c]
-        if missing:
-            return [f"{entity}: column(s) {missing} not found in {plan.object}"]
-        inspector = sa.inspect(conn)
-        unique = [list(table.primary_key.columns.keys())]
-        unique += [u["column_names"] for u in inspector.get_unique_constraints(plan.table, schema=plan.schema)]
-        unique += [i["column_names"] for i in inspector.get_indexes(plan.table, schema=plan.schema) if i.get("unique")]
-        if not any(set(u) == set(plan.key) for u in unique):
-            return [f"{entity}: key {plan.key} of {plan.object} is not its primary key or a unique key "
-                    f"(an upsert needs one)"]
-        plan.sa_table = table
-        plan.columns = {c: _describe(table.c[c]) for c in plan.referenced_columns()}
-        if dialect.name in ("mysql", "mariadb") and len({frozenset(u) for u in unique if u}) > 1:
-            self._row_by_row[plan.object] = sql.update_then_insert(table, plan.key, list(plan.rules))
-        self._stmts[("upsert", plan.object)] = sql.upsert(dialect, table, plan.key, list(plan.rules))
-        self._stmts[("delete", plan.object)] = sql.delete(table, plan.key)
-        if plan.target.delete.policy == "soft":
-            self._stmts[("soft", plan.object)] = sql.soft_delete(table, plan.key, plan.target.delete.column)
-        return []
+        self._parents = Parents([plan for plans in self.targets.values() for plan in plans
+                                 if isinstance(plan, TablePlan)] if enforced else [])
 
     def close(self) -> None:
         engine, self._engine = self._engine, None
@@ -181,57 +155,130 @@ class SqlApplySink(contracts.Sink):
         try:
             try:
                 self._apply(items, report)
-            except _Terminal:
-                # Find the offending event(s): one transaction each, in order.
-                for item in items:
-                    try:
-                        self._apply([item], report)
-                    except _Terminal as exc:
-                        report.rejected[item[0].event_id] = f"constraint: {exc}"
+            except Refused:
+                self._one_by_one(items, report)
         except TransientError as exc:
             report.transient_error = str(exc)
             self._reset()
         self._prune()
         return report
 
+    def _one_by_one(self, items: list, report: DeliveryReport) -> None:
+        """After the database refused the batch: one transaction per event, in order, so only
+        the offender is parked. A foreign key the database reports violated means a parent
+        that is not there yet: that event waits, with the later events of its key."""
+        blocked = {}
+        for event, payload in items:
+            key = _key_of(event)
+            if key in blocked:
+                report.deferred[event.event_id] = self._behind(blocked[key], report.deferred[blocked[key]])
+                continue
+            try:
+                self._apply([(event, payload)], report)
+            except Refused as exc:
+                if exc.missing_parent:
+                    report.deferred[event.event_id] = Deferral(f"{event.entity} {event.key} waits for its parent: "
+                                                               f"{exc}", self.spec.wait_for_parent)
+                else:
+                    report.rejected[event.event_id] = f"constraint: {exc}"
+            if event.event_id in report.deferred:
+                blocked.setdefault(key, event.event_id)
+
     def _apply(self, items: list, report: DeliveryReport) -> None:
         now = dt.datetime.now(dt.timezone.utc)
         with self._db_errors("apply to"), self._engine.begin() as conn:
             done = self._books.applied(conn, [e.event_id for e, _ in items])
             todo = [(e, p) for e, p in items if e.event_id not in done]
+            last = self._books.last_applied(conn, {_key_of(e) for e, _ in todo}, conn.dialect.name != "sqlite")
             local = self._prefetch(conn, todo, now)
-            ops, applied, rejected, touched = [], [], {}, defaultdict(dict)
-            for event, payload in todo:
-                try:
-                    steps = self._plan(event, payload, local, now)
-                except ApplyRejected as why:
-                    rejected[event.event_id] = str(why)
-                    continue
-                ops += steps
-                applied.append(event)
-                for kind, plan, row in steps:
-                    if kind != "delete" and isinstance(plan, TablePlan) and plan.target.capture_cursor:
-                        touched[plan.object][plan.key_of(row)] = (plan, event.event_id)
+            planned = [(event, self._decide(event, payload, local, last, now, report)) for event, payload in todo]
+            accepted, rejected = self._in_key_order(conn, planned, report)
+            ops = [step for _, _, steps in accepted for step in steps]
             if ops:
                 self._books.mark(conn, now)
             self._execute(conn, ops)
-            if applied:
-                self._books.record(conn, applied, touched, now)
-        report.delivered |= done | {e.event_id for e in applied}
+            if accepted:
+                touched = defaultdict(dict)
+                for event, _, steps in accepted:
+                    for kind, plan, row in steps:
+                        if kind != "delete" and isinstance(plan, TablePlan) and plan.target.capture_cursor:
+                            touched[plan.object][plan.key_of(row)] = (plan, event.event_id)
+                self._books.record(conn, [e for e, _, _ in accepted], touched,
+                                   {_key_of(e): stamp for e, stamp, _ in accepted}, now)
+        report.delivered |= done | {e.event_id for e, _, _ in accepted}
         report.rejected.update(rejected)
+
+    def _decide(self, event: QueuedEvent, payload: dict, local: dict, last: dict, now, report: DeliveryReport):
+        """(stamp, steps) of an event that may be applied, else why it is rejected (str)."""
+        stamp = Stamp.of(event.event_id, payload.get("metadata"))
+        newer = last.get(_key_of(event))
+        why = newer and stamp.older_than(newer)
+        if why:
+            report.context[event.event_id] = {"stale": {"event": stamp.describe(), "applied_last": newer.describe()}}
+            return (f"stale: {event.entity} {event.key}: this change is older than the one applied last for this "
+                    f"key (event {newer.event_id}; {why}); applying it would move the row backwards: discard it")
+        broken = self._gates(event, payload)
+        if broken:
+            return broken
+        try:
+            steps = self._plan(event, payload, local, now)
+        except ApplyRejected as why:
+            if why.context:
+                report.context[event.event_id] = why.context
+            return str(why)
+        except Exception as exc:    # a per-event failure parks this event, never the queue
+            return f"cannot apply {event.entity} {event.key}: {type(exc).__name__}: {exc}"
+        last[_key_of(event)] = stamp           # later events of the batch compare with this one
+        return stamp, steps
+
+    def _in_key_order(self, conn, planned: list, report: DeliveryReport) -> tuple[list, dict]:
+        """Accepted (event, stamp, steps) and rejections, in queue order. An event whose parent
+        row is not there (in the database or earlier in the batch) waits, and so does every
+        later event of its key, whatever it would have been: per-key order holds."""
+        needs = {e.event_id: self._parents.needs(outcome[1]) for e, outcome in planned
+                 if not isinstance(outcome, str)} if self._parents else {}
+        present = self._parents.present(conn, {n for ns in needs.values() for n in ns}) if any(needs.values()) \
+            else set()
+        accepted, rejected, blocked = [], {}, {}
+        for event, outcome in planned:
+            key = _key_of(event)
+            if key in blocked:
+                report.deferred[event.event_id] = self._behind(blocked[key], report.deferred[blocked[key]])
+                continue
+            if isinstance(outcome, str):
+                rejected[event.event_id] = outcome
+                continue
+            missing = [n for n in needs.get(event.event_id, ()) if n not in present]
+            if missing:
+                report.deferred[event.event_id] = Deferral(
+                    f"{event.entity} {event.key} waits for its parent: {missing[0].describe()}",
+                    self.spec.wait_for_parent, missing[0].token())
+                blocked[key] = event.event_id
+                continue
+            accepted.append((event, *outcome))
+            if self._parents:
+                provided = self._parents.provided(outcome[1])
+                present |= provided
+                report.provided |= {n.token() for n in provided}
+        return accepted, rejected
+
+    def _behind(self, blocker_id: str, blocker: Deferral) -> Deferral:
+        """Waits with the event ahead of it on its key (woken by the same parent)."""
+        return Deferral(f"waits behind event {blocker_id} of the same key: {blocker.reason}",
+                        self.spec.wait_for_parent, blocker.waits_for)
 
     def _prefetch(self, conn, todo: list, now) -> dict:
         """Current local rows of the keys this batch touches, for conflict checks."""
         wanted: dict[str, tuple[TablePlan, set]] = {}
         for event, payload in todo:
             image = payload.get("after") or payload.get("before")
-            if payload.get("before") is None:
-                continue        # no base version to compare: nothing to check (see TablePlan.conflict)
             for plan in self.targets[event.entity]:
-                if isinstance(plan, TablePlan) and plan.target.conflict.mode != "none" and image:
+                # without a before image there is no base to compare (see TablePlan.conflict)
+                if (isinstance(plan, TablePlan) and plan.target.conflict.mode != "none" and image
+                        and (payload.get("before") is not None or plan.version_column)):
                     try:
                         wanted.setdefault(plan.object, (plan, set()))[1].add(plan.key_values(image, now))
-                    except ApplyRejected:
+                    except Exception:
                         pass        # reported when the event is planned
         local = {}
         lock = conn.dialect.name != "sqlite"
@@ -243,6 +290,17 @@ class SqlApplySink(contracts.Sink):
                 for row in conn.execute(stmt).mappings():
                     local[(name, plan.key_of(row))] = dict(row)
         return local
+
+    def _gates(self, event: QueuedEvent, payload: dict) -> Optional[str]:
+        """The schema's gates, as outbound rows pass them (non-negative amounts, ISO 4217,
+        known codes): an event that breaks one is parked, never applied."""
+        image = payload.get("after") if event.operation != "delete" else None
+        if not image:
+            return None
+        broken = [f"{spec.name} {_plain(image[spec.name])}: {message}" for spec in self._gated[event.entity]
+                  if image.get(spec.name) is not None
+                  for _, message in gate_problems(spec, image[spec.name], self._codes)]
+        return f"gate: {event.entity} {event.key}: " + "; ".join(broken) if broken else None
 
     def _plan(self, event: QueuedEvent, payload: dict, local: dict, now) -> list:
         """The statements of one event, all or none (raises ApplyRejected)."""
@@ -270,7 +328,7 @@ class SqlApplySink(contracts.Sink):
                 continue
             if after is None:
                 raise ApplyRejected(f"{event.entity} {event.operation} event without an after image")
-            row = plan.values(after, now)
+            row = plan.row(after, now, (payload.get("metadata") or {}).get("version"))
             key = plan.key_of(row)
             current = local.get((plan.object, key))
             self._check_conflict(plan, current, payload, now)
@@ -281,10 +339,12 @@ class SqlApplySink(contracts.Sink):
         return steps
 
     def _check_conflict(self, plan: TablePlan, current, payload: dict, now) -> None:
-        reason = plan.conflict(current, payload.get("before"), now)
+        reason = plan.conflict(current, payload.get("before"), now, (payload.get("metadata") or {}).get("version"))
         if reason:
-            raise ApplyRejected(f"conflict: {plan.entity} {plan.object}: {reason}; "
-                                f"{side_by_side(current, payload)}")
+            raise ApplyRejected(f"conflict: {plan.entity} {plan.object}: {reason} (outpost queue show: the local "
+                                "row and the event side by side)",
+                                {"conflict": {"table": plan.object, "reason": reason,
+                                              "side_by_side": side_by_side(plan, current, payload, now)}})
 
     def _execute(self, conn, ops: list) -> None:
         """Consecutive statements of one kind on one table go as one executemany, in order."""
@@ -323,21 +383,8 @@ class SqlApplySink(contracts.Sink):
         if self._engine is not None:
             self._engine.dispose()
 
-    @contextmanager
     def _db_errors(self, doing: str):
-        try:
-            yield
-        except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
-            raise _Terminal(self._scrub(exc)) from None
-        except sa.exc.DBAPIError as exc:
-            code = (getattr(exc.orig, "args", None) or [None])[0]
-            if exc.connection_invalidated or code not in _MYSQL_DATA_ERRORS:
-                raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: "
-                                     f"{self._scrub(exc)}") from None
-            raise _Terminal(self._scrub(exc)) from None
-        except sa.exc.SQLAlchemyError as exc:
-            raise TransientError(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}: "
-                                 f"{self._scrub(exc)}") from None
+        return errors(f"sql_apply {self.context.name}: cannot {doing} {self._safe_url}", self._scrub, self.spec.lock_wait)
 
     def _scrub(self, exc: BaseException) -> str:
         lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]

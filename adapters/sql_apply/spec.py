@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.config import expand_shorthand
+from agent.config import Duration, expand_shorthand
 
 __all__ = ["SinkOptions", "ColumnRule", "TableTarget", "ProcedureTarget", "EntityTarget", "REVERSE_CONVERSIONS"]
 
@@ -53,7 +53,9 @@ class ColumnRule(_Strict):
 class ConflictRule(_Strict):
     """How to tell that the local row changed after the version an event was based on.
 
-    ``version``: the local ``column`` must equal the event's ``before.<field>``;
+    ``version``: with ``field``, the local ``column`` must equal the event's ``before.<field>``;
+    without, ``column`` holds the source version the sink applied (``metadata.version``,
+    written by the sink) and an event with an older version is refused;
     ``timestamp``: the local ``column`` must not be later than ``before.<field>``;
     ``before_image``: every mapped column must equal the event's before image;
     ``none``: last writer wins.
@@ -65,15 +67,23 @@ class ConflictRule(_Strict):
 
     @model_validator(mode="after")
     def _needs(self):
-        if self.mode in ("version", "timestamp") and not (self.column and self.field):
-            raise ValueError(f"conflict mode {self.mode!r} needs 'column' (local) and 'field' (canonical)")
+        if self.mode == "timestamp" and not (self.column and self.field):
+            raise ValueError("conflict mode 'timestamp' needs 'column' (local) and 'field' (canonical)")
+        if self.mode == "version" and not self.column:
+            raise ValueError("conflict mode 'version' needs 'column' (local; with 'field' it is compared with "
+                             "before.<field>, without it holds the event's metadata.version)")
         return self
 
 
 class DeletePolicy(_Strict):
+    """``soft``: a delete sets ``column`` to ``value``; every create or update sets it back to
+    ``restore_value`` (default: the column's default, else NULL), so a customer deleted
+    and created again comes back. Mapping the column yourself overrides that."""
+
     policy: Literal["hard", "soft", "ignore"] = "ignore"
     column: Optional[str] = None
     value: Any = None
+    restore_value: Any = None
 
     @model_validator(mode="after")
     def _soft_needs(self):
@@ -141,6 +151,8 @@ class Ledger(_Strict):
     schema_: Optional[str] = Field(None, alias="schema")
     table: str = "outpost_applied_events"
     rows_table: str = "outpost_applied_rows"
+    keys_table: str = Field("outpost_applied_keys", description="The last applied change per entity key (never "
+                                                                "pruned): an older one is parked as stale.")
     create: bool = True
     retention_days: float = Field(7, gt=0)
 
@@ -162,6 +174,13 @@ class SinkOptions(_Strict):
     ledger: Ledger = Ledger()
     marker: Marker = Marker()
     applier: Optional[str] = Field(None, description="Name written in the marker row (default: sink name).")
+    lock_wait: Duration = Field(30.0, ge=1, description=(
+        "How long one apply waits for a lock another session holds (LOCK TABLES, a long transaction) "
+        "before it gives up, says so in status and retries: the databases' own bounds are a day "
+        "(MariaDB lock_wait_timeout) or none (PostgreSQL lock_timeout), and a wait without end is silent."))
+    wait_for_parent: Duration = Field(600.0, gt=0, description=(
+        "How long an event whose foreign key points at a parent row that is not there yet waits (queued, "
+        "in order, shown in status) before it is parked naming the missing parent."))
 
     @model_validator(mode="after")
     def _lookups_known(self):

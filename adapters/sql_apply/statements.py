@@ -15,9 +15,10 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 __all__ = ["bookkeeping_tables", "upsert", "update_then_insert", "delete", "soft_delete", "procedure_call", "select_by_keys"]
 
 
-def bookkeeping_tables(ledger, marker) -> tuple[sa.MetaData, sa.Table, sa.Table, Optional[sa.Table]]:
-    """The applied-events ledger, the applied row versions (echo prevention) and the
-    optional Debezium marker table, all in ``ledger.schema``/``marker.schema``."""
+def bookkeeping_tables(ledger, marker) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, Optional[sa.Table]]:
+    """The applied-events ledger, the applied row versions (echo prevention), the last
+    applied change per entity key (never moving a row backwards) and the optional marker
+    table, all in ``ledger.schema``/``marker.schema``."""
     metadata = sa.MetaData()
     events = sa.Table(
         ledger.table, metadata,
@@ -36,6 +37,16 @@ def bookkeeping_tables(ledger, marker) -> tuple[sa.MetaData, sa.Table, sa.Table,
         sa.Column("applied_at", sa.DateTime(), nullable=False),
         sa.Index(f"{ledger.rows_table}_by_age", "applied_at"),
         schema=ledger.schema_)
+    keys = sa.Table(
+        ledger.keys_table, metadata,
+        sa.Column("entity", sa.String(64), primary_key=True),
+        sa.Column("entity_key", sa.String(255), primary_key=True),
+        sa.Column("event_id", sa.String(64), nullable=False),
+        sa.Column("version", sa.BigInteger),
+        sa.Column("occurred_us", sa.BigInteger),       # microseconds since 1970, UTC: exact everywhere
+        sa.Column("captured_us", sa.BigInteger),
+        sa.Column("applied_at", sa.DateTime(), nullable=False),
+        schema=ledger.schema_)
     mark = None
     if marker.enabled:
         mark = sa.Table(
@@ -44,7 +55,7 @@ def bookkeeping_tables(ledger, marker) -> tuple[sa.MetaData, sa.Table, sa.Table,
             sa.Column("txn_id", sa.String(64), nullable=False),
             sa.Column("applied_at", sa.DateTime(), nullable=False),
             schema=marker.schema_)
-    return metadata, events, rows, mark
+    return metadata, events, rows, keys, mark
 
 
 def upsert(dialect: sa.Dialect, table: sa.Table, key: list[str], columns: list[str]

@@ -122,3 +122,20 @@ def route_status(state_dir: Path, route: str) -> dict:
     """What ``outpost status`` shows for a route (its stored status fields)."""
     value = _read(state_dir, "SELECT value FROM route_status WHERE route=?", (route,))
     return json.loads(value) if value else {}
+
+
+def open_exceptions(state_dir: Path) -> list[dict]:
+    """The agent's open exception-queue entries (id, stage, entity, key, reason, context), oldest first."""
+    path = Path(state_dir) / "queue.db"
+    if not path.exists():
+        return []
+    with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10) as db:
+        try:
+            rows = db.execute("SELECT id, stage, entity, key, reason, context, event_id FROM exceptions"
+                              " WHERE status='open' ORDER BY id").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+    keys = ("id", "stage", "entity", "key", "reason", "context", "event_id")
+    return [{**dict(zip(keys, row)), "context": json.loads(row[5])} for row in rows]

@@ -55,3 +55,9 @@ def any_db_url(request):
     """Runs the test once per real database engine."""
     return request.getfixturevalue({"sqlite": "sqlite_url", "postgres": "pg_url",
                                     "mariadb": "mariadb_url"}[request.param])
+
+
+@pytest.fixture(params=["postgres", "mariadb"])
+def server_url(request):
+    """Runs the test once per real database server (PostgreSQL, MariaDB)."""
+    return request.getfixturevalue({"postgres": "pg_url", "mariadb": "mariadb_url"}[request.param])

@@ -41,6 +41,44 @@ REVERSE = {"Customer": {"tables": [{
     "delete": {"policy": "soft", "column": "deleted", "value": "Y"}}]}}
 
 
+# a legacy invoice table: uppercase names, a version column kept by a trigger
+INVOICE_DDL = ("CREATE TABLE {q}INVOICE{q} ({q}INVNO{q} VARCHAR(20) PRIMARY KEY, {q}CUSTNO{q} VARCHAR(20) NOT NULL,"
+               " {q}COMPANY{q} VARCHAR(4), {q}CURR{q} CHAR(3), {q}TAXCODE{q} VARCHAR(8), {q}INVDATE{q} DATE,"
+               " {q}NET{q} NUMERIC(18,2), {q}TAX{q} NUMERIC(18,2), {q}GROSS{q} NUMERIC(18,2), {q}STATUS{q} VARCHAR(12),"
+               " {q}ROWVER{q} INTEGER NOT NULL DEFAULT 1)")
+INVOICE_REVERSE = {"Invoice": {"tables": [{
+    "table": "INVOICE", "key": "INVNO",
+    "columns": {"INVNO": "invoice_number", "CUSTNO": "customer_number",
+                "COMPANY": {"field": "legal_entity", "lookup": "legal_entity"}, "CURR": "currency",
+                "TAXCODE": {"field": "tax_jurisdiction", "lookup": "tax_jurisdiction"}, "INVDATE": "invoice_date",
+                "NET": "net_amount", "TAX": "tax_amount", "GROSS": "total_amount", "STATUS": "status"}}]}}
+
+
+def create_invoices(engine) -> None:
+    """The INVOICE table, its ROWVER bumped by a trigger on every update."""
+    dialect = engine.dialect.name
+    q = '"' if dialect == "postgresql" else "`"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(INVOICE_DDL.format(q=q))
+        if dialect == "postgresql":
+            conn.exec_driver_sql('CREATE FUNCTION bump_rowver() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN'
+                                 ' NEW."ROWVER" := OLD."ROWVER" + 1; RETURN NEW; END $$')
+            conn.exec_driver_sql('CREATE TRIGGER invoice_rowver BEFORE UPDATE ON "INVOICE" FOR EACH ROW'
+                                 ' EXECUTE FUNCTION bump_rowver()')
+        else:
+            conn.exec_driver_sql("CREATE TRIGGER invoice_rowver BEFORE UPDATE ON INVOICE FOR EACH ROW"
+                                 " SET NEW.ROWVER = OLD.ROWVER + 1")
+
+
+def invoice(no: str, customer_number: str = "C-1", *, status: str = "OPEN", company: str = "US01",
+            net: str = "100.00", **extra) -> dict:
+    net_amount = Decimal(net)
+    return {"invoice_number": no, "customer_number": customer_number, "legal_entity": company, "currency": "USD",
+            "tax_jurisdiction": "US-NY", "invoice_date": dt.date(2026, 11, 1), "due_date": None,
+            "net_amount": net_amount, "tax_amount": (net_amount * Decimal("0.19")).quantize(Decimal("0.01")),
+            "total_amount": (net_amount * Decimal("1.19")).quantize(Decimal("0.01")), "status": status, **extra}
+
+
 def create_local(engine, with_audit: bool = True) -> None:
     """The target table plus (optionally) an audit trigger counting every write to it."""
     dialect = engine.dialect.name
@@ -76,38 +114,41 @@ def customer(no: str, name: str = "Acme", *, limit: str = "100.00", company: str
 
 
 def event(after: Optional[dict], *, before: Optional[dict] = None, operation: str = "UPDATE",
-          event_id: Optional[str] = None, correlation_id: Optional[str] = None) -> dict:
+          event_id: Optional[str] = None, correlation_id: Optional[str] = None, entity: str = "Customer",
+          occurred_at: Optional[dt.datetime] = None, version: Optional[int] = None) -> dict:
+    """A canonical event of ``entity`` (Customer by default) as the fabric publishes it."""
     image = after or before
     identity = event_id or str(uuid.uuid4())
-    return {"metadata": {"event_id": identity, "correlation_id": correlation_id or f"corr-{identity}",
-                         "causation_id": "crm-deal-1", "source": {"system": "crm", "object": "deal",
-                                                                  "position": identity},
-                         "operation": operation, "occurred_at": T0, "captured_at": T0, "schema_version": 2},
-            "key": image["customer_number"], "before": before, "after": after}
+    metadata = {"event_id": identity, "correlation_id": correlation_id or f"corr-{identity}",
+                "causation_id": "crm-deal-1", "source": {"system": "crm", "object": "deal", "position": identity},
+                "operation": operation, "occurred_at": occurred_at or T0, "captured_at": T0, "schema_version": 2}
+    if version is not None:
+        metadata["version"] = version
+    return {"metadata": metadata, "key": image[CATALOG.entity(entity).key_field], "before": before, "after": after}
 
 
-def queued(events: list[dict], route: str = "inbound") -> list[QueuedEvent]:
+def queued(events: list[dict], route: str = "inbound", entity: str = "Customer") -> list[QueuedEvent]:
     """Events as the pass-through translator would queue them (for direct sink tests)."""
-    out = []
+    schema, out = CATALOG.entity(entity), []
     for seq, e in enumerate(events, 1):
         op = e["metadata"]["operation"].lower()
-        out.append(QueuedEvent(seq, e["metadata"]["event_id"], route, "Customer", e["key"], CUSTOMER.fingerprint,
-                               CUSTOMER.encode(e), e["metadata"]["correlation_id"], op, 0.0))
+        out.append(QueuedEvent(seq, e["metadata"]["event_id"], route, entity, e["key"], schema.fingerprint,
+                               schema.encode(e), e["metadata"]["correlation_id"], op, 0.0))
     return out
 
 
 class FabricProducer:
     """Publishes canonical events as the fabric does: Confluent framing, registry id."""
 
-    def __init__(self, bootstrap: str, registry_url: str, topic: str):
-        self.topic = topic
+    def __init__(self, bootstrap: str, registry_url: str, topic: str, entity: str = "Customer"):
+        self.topic, self.schema = topic, CATALOG.entity(entity)
         self.registry = SchemaRegistryClient({"url": registry_url})
-        self.schema_id = self.registry.register_schema(f"{topic}-value", Schema(CUSTOMER.schema_json, "AVRO"))
+        self.schema_id = self.registry.register_schema(f"{topic}-value", Schema(self.schema.schema_json, "AVRO"))
         self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
 
     def send(self, events: list[dict], raw: Optional[list[bytes]] = None) -> None:
         for e in events:
-            self.producer.produce(self.topic, key=e["key"].encode(), value=self.frame(CUSTOMER.encode(e)),
+            self.producer.produce(self.topic, key=e["key"].encode(), value=self.frame(self.schema.encode(e)),
                                   headers=[("event_id", e["metadata"]["event_id"].encode())])
         for value in raw or []:
             self.producer.produce(self.topic, key=b"poison", value=value)
@@ -133,3 +174,26 @@ def inbound_config(state_dir, db_url: str, bootstrap: str, registry_url: str, to
                                 "lookups": copy.deepcopy(LOOKUPS), **(sink_extra or {})}},
         "routes": {"inbound": {"source": "fabric_in", "sink": "erp_apply", "schedule": {"every": every}}},
     }
+
+
+def write_config(path, document: dict):
+    """The config as the agent process reads it (YAML next to the test's state)."""
+    import yaml
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def new_topic(broker, name: str, partitions: int = 1) -> str:
+    topic = f"{name}{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic, partitions=partitions)
+    return topic
+
+
+def rows(engine, sql) -> list[tuple]:
+    """The rows of ``sql``; [] while its table does not exist yet (the applier creates its own)."""
+    import sqlalchemy as sa
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(sql)]
+    except sa.exc.ProgrammingError:
+        return []

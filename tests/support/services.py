@@ -137,6 +137,16 @@ class Broker:
             consumer.close()
         return messages
 
+    def reset_group(self, group: str, topic: str) -> None:
+        """``kafka-consumer-groups --reset-offsets --to-earliest``: the group's committed
+        offsets of every partition of ``topic`` go back to 0 (its members must be stopped)."""
+        meta = self.admin.list_topics(topic, timeout=10).topics[topic]
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "logger": _CLIENT_LOG})
+        try:
+            consumer.commit(offsets=[TopicPartition(topic, p, 0) for p in meta.partitions], asynchronous=False)
+        finally:
+            consumer.close()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             # A stopped process still dies on SIGKILL, but SIGCONT first lets it exit cleanly.
