@@ -105,7 +105,7 @@ def test_a_nested_unknown_key_lists_the_valid_ones_of_its_own_section(document):
     problems = problems_of(document)
     assert "routes.customers.schedule.evry: unknown key, did you mean 'every'? (valid keys: cron, every)" in problems
     assert "mappings.customer.fields.name.colum: unknown key, did you mean 'column'? (valid keys: column, const, " \
-           "convert, default, lookup)" in problems
+           "convert, default, expr, lookup, missing)" in problems
     assert "http.enabeld: unknown key, did you mean 'enabled'? (valid keys: bind, enabled, port, token)" in problems
 
 
