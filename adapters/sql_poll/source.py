@@ -28,15 +28,17 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, SourceRecord,
-                             TransientError)
+                             TransientError, approximate)
 
 from .spec import SourceOptions
 
 __all__ = ["SqlPollSource", "Source", "encode_value", "decode_value", "row_position"]
 
 CHECKPOINT_VERSION = 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SQLITE_TS = "%Y-%m-%d %H:%M:%f"   # SQLite's own canonical text form, millisecond precision
 
 
@@ -246,6 +248,7 @@ class SqlPollSource(Source):
         names += [n for n in pk + [s.cursor, s.soft_delete and s.soft_delete.column]
                   if n and n not in names]
         self._cols = [cols[n] for n in names]
+        self._declared_values(dialect)
         self._pk_names, self._pk = pk, [cols[n] for n in pk]
         self._table = table
         self._clock_is_utc = dialect == "sqlite"
@@ -256,6 +259,34 @@ class SqlPollSource(Source):
         # order on SQLite's normalised form so '10:00:00' and '10:00:00.000000' tie.
         self._sqlite_ts = self.kind == "timestamp" and dialect == "sqlite"
         self._ck = sa.func.strftime(_SQLITE_TS, cur) if self._sqlite_ts else cur
+
+    def _declared_values(self, dialect: str) -> None:
+        """Values are read by the column's declared type, not by what the driver hands over.
+
+        A binary floating-point column (DOUBLE, REAL, FLOAT) becomes ``Approximate``, rounded
+        to its declared scale (SQLAlchemy gives a MariaDB ``double(24,8)`` as a Decimal, which
+        the mapping would refuse for its places; the binlog gives the same value as a float).
+        A MariaDB/MySQL TIMESTAMP is an instant, but the driver shows it as naive wall time
+        of the session's zone: it is read as ``UNIX_TIMESTAMP(col)`` and made aware UTC, so
+        that no ``source_timezone`` is ever applied to it (DATETIME stays naive)."""
+        self._approximate = {c.name: getattr(c.type, "scale", None) for c in self._cols if isinstance(c.type, sa.Float)}
+        instants = [(c, f"outpost_utc_{i}") for i, c in enumerate(self._cols)
+                    if dialect in ("mysql", "mariadb") and isinstance(c.type, mysql.TIMESTAMP)]
+        self._instants = {c.name: label for c, label in instants}
+        self._selected = self._cols + [sa.func.unix_timestamp(c).label(label) for c, label in instants]
+
+    def _values(self, row: dict) -> dict:
+        """The row as the mapping sees it (positions are taken from the row as read)."""
+        if not self._approximate and not self._instants:
+            return row
+        values = dict(row)
+        for name, scale in self._approximate.items():
+            values[name] = approximate(values[name], scale)
+        for name, label in self._instants.items():
+            seconds = values.pop(label)
+            values[name] = None if values[name] is None or not seconds else \
+                _EPOCH + timedelta(seconds=int(seconds), microseconds=int((Decimal(seconds) % 1) * 1_000_000))
+        return values
 
     # -- capture --
 
@@ -283,7 +314,7 @@ class SqlPollSource(Source):
         last = [decode_value(v) for v in cp["pk"]] if cp["pk"] is not None else None
         rows_read, chunk = cp["rows"], self.spec.snapshot_chunk
         while True:
-            stmt = sa.select(*self._cols).order_by(*self._pk).limit(chunk)
+            stmt = sa.select(*self._selected).order_by(*self._pk).limit(chunk)
             if last is not None:
                 stmt = stmt.where(keyset_after(list(zip(self._pk, last)), self._row_values))
             rows = self._fetch(stmt)
@@ -312,7 +343,7 @@ class SqlPollSource(Source):
             elif cursor is not None:
                 conds.append(keyset_after([(self._ck, self._bind(cursor))] + list(zip(self._pk, pk)),
                                           self._row_values))
-            stmt = (sa.select(*self._cols).where(*conds)
+            stmt = (sa.select(*self._selected).where(*conds)
                     .order_by(self._ck, *self._pk).limit(self.spec.batch_size))
             rows = self._fetch(stmt)
             if not rows:
@@ -328,12 +359,14 @@ class SqlPollSource(Source):
     def _record(self, row: dict, *, snapshot: bool) -> SourceRecord:
         cv = row[self.spec.cursor] if self.spec.cursor else None
         pos = row_position([row[n] for n in self._pk_names], cv)
-        occurred = to_utc(cv, self.zone) if isinstance(cv, datetime) else None
+        values = self._values(row)
+        stamp = values[self.spec.cursor] if self.spec.cursor else None
+        occurred = to_utc(stamp, self.zone) if isinstance(stamp, datetime) else None
         if self.spec.soft_delete and self.spec.soft_delete.matches(row):
-            return SourceRecord(self.object, "delete", pos, after=None, before=row, occurred_at=occurred)
+            return SourceRecord(self.object, "delete", pos, after=None, before=values, occurred_at=occurred)
         # Polling cannot tell an insert from an update, so every incremental row is "update".
         return SourceRecord(self.object, "snapshot" if snapshot else "update", pos,
-                            after=row, before=None, occurred_at=occurred)
+                            after=values, before=None, occurred_at=occurred)
 
     def _without_echoes(self, records: list) -> list:
         """Drop the row versions a sql_apply sink wrote (it records (object, position) in its
