@@ -12,17 +12,19 @@ why only ASCII-compatible encodings are accepted (``\\n`` is one byte in all of 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, BinaryIO, Iterator, Optional
 
+from agent.textforms import strict_date
+
 from .spec import CsvOptions, FixedField, FixedWidthOptions, SourceOptions, Typing
 
 BOM = b"\xef\xbb\xbf"
-_DIGITS = re.compile(r"^(\d+(\.\d*)?|\.\d+)$")
+# ASCII digits only: \d would take Arabic-Indic or full-width digits as numbers
+_DIGITS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 # Control characters other than tab/CR/LF never appear in a text export.
 _JUNK = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -110,7 +112,7 @@ def parse_decimal(text: str, typing: Typing) -> Decimal:
             raise ValueError(f"misplaced thousands separator {typing.thousands_separator!r}")
         whole = "".join(groups)
     s = f"{whole}.{fraction}" if point else whole
-    if not _DIGITS.match(s):
+    if not _DIGITS.fullmatch(s):
         raise ValueError("expected a decimal number")
     try:
         return Decimal(("-" if sign == "-" else "") + s)
@@ -144,7 +146,7 @@ def convert(value: Any, kind: str, typing: Typing):
             raise ValueError("expected a whole number")
         return int(number)
     if kind == "date":
-        return dt.datetime.strptime(value.strip(), typing.date_format).date()
+        return strict_date(value, typing.date_format)
     return value
 
 
