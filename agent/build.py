@@ -45,6 +45,7 @@ def make_source(config: Config, catalog: SchemaCatalog, route_name: str, stop: O
         # late-bound: a reload swaps the route's translator, the source keeps asking it
         extra["validate"] = lambda record: translator.problems(record)
         extra["identify"] = lambda record: translator.identify(record)
+        extra["columns"] = lambda: getattr(translator, "columns", frozenset())
     if report_status is not None:
         extra["report_status"] = report_status
     return spec_of("source", config.sources[route.source]["type"]).load()(

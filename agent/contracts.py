@@ -162,6 +162,9 @@ class AdapterContext:
     # (a corrected file): (business key, digest of the canonical image), or None when the
     # record cannot be mapped (the route then parks it as usual).
     identify: Callable[[SourceRecord], Optional[tuple]] = lambda record: None
+    # The source columns the route reads (its mapping and filter), for sources that can
+    # refuse a file of another layout at its header instead of on every row.
+    columns: Callable[[], frozenset] = lambda: frozenset()
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,11 @@ class Translator:
     def refresh_lookups(self) -> None:
         self.mapping.refresh_lookups()
 
+    @property
+    def columns(self) -> frozenset:
+        """The source columns the route reads: its mapping's and its filter's."""
+        return self.mapping.columns | (self.filter.columns if self.filter is not None else frozenset())
+
     def translate(self, records, captured_at: Optional[dt.datetime] = None) -> tuple[list[dict], list[dict]]:
         captured_at = captured_at or dt.datetime.now(dt.timezone.utc)
         events, failures = [], []

@@ -237,7 +237,7 @@ class FileDropSource(Source):
     def _rows(self, claimed: Claimed, progress: Progress, push: bool) -> Iterator[Row]:
         with open_nofollow(claimed.path) as handle:
             lines = LineReader(handle, self.spec.encoding, self.spec.max_line)
-            for row in read_rows(handle, self.spec, lines):
+            for row in read_rows(handle, self.spec, lines, needed=self.context.columns()):
                 yield row
                 if row.number % 1000 == 0:
                     progress.tick(row.number, lines.bytes_read, push)
