@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 from urllib.parse import quote, quote_plus
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      model_validator)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from . import yaml_load
 from .contracts import ConfigError
 from .logs import RedactingFilter
+from .lookups import Lookup, SqlLookup
 from .registry import describe_error, parse_options, spec_of
 from .units import parse_duration, parse_size
 
@@ -78,29 +78,6 @@ class MappingConfig(_Strict):
     # the zone of naive (zone-less) date-times the mapping reads: DATETIME columns, text in
     # files; never applied to a value that carries its zone (TIMESTAMP, timestamptz, 'Z')
     source_timezone: str = "UTC"
-
-
-def _code_text(value):
-    """Lookup codes are text; a plain integer key (``0: draft``) is its digits."""
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-CodeTable = dict[Annotated[str, BeforeValidator(_code_text)], Union[str, int, None]]
-
-
-class SqlLookup(_Strict):
-    """Codes read from a source database: ``SELECT code, value ...``, cached and re-read."""
-
-    sql: str
-    source: Optional[str] = None       # a source section with a url (the only one, if omitted)
-    refresh: Duration = parse_duration("5m")
-
-
-# A mapping with a ``sql`` key is read from a database, any other is a table of codes.
-# (The tags are in parentheses so that problems can leave them out of the key path.)
-Lookup = Annotated[Union[Annotated[CodeTable, Tag("(codes)")], Annotated[SqlLookup, Tag("(sql)")]],
-                   Discriminator(lambda v: "(sql)" if isinstance(v, SqlLookup) or (isinstance(v, dict) and "sql" in v)
-                                 else "(codes)")]
 
 
 class Schedule(_Strict):

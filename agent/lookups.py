@@ -13,14 +13,46 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Mapping, Optional
+from typing import Annotated, Any, Mapping, Optional, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag
 
 from .contracts import TransientError
+from .units import parse_duration
 
-__all__ = ["LookupTable", "SqlLookupTable", "Lookups"]
+__all__ = ["Lookup", "SqlLookup", "LookupTable", "SqlLookupTable", "Lookups"]
 
 log = logging.getLogger("outpost.lookups")
 
+
+# ---- as the config writes them ------------------------------------------------------
+
+def _code_text(value):
+    """Lookup codes are text; a plain integer key (``0: draft``) is its digits."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+CodeTable = dict[Annotated[str, BeforeValidator(_code_text)], Union[str, int, None]]
+
+
+class SqlLookup(BaseModel):
+    """Codes read from a source database: ``SELECT code, value ...``, cached and re-read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sql: str
+    source: Optional[str] = None       # a source section with a url (the only one, if omitted)
+    refresh: Annotated[float, BeforeValidator(parse_duration)] = parse_duration("5m")
+
+
+# A mapping with a ``sql`` key is read from a database, any other is a table of codes.
+# (The tags are in parentheses so that problems can leave them out of the key path.)
+Lookup = Annotated[Union[Annotated[CodeTable, Tag("(codes)")], Annotated[SqlLookup, Tag("(sql)")]],
+                   Discriminator(lambda v: "(sql)" if isinstance(v, SqlLookup) or (isinstance(v, dict) and "sql" in v)
+                                 else "(codes)")]
+
+
+# ---- as the mappings read them ------------------------------------------------------
 
 class LookupTable:
     """A code table written in the config (never changes)."""

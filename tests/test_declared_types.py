@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-import pytest
 import sqlalchemy as sa
 
 from adapters.binlog.source import BinlogSource

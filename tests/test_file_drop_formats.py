@@ -200,7 +200,7 @@ def test_fuzz_no_crash_and_every_rejection_has_a_reason(data, which):
     (" +0,01 ", Decimal("0.01")), ("12", Decimal("12")),
     ("1234.50", None), ("1.23,4", None), ("12.3456,00", None), ("1,2,3", None), ("", None), ("€ 5", None)])
 def test_decimal_separators_never_silently_change_an_amount(text, expected):
-    from adapters.file_drop.formats import parse_decimal
+    from adapters.file_drop.values import parse_decimal
     typing = spec(format="csv", csv={"decimal_separator": ",", "thousands_separator": "."}).format_options
     if expected is None:
         with pytest.raises(ValueError):

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, BinaryIO, Iterator, Optional
 
 from .spec import CsvOptions, FixedField, FixedWidthOptions, SourceOptions, Typing
-from .values import convert, implied_decimal, parse_decimal, signed_amount   # noqa: F401 (parse_decimal: checks)
+from .values import convert, implied_decimal, signed_amount
 
 BOM = b"\xef\xbb\xbf"
 # Control characters other than tab/CR/LF never appear in a text export.
