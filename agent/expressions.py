@@ -208,25 +208,42 @@ _ALLOWED_NODES = (ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.IfExp,
                   ast.boolop, ast.operator, ast.unaryop, ast.cmpop)
 
 
+def _literal(node):
+    return node.value
+
+
 class _Evaluator(SimpleEval):
     """simpleeval with exact numbers; the row is set per evaluation."""
 
     def __init__(self, functions: dict):
         super().__init__(operators=_OPERATORS, functions=functions, names={})
         self.row: Mapping[str, Any] = {}
-        self.nodes[ast.Tuple] = lambda node: tuple(self._eval(e) for e in node.elts)
+        self.nodes[ast.Tuple] = lambda node: tuple([self._eval(e) for e in node.elts])
         self.nodes[ast.List] = lambda node: [self._eval(e) for e in node.elts]
+        self.nodes[ast.Call] = self._eval_call
+        self.nodes[ast.Name] = self._eval_name
+        self.nodes[ast.Constant] = _literal
+
+    # Every node type, every called name and every literal was checked when the expression
+    # was compiled (``compile_expression``), and no function here can return a module or a
+    # forbidden callable: the per-row walk skips simpleeval's re-checks (a third of its cost).
 
     def _eval(self, node):
-        # Every node type was checked when the expression was compiled, and no function
-        # here can return a module or a forbidden callable: skip simpleeval's per-node check.
         return self.nodes[type(node)](node)
+
+    def _eval_call(self, node):
+        function = self.functions[node.func.id]
+        args = [self._eval(a) for a in node.args]
+        if node.keywords:
+            return function(*args, **{k.arg: self._eval(k.value) for k in node.keywords})
+        return function(*args)
 
     def _eval_name(self, node):
         try:
-            return _exact(self.row[node.id])
+            value = self.row[node.id]
         except KeyError:
             raise ValueError(f"the row has no column {node.id!r}") from None
+        return _exact(value) if type(value) is float else value
 
 
 class Expression:
@@ -252,14 +269,10 @@ class Expression:
         evaluator.row = row
         try:
             result = evaluator._eval(self._tree)
-        except (ValueError, TypeError):
-            raise
         except ArithmeticError as exc:      # division by zero, an invalid decimal operation
             raise ValueError(f"{type(exc).__name__} in {self.text!r}") from None
         except FeatureNotAvailable as exc:
             raise ValueError(str(exc)) from None
-        finally:
-            evaluator.row = {}
         if type(result) is float:           # cannot happen by construction; never let one out
             raise TypeError(f"{self.text!r} gave a float ({result!r}); amounts are never floats")
         return result

@@ -226,17 +226,10 @@ class EntityMapping:
             # "" is missing for every non-string field, and for a required string too
             # (17 invoices once went out with customer_number "")
             blank_is_missing = spec.avro_type != "string" or not spec.nullable
-            if rule is None:
-                origin = None
-            elif rule.expr is not None:
-                origin = self._expressions[spec.name]
-            elif rule.column is not None:
-                origin = _column_reader(rule.column)
-            else:
-                origin = _constant(rule.const)
+            expression = self._expressions.get(spec.name)
             missing = frozenset(str(m) for m in rule.missing) if rule and rule.missing else None
-            plan.append((spec, origin, rule.column if rule else None, converters, missing, lookup,
-                         rule.default if rule else None, blank_is_missing))
+            plan.append((spec, rule.column if rule else None, expression, rule.const if rule else None, converters,
+                         missing, lookup, rule.default if rule else None, blank_is_missing))
         return plan
 
     def apply(self, row: Optional[Mapping[str, Any]]) -> tuple[Optional[dict], list[Problem]]:
@@ -244,16 +237,21 @@ class EntityMapping:
             return None, []
         payload: dict[str, Any] = {}
         problems: list[Problem] = []
-        for spec, origin, column, converters, missing, lookup, default, blank_is_missing in self._plan:
-            try:
-                value = origin(row) if origin is not None else None
-            except MissingReference as reference:
-                problems.append(Problem(spec.name, reference.lookup, f"{reference} (in {origin.text!r})", None,
-                                        reference.code))
-                continue
-            except (ValueError, TypeError) as exc:
-                problems.append(Problem(spec.name, "expr", f"{exc} (in {origin.text!r})"))
-                continue
+        for spec, column, expression, const, converters, missing, lookup, default, blank_is_missing in self._plan:
+            if column is not None:
+                value = row.get(column)
+            elif expression is None:
+                value = const                   # a constant, or None for a field without a rule
+            else:
+                try:
+                    value = expression(row)
+                except MissingReference as reference:
+                    problems.append(Problem(spec.name, reference.lookup, f"{reference} (in {expression.text!r})",
+                                            None, reference.code))
+                    continue
+                except (ValueError, TypeError) as exc:
+                    problems.append(Problem(spec.name, "expr", f"{exc} (in {expression.text!r})"))
+                    continue
             try:
                 for convert in converters:
                     value = convert(value)
@@ -293,14 +291,6 @@ class EntityMapping:
             elif rule in self._known_codes and str(value) not in self._known_codes[rule]:
                 found.append(Problem(spec.name, rule, f"unknown {rule} code {value!r}", column, value))
         return found
-
-
-def _column_reader(column: str):
-    return lambda row: row.get(column)
-
-
-def _constant(value):
-    return lambda row: value
 
 
 def check_mapping(where: str, config, catalog, lookups: Mapping[str, Any]) -> list[str]:
