@@ -6,7 +6,7 @@ rename and nothing is ever copied or deleted)::
     inbox/invoices.csv                    dropped by the MFT job (plus .done / .ctl)
     inbox/processing/<owner>/invoices.csv claimed: renamed here by exactly one agent
     inbox/archive/YYYY-MM-DD/invoices.csv published
-    inbox/archive/.ledger/<sha256>.json   identity of every published file (re-drops)
+    inbox/archive/.ledger/<route>/<sha256>.json   identity of every file the route published
     inbox/error/invoices.csv              rejected, with invoices.csv.error.json
 
 ``owner`` is unique per agent state directory and file spec, so a restarted agent finds
