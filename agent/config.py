@@ -313,10 +313,9 @@ def load(path: Path) -> Config:
     path = Path(path)
     document = yaml_load.read(path)
     problems = list(document.problems)
-    # Code tables are text: a retyped value would be used silently (010 as 8, yes as 1);
-    # retyped keys are refused by the model (they are not strings).
-    # A plain integer code (0: draft) is its digits; 010 or 0x1F would not be. (A key read
-    # as a boolean is refused by the model, which says so.)
+    # Code tables are text: a retyped code or value would be used silently (010 as 8, yes
+    # as 1). A plain integer code (0: draft) is its digits, as written; a key read as a
+    # boolean is refused by the model, which says so.
     problems += [f"{where}: found {scalar.text} unquoted" for where, scalar in document.retyped.items()
                  if where.startswith("lookups.") and where.count(".") == 2
                  and (not scalar.is_key or scalar.kind == "a number")]

@@ -93,7 +93,7 @@ class Approximate(Decimal):
     __slots__ = ()
 
 
-_SCALES = {}
+_QUANTUMS: dict = {}     # declared scale -> Decimal('1e-scale'), built once
 
 
 def approximate(value: Any, declared_scale: Optional[int] = None) -> Any:
@@ -109,7 +109,8 @@ def approximate(value: Any, declared_scale: Optional[int] = None) -> Any:
     elif not isinstance(value, Decimal):
         value = Decimal(value)
     if declared_scale is not None and value.is_finite():
-        quantum = _SCALES.get(declared_scale) or _SCALES.setdefault(declared_scale, Decimal(1).scaleb(-declared_scale))
+        quantum = _QUANTUMS.get(declared_scale) or _QUANTUMS.setdefault(declared_scale,
+                                                                       Decimal(1).scaleb(-declared_scale))
         value = value.quantize(quantum, rounding=ROUND_HALF_EVEN)
     return Approximate(value)
 

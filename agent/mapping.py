@@ -171,6 +171,25 @@ def coerce(spec, value, zone: dt.tzinfo):
     return value
 
 
+class _CodeSets:
+    """rule -> the canonical values of the lookup table of that name, as the table is now
+    (a SQL lookup's codes are swapped whole when it is re-read)."""
+
+    def __init__(self, tables: Mapping[str, LookupTable]):
+        self._tables = tables
+        self._seen: dict[str, tuple] = {}
+
+    def __contains__(self, rule) -> bool:
+        return rule in self._tables
+
+    def __getitem__(self, rule) -> set:
+        codes = self._tables[rule].codes
+        seen = self._seen.get(rule)
+        if seen is None or seen[0] is not codes:
+            seen = self._seen[rule] = (codes, {str(v) for v in codes.values()})
+        return seen[1]
+
+
 class EntityMapping:
     """A compiled mapping: ``apply(row)`` returns ``(payload, problems)``.
 
@@ -184,8 +203,7 @@ class EntityMapping:
         self.lookups = {n: t if isinstance(t, LookupTable) else LookupTable(n, t) for n, t in lookups.items()}
         self.zone = ZoneInfo(config.source_timezone)
         # canonical code sets, for rules on fields that are not looked up themselves
-        self._known_codes = {rule: {str(v) for v in self.lookups[rule].codes.values()}
-                             for rule in CODE_RULES if rule in self.lookups}
+        self._known_codes = _CodeSets({rule: self.lookups[rule] for rule in CODE_RULES if rule in self.lookups})
         self._expressions = {field: compile_expression(rule.expr, self.lookups)
                              for field, rule in config.fields.items() if rule.expr is not None}
         self._plan = self._compile()
