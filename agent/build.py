@@ -11,13 +11,15 @@ from typing import Callable, Optional
 from .config import Config
 from .ha import agent_identity, transactional_id
 from .contracts import AdapterContext
+from .expressions import compile_expression
+from .lookups import Lookups
 from .mapping import EntityMapping
 from .registry import spec_of
 from .schemas import SchemaCatalog
 from .translate import Translator
 
-__all__ = ["adapter_context", "delivery_bound", "make_sink", "make_source", "make_translator", "streams",
-           "used_sinks"]
+__all__ = ["adapter_context", "delivery_bound", "make_lookups", "make_sink", "make_source", "make_translator",
+           "streams", "used_sinks"]
 
 
 def adapter_context(config: Config, catalog: SchemaCatalog, name: str, stop: Optional[threading.Event] = None,
@@ -44,9 +46,12 @@ def make_source(config: Config, catalog: SchemaCatalog, route_name: str, stop: O
                 translator: Optional[Translator] = None, update_status: Optional[Callable[..., None]] = None):
     """``update_status(**fields)``: where the route's stored status is updated (the queue)."""
     route = config.routes[route_name]
-    extra = {}
+    extra = {"route": route_name}
     if translator is not None:
-        extra["validate"] = translator.problems
+        # late-bound: a reload swaps the route's translator, the source keeps asking it
+        extra["validate"] = lambda record: translator.problems(record)
+        extra["identify"] = lambda record: translator.identify(record)
+        extra["columns"] = lambda: getattr(translator, "columns", frozenset())
     if update_status is not None:
         extra["report_health"] = lambda health: update_status(health=health.as_dict())
         extra["report_progress"] = lambda progress: update_status(progress=progress)
@@ -65,13 +70,22 @@ def delivery_bound(config: Config, sink_name: str, default: float = 30.0) -> flo
     return spec.delivery_bound(config.parsed_sinks[sink_name]) if spec.delivery_bound else default
 
 
-def make_translator(config: Config, catalog: SchemaCatalog, route_name: str) -> Translator:
+def make_lookups(config: Config) -> Lookups:
+    """The config's lookup tables, to share between the routes of one process (a SQL
+    lookup is then read once per refresh, not once per route)."""
+    return Lookups.from_config(config)
+
+
+def make_translator(config: Config, catalog: SchemaCatalog, route_name: str,
+                    lookups: Optional[Lookups] = None) -> Translator:
     route = config.routes[route_name]
     if route.mapping is None:   # the source yields canonical events (inbound): keep them as they are
         from .passthrough import PassThroughTranslator
         return PassThroughTranslator(route_name, route.sink, catalog)
+    lookups = lookups if lookups is not None else make_lookups(config)
     mapping_cfg = config.mappings[route.mapping]
-    mapping = EntityMapping(route.mapping, mapping_cfg, catalog.entity(mapping_cfg.entity), config.lookups)
+    mapping = EntityMapping(route.mapping, mapping_cfg, catalog.entity(mapping_cfg.entity), lookups)
     system = config.sources[route.source].get("system") or route.source
     keep = None if config.queue.exception_context == "full" else mapping.columns
-    return Translator(route_name, route.sink, system, mapping, keep_columns=keep)
+    row_filter = compile_expression(route.filter, lookups) if route.filter is not None else None
+    return Translator(route_name, route.sink, system, mapping, keep_columns=keep, filter=row_filter)

@@ -36,6 +36,7 @@ class RouteCapture:
         self.stopped_reason: Optional[str] = None
         self._retry_at = 0.0
         self.backoff = Backoff()
+        self._members = None
 
     def run_once(self) -> int:
         """One pass; never raises (the scheduler calls it again): every failure is retried."""
@@ -53,6 +54,9 @@ class RouteCapture:
                 log.warning("route %s: capture paused, the events waiting in the local queue reached its quota",
                             self.name)
                 return 0
+            refresh = getattr(self.translator, "refresh_lookups", None)
+            if refresh is not None:
+                refresh()              # SQL lookups due for a re-read (never read: TransientError)
             if not self._opened:
                 self.source.open()
                 self._opened = True
@@ -89,6 +93,9 @@ class RouteCapture:
 
     def _commit(self, batch: SourceBatch) -> int:
         events, failures = self.translator.translate(batch.records)
+        members = self._published_keys()
+        if members is not None:
+            events = members.screen(events)
         for failure in failures:
             record = failure["context"]["record"]
             # inbound events carry their ids; a captured record gets the id it would have had
@@ -105,9 +112,21 @@ class RouteCapture:
         keep = getattr(self.translator, "keep_columns", None)
         rejected = failures + [limit_context(entry, keep) for entry in batch.exceptions]
         added = self.queue.commit_capture(self.name, events, rejected, batch.checkpoint, status)
+        if members is not None:
+            members.settle(events)
         if added:
             self.on_enqueue()
         return added
+
+    def _published_keys(self):
+        """The route's record of published keys, while its translator has a filter (a
+        reload may add or remove one)."""
+        if getattr(self.translator, "filter", None) is None:
+            return None
+        if self._members is None:
+            from .membership import PublishedKeys
+            self._members = PublishedKeys(self.queue.state_dir, self.name)
+        return self._members
 
     def _retry_later(self, problem: str, state: str, close_source: bool = True) -> None:
         if close_source:

@@ -37,7 +37,7 @@ def run(config_path, once):
     from .statedir import StateDirInUse
     cfg = _load(config_path)
     _setup_logging(cfg)
-    agent = Agent(cfg, separate_delivery=cfg.delivery_process and not once)
+    agent = Agent(cfg, separate_delivery=cfg.delivery_process and not once, config_path=config_path)
     try:
         agent.build()
     except StateDirInUse as exc:
@@ -53,6 +53,8 @@ def run(config_path, once):
         sys.exit(0 if delivered else 1)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop_event.set())
+    if hasattr(signal, "SIGHUP"):      # systemd's ExecReload, or kill -HUP
+        signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
     from .notify import host
     if not host(agent):     # shutdown bound reached: abandoned threads must not delay the exit
         logging.shutdown()
@@ -75,6 +77,30 @@ def check(config_path):
         for problem in problems:
             click.echo(f"  - {problem}")
     sys.exit(1 if failed else 0)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the agent's answer.")
+def reload(config_path, timeout):
+    """Make the running agent re-read its config (mappings, lookups, filters, schedules)."""
+    from . import reload as reloading
+    from .statedir import holder
+    cfg = _load(config_path)     # refused here first, with every problem, if the file is invalid
+    running = holder(cfg.state_dir)
+    if not running:
+        raise click.ClickException(f"no agent is running on {cfg.state_dir}")
+    request_id = reloading.request(cfg.state_dir)
+    found = reloading.wait(cfg.state_dir, request_id, timeout)
+    if found is None:
+        raise click.ClickException(f"the agent (PID {running.get('pid')}) did not answer within {timeout:.0f}s; "
+                                   "the request stays pending and is served when it looks again")
+    state, text = found
+    first, *rest = text.split("\n")
+    click.echo(f"reload {state}: {escape_controls(first)}")
+    for line in rest:
+        click.echo(escape_controls(line))
+    sys.exit(0 if state == "done" else 1)
 
 
 @main.command()
@@ -156,11 +182,14 @@ def side_by_side_table(lines: list) -> str:
 def queue_retry(config_path, exception_ids, retry_all):
     """Map again (after master data was fixed) and re-queue; the running agent sends them."""
     from .retry import retry_exception
-    from .build import make_translator
+    from .build import make_lookups, make_translator
     from .schemas import SchemaCatalog
+    from .contracts import TransientError
     cfg = _load(config_path)
     store = open_queue(cfg)
     catalog = SchemaCatalog.load(cfg.schema_dir)
+    lookups = make_lookups(cfg)
+    translators: dict = {}
     ids = [i["id"] for i in store.exceptions("open", limit=10**9)] if retry_all else list(exception_ids)
     failed = 0
     for exception_id in ids:
@@ -169,8 +198,13 @@ def queue_retry(config_path, exception_ids, retry_all):
             click.echo(f"{exception_id}: not an open exception")
             failed += 1
             continue
-        translator = make_translator(cfg, catalog, item["route"]) if item["route"] in cfg.routes else None
-        ok, what = retry_exception(store, item, translator)
+        route = item["route"]
+        if route in cfg.routes and route not in translators:
+            translators[route] = make_translator(cfg, catalog, route, lookups)
+        try:
+            ok, what = retry_exception(store, item, translators.get(route))
+        except TransientError as exc:      # a SQL lookup cannot be read: the entry stays as it is
+            ok, what = False, f"not retried: {exc}"
         failed += not ok
         click.echo(f"{exception_id}: {what}")
     sys.exit(1 if failed else 0)

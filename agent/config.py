@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from . import yaml_load
 from .contracts import ConfigError
 from .logs import RedactingFilter
+from .lookups import Lookup, SqlLookup
 from .registry import describe_error, parse_options, spec_of
 from .units import parse_duration, parse_size
 
@@ -46,13 +47,17 @@ def expand_shorthand(value, origin: str):
 
 
 class FieldRule(_Strict):
-    """How one canonical field is filled: from a column, or a constant."""
+    """How one canonical field is filled: from a column, a constant or an expression; then
+    conversions, ``missing`` values, the lookup, and ``default``, in that order."""
 
     column: Optional[str] = None
     const: Any = None
+    expr: Optional[str] = None                         # e.g. "round_half_even(duration / 3600, 2)"
     lookup: Optional[str] = None                       # name of a table in ``lookups``
     convert: list[str] = Field(default_factory=list)   # e.g. [strip, upper]
-    default: Any = None                                # used when the column is NULL/empty
+    # source values that mean "no value" (a 0 foreign key): treated as NULL before the lookup
+    missing: list[Union[str, int]] = Field(default_factory=list)
+    default: Any = None                                # canonical value when there is none (not looked up)
 
     @model_validator(mode="before")
     @classmethod
@@ -61,15 +66,18 @@ class FieldRule(_Strict):
 
     @model_validator(mode="after")
     def _one_origin(self):
-        if (self.column is None) == ("const" not in self.model_fields_set):
-            raise ValueError("give exactly one of 'column' or 'const'")
+        given = [name for name in ("column", "const", "expr") if name in self.model_fields_set]
+        if len(given) != 1 or (self.column is None and "column" in given) or (self.expr is None and "expr" in given):
+            raise ValueError("give exactly one of 'column', 'const' or 'expr'")
         return self
 
 
 class MappingConfig(_Strict):
     entity: str
     fields: dict[str, FieldRule]
-    source_timezone: str = "UTC"     # zone of naive timestamps in the source
+    # the zone of naive (zone-less) date-times the mapping reads: DATETIME columns, text in
+    # files; never applied to a value that carries its zone (TIMESTAMP, timestamptz, 'Z')
+    source_timezone: str = "UTC"
 
 
 class Schedule(_Strict):
@@ -97,6 +105,9 @@ class RouteConfig(_Strict):
     mapping: Optional[str] = None      # None: the source yields canonical events (inbound)
     capture: dict[str, Any] = Field(default_factory=dict)   # adapter-specific (table, cursor...)
     schedule: Schedule = Schedule(every=10.0)
+    # rows for which this expression is false are not published; a row that stops matching
+    # is published as a delete (a customer turned supplier leaves the Customer stream)
+    filter: Optional[str] = None
 
 
 class QueueConfig(_Strict):
@@ -151,7 +162,7 @@ class Config(_Strict):
     http: HttpConfig = HttpConfig()
     queue: QueueConfig = QueueConfig()
     fabric: FabricConfig = FabricConfig()
-    lookups: dict[str, dict[str, Union[str, int, None]]] = Field(default_factory=dict)
+    lookups: dict[str, Lookup] = Field(default_factory=dict)
     mappings: dict[str, MappingConfig] = Field(default_factory=dict)
     sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -172,6 +183,14 @@ class Config(_Strict):
 
     def sink_options(self, sink_name: str) -> dict[str, Any]:
         return {k: v for k, v in self.sinks[sink_name].items() if k != "type"}
+
+    def lookup_url(self, name: str) -> Optional[str]:
+        """The database URL a SQL lookup reads from (None when it cannot be told)."""
+        spec = self.lookups[name]
+        with_url = [n for n, s in self.sources.items() if isinstance(s.get("url"), str)]
+        source = spec.source or (with_url[0] if len(with_url) == 1 else None)
+        url = self.sources.get(source, {}).get("url") if source else None
+        return url if isinstance(url, str) else None
 
 
 def resolve_references(value: Any, path: str, problems: list[str], secrets: set[str]) -> Any:
@@ -257,7 +276,8 @@ def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
     if config is not None:
         if base_dir is not None and not config.state_dir.is_absolute():
             config = config.model_copy(update={"state_dir": (base_dir / config.state_dir).resolve()})
-        parsed, found = cross_check(config)
+        written = resolved.get("lookups") if isinstance(resolved.get("lookups"), dict) else {}
+        parsed, found = cross_check(config, declared_lookups=set(written))
         problems.extend(found)
         config = config.model_copy(update=parsed)
     if problems:
@@ -302,10 +322,12 @@ def load(path: Path) -> Config:
     path = Path(path)
     document = yaml_load.read(path)
     problems = list(document.problems)
-    # Code tables are text: a retyped value would be used silently (010 as 8, yes as 1);
-    # retyped keys are refused by the model (they are not strings).
+    # Code tables are text: a retyped code or value would be used silently (010 as 8, yes
+    # as 1). A plain integer code (0: draft) is its digits, as written; a key read as a
+    # boolean is refused by the model, which says so.
     problems += [f"{where}: found {scalar.text} unquoted" for where, scalar in document.retyped.items()
-                 if where.startswith("lookups.") and where.count(".") == 2 and not scalar.is_key]
+                 if where.startswith("lookups.") and where.count(".") == 2
+                 and (not scalar.is_key or scalar.kind == "a number")]
     try:
         config = parse(document.data, base_dir=path.resolve().parent)
     except ConfigError as exc:
@@ -315,9 +337,13 @@ def load(path: Path) -> Config:
     return config
 
 
-def cross_check(config: Config) -> tuple[dict, list[str]]:
+def cross_check(config: Config, declared_lookups: Optional[set] = None) -> tuple[dict, list[str]]:
     """References between sections, mappings against schemas, adapter options: the parsed
-    options ({"parsed_sources": ..., "parsed_sinks": ...}) and the problems."""
+    options ({"parsed_sources": ..., "parsed_sinks": ...}) and the problems.
+
+    ``declared_lookups``: every lookup name written in the file, valid or not, so that a
+    broken table is reported once and not again by every mapping that uses it."""
+    from .expressions import ExpressionError, compile_expression
     from .mapping import check_mapping
     from .schemas import SchemaCatalog
 
@@ -328,8 +354,20 @@ def cross_check(config: Config) -> tuple[dict, list[str]]:
         return {}, [f"schema_dir: expected readable canonical schemas, found an error: {exc}"]
     parsed: dict = {"parsed_sources": {}, "parsed_sinks": {}}
 
+    lookups = {name: config.lookups.get(name) for name in set(config.lookups) | (declared_lookups or set())}
     for name, mapping in config.mappings.items():
-        problems.extend(check_mapping(f"mappings.{name}", mapping, catalog, config.lookups))
+        problems.extend(check_mapping(f"mappings.{name}", mapping, catalog, lookups))
+    for name, spec in config.lookups.items():
+        if isinstance(spec, SqlLookup) and config.lookup_url(name) is None:
+            with_url = sorted(n for n, s in config.sources.items() if isinstance(s.get("url"), str))
+            problems.append(f"lookups.{name}.source: expected the name of a source with a url "
+                            f"({', '.join(with_url) or 'none defined'}), found {spec.source!r}")
+    for name, route in config.routes.items():
+        if route.filter is not None:
+            try:
+                compile_expression(route.filter, lookups)
+            except ExpressionError as exc:
+                problems.append(f"routes.{name}.filter: {exc}")
     for kind, section in (("source", config.sources), ("sink", config.sinks)):
         for name, options in section.items():
             if not isinstance(options.get("type"), str):

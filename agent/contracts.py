@@ -19,13 +19,14 @@ import logging
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 __all__ = [
     "OutpostError", "ConfigError", "TransientError", "TerminalError",
     "SourceRecord", "SourceBatch", "QueuedEvent", "DeliveryReport", "Deferral",
-    "AdapterContext", "AdapterSpec", "Health", "KeyHold", "Source", "Sink", "OPERATIONS",
+    "AdapterContext", "AdapterSpec", "Health", "KeyHold", "Source", "Sink", "OPERATIONS", "Approximate", "approximate",
 ]
 
 OPERATIONS = ("create", "update", "delete", "snapshot")
@@ -77,6 +78,41 @@ class SourceBatch:
     # Source-side rejections committed with this batch: {"stage", "reason", "context"} dicts
     # (a whole file refused, a row that cannot be parsed); they go to the exception queue.
     exceptions: list = field(default_factory=list)
+
+
+class Approximate(Decimal):
+    """A number read from a binary floating-point column (DOUBLE, FLOAT, REAL), as the
+    decimal it stands for, already rounded to the column's declared scale if it has one.
+
+    Sources decide by the column's declared type, never by the Python type a driver hands
+    over (SQLAlchemy gives a MariaDB DOUBLE as a Decimal, the binlog as a float): the
+    mapping then rounds it half-even to the schema's scale, where an exact decimal with
+    too many places is refused.
+    """
+
+    __slots__ = ()
+
+
+_QUANTUMS: dict = {}     # declared scale -> Decimal('1e-scale'), built once
+
+
+def approximate(value: Any, declared_scale: Optional[int] = None) -> Any:
+    """A double column's value as an ``Approximate``: the shortest decimal the double stands
+    for (``repr``), rounded half-even to the column's declared scale (``double(24,8)`` keeps
+    8 places, so ``-0.0050000000000000044`` is ``-0.00500000`` on every path). None stays None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return value           # not a number: the mapping refuses it with the value named
+        value = Decimal(repr(value))
+    elif not isinstance(value, Decimal):
+        value = Decimal(value)
+    if declared_scale is not None and value.is_finite():
+        quantum = _QUANTUMS.get(declared_scale) or _QUANTUMS.setdefault(declared_scale,
+                                                                       Decimal(1).scaleb(-declared_scale))
+        value = value.quantize(quantum, rounding=ROUND_HALF_EVEN)
+    return Approximate(value)
 
 
 @dataclass
@@ -170,6 +206,15 @@ class AdapterContext:
     # The route's mapping gates, for sources that must check a whole unit (a file) before
     # emitting any of it: returns the problems of one record ([] = it would be published).
     validate: Callable[[SourceRecord], list] = lambda record: []
+    # The route this source instance captures for (one instance per route).
+    route: str = ""
+    # What the route's mapping makes of a record, for sources that publish only what changed
+    # (a corrected file): (business key, digest of the canonical image), or None when the
+    # record cannot be mapped (the route then parks it as usual).
+    identify: Callable[[SourceRecord], Optional[tuple]] = lambda record: None
+    # The source columns the route reads (its mapping and filter), for sources that can
+    # refuse a file of another layout at its header instead of on every row.
+    columns: Callable[[], frozenset] = lambda: frozenset()
     health: Health = field(default_factory=Health)     # the last one reported
 
     def set_health(self, **changes) -> None:

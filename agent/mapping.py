@@ -9,16 +9,24 @@ caller sends it to the exception queue with the row, the mapping and every probl
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import asdict, dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any, Callable, Mapping, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .contracts import Approximate
+from .expressions import ExpressionError, MissingReference, compile_expression
+from .lookups import LookupTable
+from .textforms import DATE_TEXT as _DATE_TEXT
+from .textforms import DECIMAL_TEXT as _DECIMAL_TEXT
+from .textforms import INTEGER_TEXT as _INTEGER_TEXT
+from .textforms import TIMESTAMP_TEXT as _TIMESTAMP_TEXT
+
 from .schemas import decimal_misfit
 
-__all__ = ["Problem", "EntityMapping", "check_mapping", "gate_problems", "known_codes", "CONVERSIONS", "CODE_RULES"]
+__all__ = ["Problem", "EntityMapping", "check_mapping", "gate_problems", "known_codes", "CONVERSIONS",
+           "CODE_RULES"]
 
 # Schema rules that mean "must be one of the values of the lookup table of that name".
 CODE_RULES = ("legal_entity", "tax_jurisdiction", "service_line")
@@ -72,23 +80,17 @@ def _is_iso4217(code: str) -> bool:
     return pycountry.currencies.get(alpha_3=code) is not None
 
 
-# Text that may become a number, a date or a time: ASCII digits in one plain form only.
-# Python itself accepts far more ('1_000.50', '1e3', Arabic-Indic or full-width digits,
-# 'NaN', ISO week dates), and a finance value must never be guessed at.
-_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
-_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
-_DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_TIMESTAMP_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?)?"
-                             r"(?:Z|[+-][0-9]{2}:?[0-9]{2})?")
-
-
 def _to_decimal(value, scale: int, precision: int) -> Decimal:
     if isinstance(value, bool):
         raise ValueError("a boolean is not an amount")
-    if isinstance(value, float):
-        # Legacy schemas keep money in doubles: take the shortest decimal that the double
-        # stands for (repr), then round half-even to the schema's scale.
-        number = Decimal(repr(value)).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
+    if isinstance(value, (float, Approximate)):
+        # Legacy schemas keep money in doubles: take the decimal the double stands for (the
+        # source rounded it to the column's declared scale), then round half-even to the
+        # schema's; a double -0.005 is 0.00, never -0.00.
+        number = value if isinstance(value, Decimal) else Decimal(repr(value))
+        if not number.is_finite():
+            raise ValueError(f"expected a finite amount, found {value!r}")
+        number = number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN) + 0
     else:
         if isinstance(value, str):
             if not _DECIMAL_TEXT.fullmatch(value.strip()):
@@ -172,17 +174,41 @@ def coerce(spec, value, zone: dt.tzinfo):
     return value
 
 
-class EntityMapping:
-    """A compiled mapping: ``apply(row)`` returns ``(payload, problems)``."""
+class _CodeSets:
+    """rule -> the canonical values of the lookup table of that name, as the table is now
+    (a SQL lookup's codes are swapped whole when it is re-read)."""
 
-    def __init__(self, name: str, config, entity_schema, lookups: Mapping[str, Mapping[str, Any]]):
+    def __init__(self, tables: Mapping[str, LookupTable]):
+        self._tables = tables
+        self._seen: dict[str, tuple] = {}
+
+    def __contains__(self, rule) -> bool:
+        return rule in self._tables
+
+    def __getitem__(self, rule) -> set:
+        codes = self._tables[rule].codes
+        seen = self._seen.get(rule)
+        if seen is None or seen[0] is not codes:
+            seen = self._seen[rule] = (codes, {str(v) for v in codes.values()})
+        return seen[1]
+
+
+class EntityMapping:
+    """A compiled mapping: ``apply(row)`` returns ``(payload, problems)``.
+
+    ``lookups``: name -> ``LookupTable`` (or a plain dict of codes); a table's codes are
+    read per row, so a refreshed SQL lookup takes effect without recompiling."""
+
+    def __init__(self, name: str, config, entity_schema, lookups: Mapping[str, Any]):
         self.name = name
         self.config = config
         self.schema = entity_schema
-        self.lookups = lookups
+        self.lookups = {n: t if isinstance(t, LookupTable) else LookupTable(n, t) for n, t in lookups.items()}
         self.zone = ZoneInfo(config.source_timezone)
         # canonical code sets, for rules on fields that are not looked up themselves
-        self._known_codes = known_codes(lookups)
+        self._known_codes = _CodeSets({rule: self.lookups[rule] for rule in CODE_RULES if rule in self.lookups})
+        self._expressions = {field: compile_expression(rule.expr, self.lookups)
+                             for field, rule in config.fields.items() if rule.expr is not None}
         self._plan = self._compile()
 
     @property
@@ -192,7 +218,19 @@ class EntityMapping:
     @property
     def columns(self) -> frozenset:
         """The source columns this mapping reads (what an exception entry keeps of a row)."""
-        return frozenset(rule.column for rule in self.config.fields.values() if rule.column is not None)
+        named = {rule.column for rule in self.config.fields.values() if rule.column is not None}
+        return frozenset(named.union(*(e.columns for e in self._expressions.values())))
+
+    @property
+    def lookup_names(self) -> frozenset:
+        """The lookup tables this mapping reads (refreshed before a capture pass)."""
+        named = {rule.lookup for rule in self.config.fields.values() if rule.lookup is not None}
+        return frozenset(named.union(*(e.lookup_names for e in self._expressions.values())))
+
+    def refresh_lookups(self) -> None:
+        """Re-read the SQL lookups that are due (TransientError if one was never read)."""
+        for name in self.lookup_names:
+            self.lookups[name].refresh()
 
     def describe(self) -> dict:
         """The mapping as data, for the exception queue's context."""
@@ -209,8 +247,10 @@ class EntityMapping:
             # "" is missing for every non-string field, and for a required string too
             # (17 invoices once went out with customer_number "")
             blank_is_missing = spec.avro_type != "string" or not spec.nullable
-            plan.append((spec, rule, rule.column if rule else None, converters, lookup,
-                         rule.default if rule else None, blank_is_missing))
+            expression = self._expressions.get(spec.name)
+            missing = frozenset(str(m) for m in rule.missing) if rule and rule.missing else None
+            plan.append((spec, rule.column if rule else None, expression, rule.const if rule else None, converters,
+                         missing, lookup, rule.default if rule else None, blank_is_missing))
         return plan
 
     def apply(self, row: Optional[Mapping[str, Any]]) -> tuple[Optional[dict], list[Problem]]:
@@ -218,21 +258,34 @@ class EntityMapping:
             return None, []
         payload: dict[str, Any] = {}
         problems: list[Problem] = []
-        for spec, rule, column, converters, lookup, default, blank_is_missing in self._plan:
-            if rule is None:
-                value = None
+        for spec, column, expression, const, converters, missing, lookup, default, blank_is_missing in self._plan:
+            if column is not None:
+                value = row.get(column)
+            elif expression is None:
+                value = const                   # a constant, or None for a field without a rule
             else:
-                value = row.get(column) if column is not None else rule.const
+                try:
+                    value = expression(row)
+                except MissingReference as reference:
+                    problems.append(Problem(spec.name, reference.lookup, f"{reference} (in {expression.text!r})",
+                                            None, reference.code))
+                    continue
+                except (ValueError, TypeError) as exc:
+                    problems.append(Problem(spec.name, "expr", f"{exc} (in {expression.text!r})"))
+                    continue
             try:
                 for convert in converters:
                     value = convert(value)
+                if missing is not None and value is not None and str(value) in missing:
+                    value = None
                 if lookup is not None and value is not None and value != "":
                     name, table = lookup
+                    codes = table.codes
                     code = str(value)
-                    if code not in table:
+                    if code not in codes:
                         problems.append(Problem(spec.name, name, f"unknown {name} code {value!r}", column, value))
                         continue
-                    value = table[code]
+                    value = codes[code]
                 if default is not None and (value is None or value == ""):
                     value = default
                 if value is None or (blank_is_missing and isinstance(value, str) and not value.strip()):
@@ -293,6 +346,11 @@ def check_mapping(where: str, config, catalog, lookups: Mapping[str, Any]) -> li
             if name not in CONVERSIONS:
                 problems.append(f"{where}.fields.{field_name}.convert: expected one of "
                                 f"{', '.join(CONVERSIONS)}, found {name!r}")
+        if rule.expr is not None:
+            try:
+                compile_expression(rule.expr, lookups)
+            except ExpressionError as exc:
+                problems.append(f"{where}.fields.{field_name}.expr: {exc}")
     for spec in schema.fields:
         if not spec.nullable and spec.name not in config.fields:
             problems.append(f"{where}.fields.{spec.name}: required by {schema.entity}, found no rule for it")

@@ -85,7 +85,8 @@ def describe_error(where: str, error: dict, secrets: Iterable[str] = (), model: 
     validated) lets an unknown key be answered with the valid keys and the closest one.
     """
     redact = RedactingFilter(secrets).redact
-    loc = [str(part) for part in error["loc"]]
+    # "(tag)" parts name the branch of a tagged union: not a key the user wrote
+    loc = [str(part) for part in error["loc"] if not (isinstance(part, str) and part[:1] == "(" and part[-1:] == ")")]
     message = redact(error["msg"].removeprefix("Value error, "))
     if loc[-1:] == ["[key]"]:      # a mapping key of the wrong type: name the key as written
         loc[-2:] = [str(error.get("input"))]

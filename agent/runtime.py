@@ -29,7 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .build import make_source, make_translator, streams
+from .build import make_lookups, make_source, make_translator, streams
 from .capture import RouteCapture, StreamLoop
 from .config import Config
 from .contracts import OutpostError
@@ -37,6 +37,7 @@ from .delivery import DeliveryGroup
 from .logs import RedactingFilter
 from .metrics import label
 from .observe import ObservedQueue
+from .reload import LiveTranslator, Reloader
 from .schemas import SchemaCatalog
 from .statedir import StateLock
 
@@ -62,8 +63,10 @@ _NEXT = {State.CREATED: {State.STARTING, State.STOPPING}, State.STARTING: {State
 
 
 class Agent:
-    def __init__(self, config: Config, *, drain_timeout: float = 30.0, separate_delivery: bool = False):
+    def __init__(self, config: Config, *, drain_timeout: float = 30.0, separate_delivery: bool = False,
+                 config_path=None):
         self.config = config
+        self.reloader = Reloader(self, config_path)     # SIGHUP, the service control, `outpost reload`
         self.state = State.CREATED
         self.stop_event = threading.Event()
         self.drain_timeout = drain_timeout
@@ -99,12 +102,13 @@ class Agent:
         else:
             self.delivery = DeliveryGroup(cfg, self.catalog, self.queue, self.stop_event)
         self.deliveries = self.delivery.handles
+        lookups = make_lookups(cfg)
         if cfg.ha is not None:      # one of a pair: passive until the group says otherwise
             from .ha import Coordinator, agent_identity
             self.ha = Coordinator(cfg, self.queue, self._on_role, agent_identity(cfg.state_dir))
             self.delivery.set_active(False)
         for name, route in cfg.routes.items():
-            translator = make_translator(cfg, self.catalog, name)
+            translator = LiveTranslator(make_translator(cfg, self.catalog, name, lookups))
             source = make_source(cfg, self.catalog, name, self.stop_event, translator,
                                  functools.partial(self.queue.update_status, name))
             self.captures[name] = RouteCapture(name, source, translator, self.queue, self.stop_event,
@@ -165,6 +169,8 @@ class Agent:
         # on a timer, not after deliveries: an idle queue must forget old ids too
         self.scheduler.add_job(self._prune, IntervalTrigger(seconds=self.config.queue.prune_every),
                                id="outpost-prune", name="forget old delivered ids", next_run_time=now)
+        self.scheduler.add_job(self._serve_reload, IntervalTrigger(seconds=1.0), id="outpost-reload",
+                               name="serve reload requests")
         self.scheduler.start()
         for stream in self.streams:
             stream.start()
@@ -185,6 +191,16 @@ class Agent:
             return
         if removed:
             log.info("forgot %d delivered event id(s) older than %.0fs", removed, self.config.queue.dedup_retention)
+
+    def request_reload(self) -> None:
+        """Re-read the config at the next look (safe to call from a signal handler)."""
+        self.reloader.wanted.set()
+
+    def _serve_reload(self) -> None:
+        try:
+            self.reloader.serve()
+        except sqlite3.Error as exc:     # a full disk: the next look tries again
+            log.warning("reload requests cannot be read: %s", exc)
 
     def run_pass(self) -> int:
         """Capture every route once, synchronously (used by tests, the demo and one-shot runs)."""

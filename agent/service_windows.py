@@ -81,6 +81,9 @@ class EventLog(Protocol):
     def error(self, message: str) -> None: ...
 
 
+RELOAD_CONTROL = 128      # a user-defined service control code (128-255)
+
+
 class ServiceCore:
     """What runs between the SCM's ``SvcDoRun`` and ``SvcStop`` (no pywin32 here)."""
 
@@ -106,7 +109,8 @@ class ServiceCore:
         setup(cfg.log.level, cfg.log.format, str(log_file), cfg.secrets, event_log=self.event_source)
         if self.agent_factory is None:
             from .runtime import Agent
-            self.agent_factory = lambda config: Agent(config, separate_delivery=config.delivery_process)
+            self.agent_factory = lambda config: Agent(config, separate_delivery=config.delivery_process,
+                                                      config_path=self.config_path)
         with self._lock:
             self.agent = self.agent_factory(cfg)
             if self._stop_requested.is_set():       # stopped while we were loading
@@ -127,6 +131,12 @@ class ServiceCore:
             self._stop_requested.set()
             if self.agent is not None:
                 self.agent.stop_event.set()
+
+    def reload(self) -> None:
+        """The custom control RELOAD_CONTROL (``sc control Outpost 128``): what SIGHUP is on POSIX."""
+        with self._lock:
+            if self.agent is not None:
+                self.agent.request_reload()
 
     def stop_wait_hint_ms(self) -> int:
         agent = self.agent
@@ -273,6 +283,10 @@ def _service_class(config_path: Path):
         def SvcStop(self):
             self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING, waitHint=self.core.stop_wait_hint_ms())
             self.core.stop()
+
+        def SvcOther(self, control):
+            if control == RELOAD_CONTROL:
+                self.core.reload()
 
         def SvcDoRun(self):
             self.ReportServiceStatus(win32service.SERVICE_RUNNING)

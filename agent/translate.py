@@ -1,15 +1,29 @@
 """Translation, pure: source records -> queue rows (encoded canonical events) and
 exception entries. No I/O; the capture loop commits what it returns (``agent.capture``).
+
+A route's ``filter`` decides what belongs to its stream. A record whose new image does
+not match is not published, unless its previous version did: then it is published as a
+delete (a customer turned supplier leaves the Customer stream). Whether the previous
+version matched is read from the before image when the source gives a full one (binlog);
+otherwise (polling, key-only before images) the delete is *conditional*: the row carries
+``IF_PUBLISHED`` and the capture keeps it only if the route published that key before
+(``agent.membership``).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
+import json
 from typing import Optional
 
 from .contracts import SourceRecord, TerminalError
 from .events import envelope
+from .mapping import Problem
 
-__all__ = ["Translator", "limit_context"]
+__all__ = ["Translator", "limit_context", "IF_PUBLISHED"]
+
+IF_PUBLISHED = "if_published"     # a queue row key: keep this delete only if the key was published
 
 
 def _only(image, columns):
@@ -38,53 +52,130 @@ class Translator:
 
     ``keep_columns``: what an exception entry keeps of a rejected row (the mapped columns,
     which include the business key); None keeps the whole row (``queue.exception_context:
-    full``)."""
+    full``). ``filter``: a compiled expression over the source row, or None."""
 
-    def __init__(self, route: str, sink: str, system: str, mapping, keep_columns=None):
+    def __init__(self, route: str, sink: str, system: str, mapping, keep_columns=None, filter=None):
         self.route, self.sink, self.system, self.mapping = route, sink, system, mapping
         self.schema = mapping.schema
-        self.keep_columns = keep_columns
+        self.keep_columns = keep_columns if keep_columns is None or filter is None else \
+            frozenset(keep_columns | filter.columns)
+        self.filter = filter
+
+    def refresh_lookups(self) -> None:
+        self.mapping.refresh_lookups()
+
+    @property
+    def columns(self) -> frozenset:
+        """The source columns the route reads: its mapping's and its filter's."""
+        return self.mapping.columns | (self.filter.columns if self.filter is not None else frozenset())
 
     def translate(self, records, captured_at: Optional[dt.datetime] = None) -> tuple[list[dict], list[dict]]:
         captured_at = captured_at or dt.datetime.now(dt.timezone.utc)
         events, failures = [], []
         for record in records:
             try:
-                events.append(self.event_row(record, captured_at))
+                row = self.event_row(record, captured_at)
             except TerminalError as exc:
                 failures.append(self.failure(record, exc))
+                continue
+            if row is not None:
+                events.append(row)
         return events, failures
+
+    def _admits(self, image) -> Optional[bool]:
+        """Whether an image belongs to the route's stream; None when it cannot be told."""
+        if image is None:
+            return None
+        try:
+            return bool(self.filter(image))
+        except (ValueError, TypeError):     # a key-only before image lacks the filter's columns
+            return None
+
+    def _screened(self, record: SourceRecord) -> tuple[Optional[SourceRecord], bool]:
+        """The record as the route publishes it (None: not at all) and whether it is a
+        conditional delete. Without a filter, the record itself."""
+        if self.filter is None:
+            return record, False
+        before_in = self._admits(record.before)
+        if record.after is not None:
+            try:
+                after_in = bool(self.filter(record.after))
+            except (ValueError, TypeError) as exc:
+                raise _MappingFailed([Problem("(filter)", "filter", f"{exc} (in {self.filter.text!r})")]) from None
+            if after_in:
+                if before_in is False and record.operation == "update":   # it joins the stream now
+                    return dataclasses.replace(record, operation="create", before=None), False
+                return record, False
+        elif before_in is not False:
+            return record, before_in is None
+        if before_in:
+            return dataclasses.replace(record, operation="delete", after=None), False
+        if before_in is False:
+            return None, False
+        # did its previous version match? only the route's record of published keys can say
+        return dataclasses.replace(record, operation="delete", after=None,
+                                   before=record.before if record.before is not None else record.after), True
 
     def _mapped(self, record: SourceRecord) -> tuple[str, Optional[dict], Optional[dict]]:
         """(business key, before, after) of a record, or TerminalError with every problem."""
         after, after_problems = self.mapping.apply(record.after)
         before, before_problems = self.mapping.apply(record.before)
-        # The before image of a delete is what must identify the entity; a bad before
-        # image of an update is informative only and must not block the change.
-        problems = after_problems if record.after is not None else before_problems
-        if problems:
-            raise _MappingFailed(problems)
         image = after if after is not None else before
         key = image.get(self.schema.key_field) if image else None
+        if record.after is not None and after_problems:
+            raise _MappingFailed(after_problems)
+        # A bad before image of an update is informative only and must not block the change;
+        # a delete needs only its key, or consumers would never learn the row is gone.
+        if record.after is None and before_problems and key in (None, ""):
+            raise _MappingFailed(before_problems)
         if key in (None, ""):
             raise TerminalError(f"no business key ({self.schema.key_field}) in the mapped record")
         return str(key), (before if not before_problems else None), after
 
-    def event_row(self, record: SourceRecord, captured_at: dt.datetime) -> dict:
-        key, before, after = self._mapped(record)
+    def event_row(self, record: SourceRecord, captured_at: dt.datetime) -> Optional[dict]:
+        """The queue row of a record; None when the route's filter leaves it out."""
+        record, conditional = self._screened(record)
+        if record is None:
+            return None
+        try:
+            key, before, after = self._mapped(record)
+        except TerminalError:
+            if conditional:       # a row outside the stream that cannot even be keyed: nothing to undo
+                return None
+            raise
         event = envelope(record, system=self.system, key=key, before=before, after=after,
                          schema_version=self.schema.version, captured_at=captured_at)
         meta = event["metadata"]
-        return {"event_id": meta["event_id"], "route": self.route, "sink": self.sink, "entity": self.schema.entity,
-                "key": key, "operation": record.operation, "schema_fingerprint": self.schema.fingerprint,
-                "body": self.schema.encode(event, prechecked=True), "correlation_id": meta["correlation_id"],
-                "occurred_at": record.occurred_at.timestamp() if record.occurred_at else None}
+        row = {"event_id": meta["event_id"], "route": self.route, "sink": self.sink, "entity": self.schema.entity,
+               "key": key, "operation": record.operation, "schema_fingerprint": self.schema.fingerprint,
+               "body": self.schema.encode(event, prechecked=True), "correlation_id": meta["correlation_id"],
+               "occurred_at": record.occurred_at.timestamp() if record.occurred_at else None}
+        if conditional:
+            row[IF_PUBLISHED] = True
+        return row
+
+    def identify(self, record: SourceRecord) -> Optional[tuple[str, str]]:
+        """(business key, digest of the canonical after image), or None when the record does
+        not map (the route parks it) or the filter leaves it out: for sources that publish
+        only what changed since the route last published that key."""
+        screened, conditional = self._screened(record)
+        if screened is None or conditional or screened.after is None:
+            return None
+        after, problems = self.mapping.apply(screened.after)
+        key = after.get(self.schema.key_field) if after else None
+        if problems or key in (None, ""):
+            return None
+        image = json.dumps(after, sort_keys=True, default=str, separators=(",", ":"))
+        return str(key), hashlib.sha256(image.encode()).hexdigest()
 
     def problems(self, record: SourceRecord) -> list[dict]:
         """What would stop this record from being published (for whole-file checks).
         Mapping only: what the mapping accepts, the encoder accepts."""
         try:
-            self._mapped(record)
+            screened, conditional = self._screened(record)
+            if screened is None or conditional:
+                return []
+            self._mapped(screened)
         except TerminalError as exc:
             return self.failure(record, exc)["context"]["problems"] or [{"rule": "event", "message": str(exc)}]
         return []
@@ -96,7 +187,6 @@ class Translator:
                 "operation": record.operation,
                 "context": {"record": _row_context(record, self.keep_columns), "mapping": self.mapping.describe(),
                             "problems": problems, "system": self.system}}
-
 
 
 class _MappingFailed(TerminalError):

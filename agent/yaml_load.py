@@ -87,9 +87,9 @@ def parse_text(text: str) -> Document:
         raise ConfigError([f"not valid YAML: {exc}"]) from None
     except RecursionError:
         raise ConfigError([f"not valid YAML: nested deeper than {MAX_DEPTH} levels"]) from None
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, IndexError) as exc:
         # The constructor could not build a scalar it recognised (a 2021-02-30 date, an
-        # integer of 5000 digits): a bad document, not a crash.
+        # integer of 5000 digits, an empty "!!int"): a bad document, not a crash.
         raise ConfigError([f"not valid YAML: {exc}"]) from None
     finally:
         loader.dispose()

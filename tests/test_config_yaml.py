@@ -118,7 +118,7 @@ def test_keys_that_are_equal_once_read_are_duplicates_and_merge_keys_are_not(tmp
 def test_unquoted_leading_zero_and_yes_no_keys_get_a_hint_to_quote(tmp_path):
     problems = problems_of(tmp_path, "lookups:\n  legal_entity: {01: US01, \"02\": UK01}\n"
                                      "  country: {NO: Norway, SE: Sweden}\n")
-    assert 'lookups.legal_entity.1: the key should be a valid string (found 1); YAML reads the unquoted 01 as ' \
+    assert 'lookups.legal_entity.1: found 01 unquoted; YAML reads the unquoted 01 as ' \
            'a number: write "01" in quotes if you mean the text' in problems
     assert any(p.startswith("lookups.country.False: the key should be a valid string (found False); YAML reads "
                             'the unquoted NO as a boolean: write "NO"') for p in problems)

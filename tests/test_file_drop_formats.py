@@ -200,7 +200,7 @@ def test_fuzz_no_crash_and_every_rejection_has_a_reason(data, which):
     (" +0,01 ", Decimal("0.01")), ("12", Decimal("12")),
     ("1234.50", None), ("1.23,4", None), ("12.3456,00", None), ("1,2,3", None), ("", None), ("€ 5", None)])
 def test_decimal_separators_never_silently_change_an_amount(text, expected):
-    from adapters.file_drop.formats import parse_decimal
+    from adapters.file_drop.values import parse_decimal
     typing = spec(format="csv", csv={"decimal_separator": ",", "thousands_separator": "."}).format_options
     if expected is None:
         with pytest.raises(ValueError):
@@ -230,3 +230,17 @@ def test_utf8_bom_tab_delimiter_single_quotes_and_a_preamble():
     parsed = rows(data, options)
     assert [r.values for r in parsed] == [{"no": "1", "name": "Smith\tand\nSons"}, {"no": "2", "name": "O'Brien"}]
     assert [r.line for r in parsed] == [4, 6]
+
+
+@pytest.mark.parametrize("net, date", [
+    ("\u0661\u0662\u0663,\u0664\u0665", "01.02.2026"), ("\uff11\uff12,\uff15\uff10", "01.02.2026"),
+    ("1_000,50", "01.02.2026"), ("1e3", "01.02.2026"), ("12,50", "1.2.2026"), ("12,50", "01.02.2026 garbage"),
+    ("12,50", "\u0660\u0661.02.2026"), ("12,50", "31.02.2026")])
+def test_typed_columns_take_only_plain_ascii_digits(net, date):
+    """Issue 12, defect 4, for typed columns: Python's \\d and strptime took Arabic-Indic and
+    full-width digits and one-digit days as numbers and dates."""
+    options = spec(format="csv", csv={"delimiter": ";", "decimal_separator": ",",
+                                      "date_format": "%d.%m.%Y", "types": {"net": "decimal", "day": "date"}})
+    (row,) = rows(f"net;day\n{net};{date}\n".encode(), options)
+    bad = (net, "net") if net != "12,50" else (date, "day")
+    assert [(p["line"], p["column"], p["value"]) for p in row.problems] == [(2, bad[1], bad[0])]

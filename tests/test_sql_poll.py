@@ -436,7 +436,7 @@ def test_catching_up_pages_by_an_index_range_on_postgres(pg_url):
        st.none() | st.datetimes())
 def test_positions_are_exactly_what_json_dumps_gave(key, cursor):
     """Event ids derive from positions: the fast text must equal the released one."""
-    from adapters.sql_poll.source import _plain
+    from adapters.sql_poll.keyset import plain as _plain
     released = json.dumps([_plain(v) for v in key])
     released = released if cursor is None else f"{released}@{_plain(cursor)}"
     assert row_position(key, cursor) == released

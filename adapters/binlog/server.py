@@ -3,13 +3,15 @@ table metadata and primary-key chunk reads. Errors become Outpost's exception ki
 from __future__ import annotations
 
 import datetime as dt
+import struct
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any, Optional, Sequence
 
 import pymysql
 import sqlalchemy as sa
 
-from agent.contracts import ConfigError, TransientError
+from agent.contracts import ConfigError, TransientError, approximate
 
 # Retrying cannot fix these: wrong credentials or missing privileges.
 CONFIG_ERRORS = {1044, 1045, 1142, 1143, 1227, 1370, 1698}
@@ -123,6 +125,13 @@ class Server:
                           (schema, table), doing="read the table definition")
         return [(r[0], r[1].lower(), r[2] == "PRI") for r in rows]
 
+    def approximate_columns(self, schema: str, table: str) -> dict[str, tuple[Optional[int], bool]]:
+        """Binary floating-point columns: name -> (declared scale or None, single precision)."""
+        rows = self.query("SELECT column_name, numeric_scale, data_type FROM information_schema.columns"
+                          " WHERE table_schema=%s AND table_name=%s AND data_type IN ('double', 'float', 'real')",
+                          (schema, table), doing="read the table definition")
+        return {r[0]: (None if r[1] is None else int(r[1]), r[2].lower() == "float") for r in rows}
+
     def primary_key(self, schema: str, table: str) -> list[str]:
         rows = self.query("SELECT column_name FROM information_schema.key_column_usage WHERE table_schema=%s"
                           " AND table_name=%s AND constraint_name='PRIMARY' ORDER BY ordinal_position",
@@ -143,6 +152,31 @@ class Server:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def exact_doubles(row: dict, columns: dict[str, tuple[Optional[int], bool]]) -> dict:
+    """Double and float columns as ``Approximate``, rounded to their declared scale: the
+    stream decodes the stored binary value (-0.005 in a double(24,8) is
+    -0.0050000000000000044), the snapshot reads the server's text of it (-0.00500000);
+    rounded to the declared scale first, both are the same decimal. A FLOAT holds single
+    precision: its shortest single-precision text, as the server prints it."""
+    for name, (scale, single) in columns.items():
+        value = row.get(name)
+        if isinstance(value, float) and single:
+            value = _float32_text(value)
+        row[name] = approximate(value, scale)
+    return row
+
+
+def _float32_text(value: float) -> Any:
+    if value != value or value in (float("inf"), float("-inf")):
+        return value
+    packed = struct.pack("<f", value)
+    for digits in range(6, 10):
+        text = f"{value:.{digits}g}"
+        if struct.pack("<f", float(text)) == packed:
+            return Decimal(text)
+    return value
 
 
 def utc_timestamps(row: dict, timestamp_columns: Sequence[str], date_columns: Sequence[str] = ()) -> dict:

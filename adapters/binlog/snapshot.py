@@ -21,7 +21,7 @@ from agent import snapshots
 from agent.contracts import ConfigError, SourceBatch, SourceRecord
 
 from .positions import TxnTracker, pk_from_json, pk_to_json, snapshot_position
-from .server import utc_timestamps
+from .server import exact_doubles, utc_timestamps
 
 _REQUESTS_EVERY = 1.0     # seconds between looks at the snapshot request table
 
@@ -63,7 +63,8 @@ class SnapshotSupport:
         after = pk_from_json(snap["after"]) if snap["after"] is not None else None
         rows = self._server.chunk(self.schema, self.table, self._names, self._pk, after, self.spec.snapshot_chunk)
         records = [SourceRecord(self.object, "snapshot", snapshot_position(snap["tag"], [r[k] for k in self._pk]),
-                                after=utc_timestamps(r, self._ts_cols, self._date_cols)) for r in rows]
+                                after=exact_doubles(utc_timestamps(r, self._ts_cols, self._date_cols), self._doubles))
+                   for r in rows]
         total = snap["rows"] + len(rows)
         if len(rows) < self.spec.snapshot_chunk:
             self.context.log.info("binlog %s: snapshot of %s.%s finished, %d rows", self.context.name, self.schema,

@@ -30,7 +30,7 @@ from agent.contracts import AdapterContext, ConfigError, Source, SourceBatch, So
 
 from .positions import (TIMESTAMP_TYPES, TxnTracker, expire_seconds, is_commit_query, new_checkpoint,
                         privilege_problems, retention_report, settings_problems, valid_checkpoint)
-from .server import CONFIG_ERRORS, Server, connection_settings, utc_timestamps
+from .server import CONFIG_ERRORS, Server, connection_settings, exact_doubles, utc_timestamps
 from .snapshot import SnapshotSupport
 from .spec import SourceOptions
 
@@ -85,6 +85,7 @@ class BinlogSource(SnapshotSupport, Source):
             self._pk = [c for c in self._server.primary_key(self.schema, self.table) if c in names]
             self._ts_cols = [c for c, typ, _ in self._columns if typ == "timestamp"]
             self._date_cols = [c for c, typ, _ in self._columns if typ in ("date", "datetime", "timestamp")]
+            self._doubles = self._server.approximate_columns(self.schema, self.table)
 
     def close(self) -> None:
         self._close_stream()
@@ -341,6 +342,9 @@ class BinlogSource(SnapshotSupport, Source):
             if ts_cols:
                 before = before and utc_timestamps(before, ts_cols)
                 after = after and utc_timestamps(after, ts_cols)
+            if self._doubles:
+                before = before and exact_doubles(before, self._doubles)
+                after = after and exact_doubles(after, self._doubles)
             if self._held is not None:
                 self._note_changes((before, after))
             batch.append(SourceRecord(self.object, operation, tracker.position(index), after=after, before=before,

@@ -10,7 +10,8 @@ import json
 from decimal import Decimal
 from typing import Any, Optional
 
-from .formats import Row, implied_decimal, parse_decimal, problem
+from .formats import Row, problem
+from .values import implied_decimal, parse_decimal
 from .spec import Checks, Typing
 
 

@@ -6,7 +6,7 @@ rename and nothing is ever copied or deleted)::
     inbox/invoices.csv                    dropped by the MFT job (plus .done / .ctl)
     inbox/processing/<owner>/invoices.csv claimed: renamed here by exactly one agent
     inbox/archive/YYYY-MM-DD/invoices.csv published
-    inbox/archive/.ledger/<sha256>.json   identity of every published file (re-drops)
+    inbox/archive/.ledger/<route>/<sha256>.json   identity of every file the route published
     inbox/error/invoices.csv              rejected, with invoices.csv.error.json
 
 ``owner`` is unique per agent state directory and file spec, so a restarted agent finds
@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import time
 import uuid
@@ -97,14 +99,22 @@ class Readiness:
         return len(self._seen)
 
 
+def route_id(route: str) -> str:
+    """A route name as a folder name (a hash tells apart names that clean up alike)."""
+    clean = re.sub(r"[^A-Za-z0-9_.-]", "_", route).strip(".") or "_"
+    return clean if clean == route else f"{clean}-{hashlib.sha1(route.encode()).hexdigest()[:8]}"
+
+
 class Inbox:
-    def __init__(self, root: Path, pattern: str, owner: str, companions: tuple[str, ...]):
+    def __init__(self, root: Path, pattern: str, owner: str, companions: tuple[str, ...], route: str = ""):
         self.root = Path(root).resolve()
         self.pattern, self.owner, self.companion_suffixes = pattern, owner, companions
         self.processing = self.root / "processing" / owner
         self.archive = self.root / "archive"
         self.error = self.root / "error"
-        self.ledger = self.archive / ".ledger"
+        # per route: the same bytes meant for a second route are not "already published" for it
+        self.shared_ledger = self.archive / ".ledger"
+        self.ledger = self.shared_ledger / route if route else self.shared_ledger
         self._locked: set[str] = set()
 
     def ensure(self) -> None:
@@ -229,15 +239,25 @@ class Inbox:
         return folder / final
 
     def ledger_entry(self, sha: str) -> Optional[dict]:
-        try:
-            return json.loads((self.ledger / f"{sha}.json").read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return None
+        entry = _read_entry(self.ledger / f"{sha}.json")
+        if entry is None and self.ledger != self.shared_ledger:
+            # written before ledgers were per route: it was this route's if its pattern took the name
+            entry = _read_entry(self.shared_ledger / f"{sha}.json")
+            if entry is not None and not fnmatch.fnmatchcase(str(entry.get("name", "")), self.pattern):
+                entry = None
+        return entry
 
     def record_in_ledger(self, sha: str, entry: dict) -> None:
         self.ledger.mkdir(parents=True, exist_ok=True)
         if not (self.ledger / f"{sha}.json").exists():
             write_json(self.ledger / f"{sha}.json", entry)
+
+
+def _read_entry(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _free_name(folder: Path, name: str, sha: Optional[str]) -> str:

@@ -11,18 +11,18 @@ why only ASCII-compatible encodings are accepted (``\\n`` is one byte in all of 
 """
 from __future__ import annotations
 
+import codecs
 import csv
-import datetime as dt
 import json
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, BinaryIO, Iterator, Optional
 
 from .spec import CsvOptions, FixedField, FixedWidthOptions, SourceOptions, Typing
+from .values import convert, implied_decimal, signed_amount
 
 BOM = b"\xef\xbb\xbf"
-_DIGITS = re.compile(r"^(\d+(\.\d*)?|\.\d+)$")
 # Control characters other than tab/CR/LF never appear in a text export.
 _JUNK = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -90,63 +90,7 @@ class LineReader:
             yield text
 
 
-# ---- typed values -------------------------------------------------------------------
-
-def parse_decimal(text: str, typing: Typing) -> Decimal:
-    """'-1.234,50' / '1234,50-' / '+12.5' -> Decimal, with the file's separators."""
-    s = text.strip()
-    sign = ""
-    if s[:1] in "+-" and s:
-        sign, s = s[0], s[1:].strip()
-    elif s[-1:] in ("+", "-"):        # trailing sign, as SAP and mainframe exports write it
-        sign, s = s[-1], s[:-1].strip()
-    if typing.decimal_separator != "." and "." in s and typing.thousands_separator != ".":
-        raise ValueError(f"unexpected '.' (the decimal separator is {typing.decimal_separator!r})")
-    whole, point, fraction = s.partition(typing.decimal_separator)
-    if typing.thousands_separator and typing.thousands_separator in whole:
-        groups = whole.split(typing.thousands_separator)
-        # "1.234,50" is fine; "1234.50" in a file declared "1.234,50" must not become 123450
-        if not (1 <= len(groups[0]) <= 3 and all(len(g) == 3 for g in groups[1:])):
-            raise ValueError(f"misplaced thousands separator {typing.thousands_separator!r}")
-        whole = "".join(groups)
-    s = f"{whole}.{fraction}" if point else whole
-    if not _DIGITS.match(s):
-        raise ValueError("expected a decimal number")
-    try:
-        return Decimal(("-" if sign == "-" else "") + s)
-    except InvalidOperation:
-        raise ValueError("expected a decimal number") from None
-
-
-def implied_decimal(text: str, decimals: int) -> Decimal:
-    """'0001234' with 2 implied decimals -> 12.34 (signs leading or trailing)."""
-    s = text.strip()
-    sign = ""
-    if s[:1] in ("+", "-"):
-        sign, s = s[0], s[1:]
-    elif s[-1:] in ("+", "-"):
-        sign, s = s[-1], s[:-1]
-    if not s.isdigit() or not s.isascii():
-        raise ValueError(f"expected digits with {decimals} implied decimal(s)")
-    return Decimal(int(s)).scaleb(-decimals) * (-1 if sign == "-" else 1)
-
-
-def convert(value: Any, kind: str, typing: Typing):
-    if not isinstance(value, str) or kind == "text":
-        return value
-    if value.strip() == "":
-        return ""     # the mapping decides whether the field may be empty
-    if kind == "decimal":
-        return parse_decimal(value, typing)
-    if kind == "int":
-        number = parse_decimal(value, typing)
-        if number != number.to_integral_value():
-            raise ValueError("expected a whole number")
-        return int(number)
-    if kind == "date":
-        return dt.datetime.strptime(value.strip(), typing.date_format).date()
-    return value
-
+# ---- parsers ------------------------------------------------------------------------
 
 def apply_types(row: Row, typing: Typing) -> None:
     for column, kind in typing.types.items():
@@ -154,25 +98,37 @@ def apply_types(row: Row, typing: Typing) -> None:
             continue
         value = row.values[column]
         try:
-            row.values[column] = convert(value, kind, typing)
+            row.values[column], mark = convert(value, kind, typing)
         except ValueError as exc:
             rule = {"date": "date_format"}.get(kind, kind)
-            detail = f" {typing.date_format}" if kind == "date" else ""
+            detail = f" {' or '.join(typing.date_formats)}" if kind == "date" else ""
             row.problems.append(problem(row.line, rule, f"{exc} (expected {kind}{detail})", column, value,
+                                        row.number or None))
+            continue
+        if typing.currency_marks and kind == "decimal":
+            row.values[f"{column}_currency"] = mark
+    for column, rule in typing.signed.items():
+        try:
+            row.values[column] = signed_amount(row.values, column, rule, typing)
+        except ValueError as exc:
+            row.problems.append(problem(row.line, "signed", str(exc), column, row.values.get(column),
                                         row.number or None))
 
 
-# ---- parsers ------------------------------------------------------------------------
-
-def read_rows(stream: BinaryIO, spec: SourceOptions, lines: Optional[LineReader] = None) -> Iterator[Row]:
-    """Rows of the whole file in order. Pass ``lines`` to watch line and byte counts."""
+def read_rows(stream: BinaryIO, spec: SourceOptions, lines: Optional[LineReader] = None,
+              needed: frozenset = frozenset()) -> Iterator[Row]:
+    """Rows of the whole file in order. Pass ``lines`` to watch line and byte counts;
+    ``needed``: the columns the route reads, which a header line must name."""
     lines = lines or LineReader(stream, spec.encoding, spec.max_line)
     opts = spec.format_options
-    parser = {"csv": _csv_rows, "fixed_width": _fixed_rows, "jsonl": _json_rows}[spec.format]
+    if spec.format == "csv":
+        rows = _csv_rows(lines, opts, needed - opts.computed() - {"_file", "_line"})
+    else:
+        rows = {"fixed_width": _fixed_rows, "jsonl": _json_rows}[spec.format](lines, opts)
     number = 0
     trailer_seen = None
-    for row in parser(lines, opts):
-        if trailer_seen is not None:
+    for row in rows:
+        if trailer_seen is not None and row.kind != "trailer":
             row.problems.append(problem(row.line, "structure", f"{row.kind} record after the trailer "
                                         f"(line {trailer_seen})"))
         if row.kind == "trailer":
@@ -186,7 +142,7 @@ def read_rows(stream: BinaryIO, spec: SourceOptions, lines: Optional[LineReader]
         yield row
 
 
-def _csv_rows(lines: LineReader, opts: CsvOptions) -> Iterator[Row]:
+def _csv_rows(lines: LineReader, opts: CsvOptions, needed: frozenset) -> Iterator[Row]:
     text = iter(lines)
     for _ in range(opts.skip_lines):
         next(text, None)
@@ -201,27 +157,62 @@ def _csv_rows(lines: LineReader, opts: CsvOptions) -> Iterator[Row]:
                 raise FileRejected(problem(None, "empty", "the file is empty: no header line"))
             if not names:
                 names = [n.strip() for n in found]
+                _check_header(names, needed, opts, lines)
             start = lines.line + 1
         duplicates = sorted({n for n in names if names.count(n) > 1 or not n})
         if duplicates:
             raise FileRejected(problem(start - 1, "header", f"blank or repeated column names {duplicates}"))
+        held: list[Row] = []       # the last footer_lines rows are not records
         for fields in reader:
             line, start = start, lines.line + 1
-            if not fields:
+            if not fields or (opts.ignore_prefixes and fields[0].strip().startswith(tuple(opts.ignore_prefixes))):
                 continue
-            first = fields[0].strip()
-            if opts.header_prefix is not None and first == opts.header_prefix:
-                yield Row("header", line, dict(zip(opts.header_columns, fields)))
-            elif opts.trailer_prefix is not None and first == opts.trailer_prefix:
-                yield Row("trailer", line, dict(zip(opts.trailer_columns, fields)))
-            elif len(fields) != len(names):
-                yield Row("detail", line, {}, problems=[problem(
-                    line, "columns", f"ragged row: expected {len(names)} fields, found {len(fields)}",
-                    value=opts.delimiter.join(fields))])
-            else:
-                yield Row("detail", line, dict(zip(names, fields)))
+            held.append(_csv_row(fields, names, line, opts))
+            if len(held) > opts.footer_lines:
+                yield held.pop(0)
     except csv.Error as exc:
         raise FileRejected(problem(lines.line, "csv", f"unreadable CSV: {exc} (unterminated quote?)")) from None
+
+
+def _csv_row(fields: list, names: list, line: int, opts: CsvOptions) -> Row:
+    first = fields[0].strip()
+    if opts.header_prefix is not None and first == opts.header_prefix:
+        return Row("header", line, dict(zip(opts.header_columns, fields)))
+    if opts.trailer_prefix is not None and first == opts.trailer_prefix:
+        return Row("trailer", line, dict(zip(opts.trailer_columns, fields)))
+    if len(fields) != len(names):
+        return Row("detail", line, {}, problems=[problem(
+            line, "columns", f"ragged row: expected {len(names)} fields, found {len(fields)}",
+            value=opts.delimiter.join(fields))])
+    return Row("detail", line, dict(zip(names, fields)))
+
+
+def _check_header(names: list, needed: frozenset, opts: CsvOptions, lines: LineReader) -> None:
+    """A file of another layout is one format problem, not a problem on every row: the
+    header must name every column the spec types and the mapping reads."""
+    wanted = set(needed) | set(opts.types) | {c for rule in opts.signed.values()
+                                              for c in (rule.debit, rule.credit, rule.amount, rule.indicator) if c}
+    missing = sorted(wanted - set(names))
+    if not missing:
+        return
+    hint = _encoding_hint(names, missing, lines.encoding)
+    raise FileRejected(problem(lines.line, "format", f"header has {', '.join(names)}; the spec expects "
+                               f"{', '.join(missing)}" + (f" ({hint})" if hint else ""), value=", ".join(missing)))
+
+
+def _encoding_hint(names: list, missing: list, encoding: str) -> Optional[str]:
+    """When the header's bytes read in another encoding give the missing names."""
+    raw = ",".join(names).encode(encoding, errors="replace")
+    for other in ("utf-8", "windows-1252", "iso-8859-15"):
+        if codecs.lookup(other).name == codecs.lookup(encoding).name:
+            continue
+        try:
+            text = raw.decode(other)
+        except UnicodeDecodeError:
+            continue
+        if all(name in text.split(",") for name in missing):
+            return f"its bytes read as {other} give {', '.join(missing)}: the file is {other}, set encoding: {other}"
+    return None
 
 
 def _take(line: str, layout: list[FixedField], pad: bool, number_line: int) -> tuple[dict, list]:
@@ -245,22 +236,41 @@ def _take(line: str, layout: list[FixedField], pad: bool, number_line: int) -> t
 
 
 def _fixed_rows(lines: LineReader, opts: FixedWidthOptions) -> Iterator[Row]:
-    layouts = {"header": opts.header_fields, "detail": opts.fields, "trailer": opts.trailer_fields}
-    prefixes = sorted(opts.record_types.items(), key=lambda kv: -len(kv[1]))
+    """Any number of record types; a continuation record adds its fields to the detail
+    before it, so a detail is yielded once its continuations are read."""
+    layouts = opts.layouts()
+    pending: Optional[Row] = None
     for text in lines:
         line = text.rstrip("\r\n")
         if not line.strip():
             continue
-        kind = "detail"
-        if prefixes:
-            kind = next((k for k, p in prefixes if line.startswith(p)), None)
-            if kind is None:
-                known = ", ".join(f"{k}={p!r}" for k, p in opts.record_types.items())
-                yield Row("detail", lines.line, {}, problems=[problem(
-                    lines.line, "record_type", f"unknown record type (known: {known})", value=line[:20])])
+        layout = next((r for r in layouts if line.startswith(r.type)), None)
+        if layout is None:
+            known = ", ".join(f"{r.role}={r.type!r}" for r in layouts)
+            row = Row("detail", lines.line, {}, problems=[problem(
+                lines.line, "record_type", f"unknown record type (known: {known})", value=line[:20])])
+        elif layout.role == "ignore":
+            continue
+        else:
+            values, problems = _take(line, layout.fields, opts.pad_short_lines, lines.line) if layout.fields \
+                else ({}, [])
+            if layout.role == "continuation":
+                if pending is None:
+                    yield Row("detail", lines.line, {}, problems=[problem(
+                        lines.line, "structure", f"continuation record {layout.type!r} without a detail before it",
+                        value=line[:20])])
+                else:
+                    pending.values.update(values)
+                    pending.problems.extend(problems)
                 continue
-        values, problems = _take(line, layouts[kind], opts.pad_short_lines, lines.line) if layouts[kind] else ({}, [])
-        yield Row(kind, lines.line, values, problems=problems)
+            row = Row(layout.role, lines.line, values, problems=problems)
+        if pending is not None:
+            yield pending
+        pending = row if row.kind == "detail" else None
+        if pending is None:
+            yield row
+    if pending is not None:
+        yield pending
 
 
 def _no_constant(name: str):

@@ -22,6 +22,7 @@ Checkpoint: ``{"v": 1, "file": null}`` when idle, else ``{"v": 1, "file": {"inbo
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -34,10 +35,11 @@ from typing import Any, Iterator, Mapping, Optional
 from agent.contracts import AdapterContext, ConfigError, Source, SourceBatch, SourceRecord, TransientError
 
 from .checks import Controls, parse_sidecar
-from .claim import Claimed, Inbox, Readiness, agent_id, network_fs, open_nofollow, write_json
+from .claim import Claimed, Inbox, Readiness, agent_id, network_fs, open_nofollow, route_id, write_json
 from .formats import FileRejected, LineReader, Row, problem, read_rows
 from .outcomes import file_exception, file_report, mapping_problem, now_text, row_exception
 from .progress import Progress
+from .records import RecordLedger
 from .spec import SourceOptions
 from .watch import start_observer
 
@@ -55,6 +57,7 @@ class FileDropSource(Source):
         self.readiness = Readiness(self.spec.min_age, self.spec.settle)
         self.inboxes: list[Inbox] = []
         self._observer = None
+        self.ledger: Optional[RecordLedger] = None
         self._last_scan = 0.0
         self._waiting: list[str] = []
         checks = self.spec.checks
@@ -68,7 +71,10 @@ class FileDropSource(Source):
             return
         spec_id = hashlib.sha1(f"{self.spec.pattern}|{self.spec.format}".encode()).hexdigest()[:8]
         owner = f"{agent_id(self.context.state_dir)}-{spec_id}"
-        inboxes = [Inbox(root, self.spec.pattern, owner, self.companions) for root in self._roots()]
+        # what this route published is its own: the same bytes may be meant for another route
+        route = route_id(self.context.route) if self.context.route else spec_id
+        inboxes = [Inbox(root, self.spec.pattern, owner, self.companions, route) for root in self._roots()]
+        self.ledger = RecordLedger(os.path.join(self.context.state_dir, "file_drop", f"records-{route}.db"))
         for inbox in inboxes:
             if not inbox.root.is_dir():
                 raise TransientError(f"file_drop inbox {inbox.root} is not reachable (share not mounted?)")
@@ -98,6 +104,8 @@ class FileDropSource(Source):
             observer.stop()
             observer.join(5)
         self.inboxes = []
+        if self.ledger is not None:
+            self.ledger.close()
 
     def check(self) -> list[str]:
         problems = []
@@ -216,6 +224,7 @@ class FileDropSource(Source):
             yield SourceBatch([], IDLE)
             return True
         if current.get("done"):
+            self._remember_all(claimed, current)
             return (yield from self._finish(claimed, current))
         if not claimed.path.exists():
             self.log.error("file %s vanished from %s after %d of its records were queued", current["name"],
@@ -230,7 +239,7 @@ class FileDropSource(Source):
     def _rows(self, claimed: Claimed, progress: Progress, push: bool) -> Iterator[Row]:
         with open_nofollow(claimed.path) as handle:
             lines = LineReader(handle, self.spec.encoding, self.spec.max_line)
-            for row in read_rows(handle, self.spec, lines):
+            for row in read_rows(handle, self.spec, lines, needed=self.context.columns()):
                 yield row
                 if row.number % 1000 == 0:
                     progress.tick(row.number, lines.bytes_read, push)
@@ -274,6 +283,18 @@ class FileDropSource(Source):
             return [problem(row.line, "mapping", f"cannot be mapped: {type(exc).__name__}: {exc}",
                             record=row.number)]
 
+    def _remember_all(self, claimed: Claimed, state: dict) -> None:
+        """After a crash between the final commit and the archive move: the last batch's
+        rows may not be remembered yet (idempotent: the rows are committed)."""
+        if not claimed.path.exists():
+            return
+        progress = Progress(claimed.name, "publishing", state["size"], self.log, self.spec.progress_log_every,
+                            self.context.report_progress)
+        for row in self._rows(claimed, progress, push=False):
+            if row.kind == "detail" and not row.problems:
+                self._changed(row, state)
+        self.ledger.settle()
+
     def _sidecar(self, claimed: Claimed) -> Optional[dict]:
         if not self.sidecar_suffix:
             return None
@@ -292,26 +313,56 @@ class FileDropSource(Source):
         after, size = state["record"], state["size"]
         progress = Progress(claimed.name, "publishing", size, self.log, self.spec.progress_log_every,
                             self.context.report_progress)
-        records, exceptions, last = [], [], after
+        records, exceptions, last, unchanged = [], [], after, state.get("unchanged", 0)
         for row in self._rows(claimed, progress, push=False):
-            if row.kind != "detail" or row.number <= after:
+            if row.kind != "detail":
+                continue
+            if row.number <= after:      # committed before a restart: make sure it is remembered
+                if not row.problems:
+                    self._changed(row, state)
                 continue
             last = row.number
             if row.problems:
                 exceptions.append(row_exception(state, row, self.spec.operation))
             else:
-                records.append(self._record(row, state))
+                record = self._changed(row, state)
+                if record is None:
+                    unchanged += 1
+                else:
+                    records.append(record)
             if len(records) + len(exceptions) >= self.spec.batch_size:
-                yield SourceBatch(records, {"v": VERSION, "file": {**state, "record": last}},
+                yield SourceBatch(records, {"v": VERSION, "file": {**state, "record": last, "unchanged": unchanged}},
                                   progress.snapshot(), exceptions=exceptions)
+                self.ledger.settle()      # resumed: the batch is durable
                 records, exceptions = [], []
                 if self.context.stop.is_set():
                     return False
-        done = {**state, "record": last, "done": True}
+        done = {**state, "record": last, "done": True, "unchanged": unchanged}
         yield SourceBatch(records, {"v": VERSION, "file": done}, {**progress.snapshot(), "bytes_pct": 100.0},
                           exceptions=exceptions)
+        self.ledger.settle()
         # resumed: the final batch is committed, so the file may leave processing/
         return (yield from self._finish(claimed, done))
+
+    def _changed(self, row: Row, state: dict) -> Optional[SourceRecord]:
+        """The record to publish, or None when the route already published this key with
+        this content. A record the mapping can key is identified by route, business key and
+        content (a re-dropped corrected file repeats the ids of its unchanged rows and
+        publishes a changed row as an update of the earlier one); any other keeps its
+        place in the file as identity, and the route parks it as usual."""
+        record = self._record(row, state)
+        identity = self.context.identify(record)
+        if identity is None:
+            return record
+        key, digest = identity
+        prior = self.ledger.last(key)
+        if prior is not None and prior[0] == digest:
+            return None
+        self.ledger.note(key, digest, record.after)
+        position = f"key:{key}:sha256:{digest}"
+        if prior is None:
+            return dataclasses.replace(record, position=position)
+        return dataclasses.replace(record, operation="update", position=position, before=prior[1])
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -320,7 +371,8 @@ class FileDropSource(Source):
         inbox.record_in_ledger(state["sha"], {"name": state["name"], "records": state["record"],
                                               "published_at": now_text(), "inbox": state["inbox"]})
         final = inbox.move_out(claimed, "archive", state["sha"])
-        self.log.info("file %s published: %d record(s), archived as %s", state["name"], state["record"], final)
+        self.log.info("file %s published: %d record(s) (%d unchanged since published before), archived as %s",
+                      state["name"], state["record"], state.get("unchanged", 0), final)
         yield SourceBatch([], IDLE, {"file": state["name"], "phase": "archived", "rows_read": state["record"],
                                      "bytes_pct": 100.0})
         return True

@@ -23,13 +23,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SignedAmount(_Strict):
+    """A signed amount from a layout that keeps the sign apart from the digits: a Debit /
+    Credit column pair (the amount is credit - debit, one of them filled), or an unsigned
+    amount with a D/C indicator column."""
+
+    debit: Optional[str] = None
+    credit: Optional[str] = None
+    amount: Optional[str] = None          # with an indicator: the unsigned column (default: this one)
+    indicator: Optional[str] = None
+    negative: list[str] = Field(default_factory=lambda: ["D", "DR", "DEBIT", "-"])
+    positive: list[str] = Field(default_factory=lambda: ["C", "CR", "CREDIT", "+"])
+
+    @model_validator(mode="after")
+    def _one_layout(self):
+        pair = self.debit is not None or self.credit is not None
+        if pair == (self.indicator is not None) or (pair and (self.debit is None or self.credit is None)):
+            raise ValueError("give either 'debit' and 'credit' (a column pair) or 'indicator' (a D/C column)")
+        return self
+
+
 class Typing(_Strict):
     """How text becomes typed values (shared by every format)."""
 
     types: dict[str, ColumnType] = Field(default_factory=dict)   # column -> type; others stay text
     decimal_separator: str = Field(".", min_length=1, max_length=1)
     thousands_separator: Optional[str] = Field(None, max_length=1)
-    date_format: str = "%Y-%m-%d"                               # strptime format
+    # strptime format, or several tried in order (one file may mix 2026-01-31 and 31.01.2026)
+    date_format: Union[str, list[str]] = "%Y-%m-%d"
+    negative_parentheses: bool = False    # accounting style: (29.99) is -29.99
+    # symbols or codes glued to amounts ("€12.50", "12,50 EUR"): taken off, and the one found
+    # is kept in the pseudo-column <column>_currency; any other glued text is refused
+    currency_marks: list[str] = Field(default_factory=list)
+    signed: dict[str, SignedAmount] = Field(default_factory=dict)   # column -> how its sign is told
 
     @model_validator(mode="after")
     def _separators_differ(self):
@@ -37,6 +63,15 @@ class Typing(_Strict):
             raise ValueError("decimal_separator and thousands_separator must differ "
                              f"(found {self.decimal_separator!r} for both)")
         return self
+
+    @property
+    def date_formats(self) -> list[str]:
+        return [self.date_format] if isinstance(self.date_format, str) else list(self.date_format)
+
+    def computed(self) -> set[str]:
+        """Columns the typing adds to a row (not expected in a header)."""
+        return set(self.signed) | {f"{c}_currency" for c, kind in self.types.items() if kind == "decimal"
+                                   and self.currency_marks}
 
 
 class CsvOptions(Typing):
@@ -50,6 +85,8 @@ class CsvOptions(Typing):
     header_columns: list[str] = Field(default_factory=list)
     trailer_prefix: Optional[str] = None   # first field marking the trailer record (e.g. "TRL")
     trailer_columns: list[str] = Field(default_factory=list)
+    ignore_prefixes: list[str] = Field(default_factory=list)   # rows whose first field starts so: not records
+    footer_lines: int = Field(0, ge=0)     # lines at the end that are not records ("Total;;1234,50")
 
     @field_validator("delimiter", mode="before")
     @classmethod
@@ -87,21 +124,51 @@ class FixedField(_Strict):
         return self.end if self.end is not None else self.start - 1 + self.length
 
 
+class RecordLayout(_Strict):
+    """One record type of a multi-record file (CODA, BAI2-like): the text it starts with,
+    what it is, and its fields. A ``continuation`` adds its fields to the detail record
+    before it (CODA's 22/23 after a 21); ``ignore`` records are read past."""
+
+    type: str = Field(min_length=1)
+    role: Literal["header", "detail", "continuation", "trailer", "ignore"] = "detail"
+    fields: list[FixedField] = Field(default_factory=list)
+
+
 class FixedWidthOptions(Typing):
-    fields: list[FixedField] = Field(min_length=1)    # detail record layout
+    fields: list[FixedField] = Field(default_factory=list)    # detail record layout
     record_types: dict[Literal["header", "detail", "trailer"], str] = Field(default_factory=dict)
     header_fields: list[FixedField] = Field(default_factory=list)
     trailer_fields: list[FixedField] = Field(default_factory=list)
+    records: list[RecordLayout] = Field(default_factory=list)   # any number of record types, instead
     pad_short_lines: bool = False    # accept lines whose trailing blanks were trimmed
 
     @model_validator(mode="after")
     def _prefixes(self):
+        if self.records:
+            if self.fields or self.record_types or self.header_fields or self.trailer_fields:
+                raise ValueError("give either 'records' or fields / record_types / header_fields / trailer_fields")
+            if not any(r.role == "detail" for r in self.records):
+                raise ValueError("'records' must have at least one record of role detail")
+            return self
+        if not self.fields:
+            raise ValueError("'fields' (the detail record layout) or 'records' is required")
         if (self.header_fields and "header" not in self.record_types) or \
                 (self.trailer_fields and "trailer" not in self.record_types):
             raise ValueError("header_fields / trailer_fields need record_types naming their prefixes")
         if self.record_types and "detail" not in self.record_types:
             raise ValueError("record_types must name the 'detail' prefix too")
         return self
+
+    def layouts(self) -> list[RecordLayout]:
+        """Every record type, longest prefix first (the first that matches a line is it)."""
+        if self.records:
+            found = list(self.records)
+        elif not self.record_types:
+            found = [RecordLayout(type="", fields=self.fields)]
+        else:
+            fields = {"header": self.header_fields, "detail": self.fields, "trailer": self.trailer_fields}
+            found = [RecordLayout(type=prefix, role=kind, fields=fields[kind]) for kind, prefix in self.record_types.items()]
+        return sorted(found, key=lambda layout: -len(layout.type))
 
 
 class JsonLinesOptions(Typing):
@@ -190,7 +257,7 @@ class SourceOptions(_Strict):
             kind = self.checks.source
             fmt = self.format_options
             has = (isinstance(fmt, CsvOptions) and getattr(fmt, f"{kind}_prefix")) or \
-                (isinstance(fmt, FixedWidthOptions) and kind in fmt.record_types)
+                (isinstance(fmt, FixedWidthOptions) and any(r.role == kind for r in fmt.layouts()))
             if not has:
                 raise ValueError(f"checks.source {kind} needs {kind} records: set {kind}_prefix (csv) "
                                  f"or record_types.{kind} (fixed_width), or use a sidecar")

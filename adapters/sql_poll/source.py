@@ -18,131 +18,29 @@ re-reading one keeps its position, so the queue drops the repeat).
 """
 from __future__ import annotations
 
-import base64
-import json
-import uuid
+import dataclasses
 from contextlib import contextmanager
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, SourceRecord,
-                             TransientError)
+                             TransientError, approximate)
 
+from . import rollups
+from .keyset import (ROW_VALUE_DIALECTS, plain, align_clock, decode_value, encode_value, keyset_after,
+                     row_position, to_utc)
 from .spec import SourceOptions
 
 __all__ = ["SqlPollSource", "Source", "encode_value", "decode_value", "row_position"]
 
 CHECKPOINT_VERSION = 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SQLITE_TS = "%Y-%m-%d %H:%M:%f"   # SQLite's own canonical text form, millisecond precision
-
-
-# ---- pure helpers -------------------------------------------------------------------
-
-def encode_value(v: Any) -> Any:
-    """Tag a key value so JSON gives back exactly the same Python value."""
-    if v is None:
-        return None
-    for typ, tag, enc in _CODECS:
-        if isinstance(v, typ):
-            return {"t": tag, "v": enc(v)}
-    raise TypeError(f"cannot checkpoint a {type(v).__name__} key value")
-
-
-def decode_value(d: Any) -> Any:
-    if d is None:
-        return None
-    return _DECODERS[d["t"]](d["v"])
-
-
-# Order matters: bool before int, datetime before date.
-_CODECS = [
-    (bool, "bool", bool), (int, "int", int), (Decimal, "decimal", str), (float, "float", float),
-    (str, "str", str), (datetime, "datetime", datetime.isoformat), (date, "date", date.isoformat),
-    (time, "time", time.isoformat), (uuid.UUID, "uuid", str),
-    (bytes, "bytes", lambda b: base64.b64encode(b).decode("ascii")),
-]
-_DECODERS = {
-    "bool": bool, "int": int, "decimal": Decimal, "float": float, "str": str,
-    "datetime": datetime.fromisoformat, "date": date.fromisoformat, "time": time.fromisoformat,
-    "uuid": uuid.UUID, "bytes": base64.b64decode,
-}
-
-
-def _plain(v: Any) -> Any:
-    """Stable text form for positions; aware timestamps in UTC so the session zone can't leak in."""
-    if isinstance(v, datetime):
-        return (v.astimezone(timezone.utc) if v.tzinfo else v).isoformat()
-    if isinstance(v, (date, time, Decimal, uuid.UUID)):
-        return str(v)
-    if isinstance(v, bytes):
-        return v.hex()
-    return v
-
-
-def row_position(pk_values: Sequence[Any], cursor_value: Any) -> str:
-    """Same row version -> same position, whether the snapshot or the poller saw it.
-
-    The text is ``json.dumps`` of the key values (event ids derive from it, so it must
-    never change), built directly for the usual plain ints and strings: json.dumps was a
-    twentieth of the capture cost per row."""
-    pos = "[" + ", ".join(map(_json_text, pk_values)) + "]"
-    return pos if cursor_value is None else f"{pos}@{_plain(cursor_value)}"
-
-
-def _json_text(value: Any) -> str:
-    value = _plain(value)
-    if type(value) is int:
-        return str(value)
-    if type(value) is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
-        return f'"{value}"'
-    return json.dumps(value)
-
-
-def to_utc(v: datetime, zone: ZoneInfo) -> datetime:
-    return (v if v.tzinfo else v.replace(tzinfo=zone)).astimezone(timezone.utc)
-
-
-def align_clock(now: datetime, *, clock_is_utc: bool, column_aware: bool,
-                zone: ZoneInfo) -> datetime:
-    """Bring the DB clock into the form the cursor column stores.
-
-    A naive column written by the database's own now() holds the session's wall time, which
-    is what the driver's aware value shows (psycopg) or what a naive clock already is
-    (MariaDB, SQL Server). SQLite has no session zone: its clock is UTC, so convert it to
-    ``source_timezone``.
-    """
-    if now.tzinfo is None and clock_is_utc:
-        now = now.replace(tzinfo=timezone.utc)
-    if column_aware:
-        return now if now.tzinfo else now.replace(tzinfo=zone)
-    if now.tzinfo is None:
-        return now
-    return now.astimezone(zone).replace(tzinfo=None) if clock_is_utc else now.replace(tzinfo=None)
-
-
-# Dialects whose planners bound an index range scan with a row-value comparison.
-ROW_VALUE_DIALECTS = frozenset({"postgresql", "mysql", "mariadb", "sqlite"})
-
-
-def keyset_after(pairs: Sequence[tuple[Any, Any]], row_values: bool = False):
-    """(a, b, c) > (x, y, z).
-
-    As a row-value comparison where the dialect has one: PostgreSQL cannot bound an index
-    scan with the OR/AND chain (57-101 ms of server CPU per page deep into a 1M-row table,
-    against < 0.5 ms). Elsewhere (SQL Server, Oracle) as the chain, led by ``a >= x`` so
-    the index range still starts at the position instead of the table's beginning.
-    """
-    if row_values and len(pairs) > 1:
-        return sa.tuple_(*(e for e, _ in pairs)) > sa.tuple_(*(v for _, v in pairs))
-    expr, value = pairs[-1]
-    cond = expr > value
-    for expr, value in reversed(pairs[:-1]):
-        cond = sa.or_(expr > value, sa.and_(expr == value, cond))
-    return cond if len(pairs) == 1 else sa.and_(pairs[0][0] >= pairs[0][1], cond)
 
 
 # ---- the adapter --------------------------------------------------------------------
@@ -181,7 +79,9 @@ class SqlPollSource(Source):
                                      autoload_with=conn)
                 except sa.exc.NoSuchTableError:
                     raise ConfigError([f"sql_poll table {self.object!r} not found in {self._safe_url}"])
-            self._resolve(table, engine.dialect.name)
+                self._resolve(table, engine.dialect.name)
+                self._rollups, self._children = rollups.reflect(conn, self.spec.rollups, self.spec.schema_, self._pk)
+                self._selected += self._rollups
         except BaseException:
             engine.dispose()
             raise
@@ -246,6 +146,7 @@ class SqlPollSource(Source):
         names += [n for n in pk + [s.cursor, s.soft_delete and s.soft_delete.column]
                   if n and n not in names]
         self._cols = [cols[n] for n in names]
+        self._declared_values(dialect)
         self._pk_names, self._pk = pk, [cols[n] for n in pk]
         self._table = table
         self._clock_is_utc = dialect == "sqlite"
@@ -256,6 +157,34 @@ class SqlPollSource(Source):
         # order on SQLite's normalised form so '10:00:00' and '10:00:00.000000' tie.
         self._sqlite_ts = self.kind == "timestamp" and dialect == "sqlite"
         self._ck = sa.func.strftime(_SQLITE_TS, cur) if self._sqlite_ts else cur
+
+    def _declared_values(self, dialect: str) -> None:
+        """Values are read by the column's declared type, not by what the driver hands over.
+
+        A binary floating-point column (DOUBLE, REAL, FLOAT) becomes ``Approximate``, rounded
+        to its declared scale (SQLAlchemy gives a MariaDB ``double(24,8)`` as a Decimal, which
+        the mapping would refuse for its places; the binlog gives the same value as a float).
+        A MariaDB/MySQL TIMESTAMP is an instant, but the driver shows it as naive wall time
+        of the session's zone: it is read as ``UNIX_TIMESTAMP(col)`` and made aware UTC, so
+        that no ``source_timezone`` is ever applied to it (DATETIME stays naive)."""
+        self._approximate = {c.name: getattr(c.type, "scale", None) for c in self._cols if isinstance(c.type, sa.Float)}
+        instants = [(c, f"outpost_utc_{i}") for i, c in enumerate(self._cols)
+                    if dialect in ("mysql", "mariadb") and isinstance(c.type, mysql.TIMESTAMP)]
+        self._instants = {c.name: label for c, label in instants}
+        self._selected = self._cols + [sa.func.unix_timestamp(c).label(label) for c, label in instants]
+
+    def _values(self, row: dict) -> dict:
+        """The row as the mapping sees it (positions are taken from the row as read)."""
+        if not self._approximate and not self._instants:
+            return row
+        values = dict(row)
+        for name, scale in self._approximate.items():
+            values[name] = approximate(values[name], scale)
+        for name, label in self._instants.items():
+            seconds = values.pop(label)
+            values[name] = None if values[name] is None or not seconds else \
+                _EPOCH + timedelta(seconds=int(seconds), microseconds=int((Decimal(seconds) % 1) * 1_000_000))
+        return values
 
     # -- capture --
 
@@ -283,7 +212,7 @@ class SqlPollSource(Source):
         last = [decode_value(v) for v in cp["pk"]] if cp["pk"] is not None else None
         rows_read, chunk = cp["rows"], self.spec.snapshot_chunk
         while True:
-            stmt = sa.select(*self._cols).order_by(*self._pk).limit(chunk)
+            stmt = sa.select(*self._selected).order_by(*self._pk).limit(chunk)
             if last is not None:
                 stmt = stmt.where(keyset_after(list(zip(self._pk, last)), self._row_values))
             rows = self._fetch(stmt)
@@ -305,6 +234,8 @@ class SqlPollSource(Source):
             return
         cursor = decode_value(cp["cursor"])
         pk = [decode_value(v) for v in cp["pk"]] if cp["pk"] is not None else None
+        # child tables of roll-ups are polled from where the parent's polling started
+        children = cp.get("children") or {name: {"cursor": cp["cursor"], "pk": None} for name in self._children}
         while True:
             conds = [self._ck <= self._bind(signpost)]
             if cursor is not None and pk is None:
@@ -312,28 +243,59 @@ class SqlPollSource(Source):
             elif cursor is not None:
                 conds.append(keyset_after([(self._ck, self._bind(cursor))] + list(zip(self._pk, pk)),
                                           self._row_values))
-            stmt = (sa.select(*self._cols).where(*conds)
+            stmt = (sa.select(*self._selected).where(*conds)
                     .order_by(self._ck, *self._pk).limit(self.spec.batch_size))
             rows = self._fetch(stmt)
             if not rows:
-                return
+                break
             cursor, pk = rows[-1][self.spec.cursor], [rows[-1][n] for n in self._pk_names]
             cp = {"v": 1, "phase": "incremental", "cursor": encode_value(cursor),
-                  "pk": [encode_value(v) for v in pk]}
+                  "pk": [encode_value(v) for v in pk], **({"children": children} if children else {})}
             yield SourceBatch(self._without_echoes([self._record(r, snapshot=False) for r in rows]), cp,
                               self._progress(cp, signpost))
             if len(rows) < self.spec.batch_size:
-                return
+                break
+        for name in self._children:
+            cp = yield from self._child_changes(name, cp, children, signpost)
+
+    def _child_changes(self, name: str, cp: dict, children: dict, signpost: Any) -> Iterator[SourceBatch]:
+        """Parents whose children changed, read again with their roll-ups (see ``rollups``)."""
+        child = self._children[name]
+        while True:
+            position = {"cursor": decode_value(children[name]["cursor"]),
+                        "pk": [decode_value(v) for v in children[name]["pk"]] if children[name]["pk"] else None}
+            changed = self._fetch(rollups.changed_children(child, position, self._bind(signpost), self.spec.batch_size,
+                                                           keyset_after, self._row_values))
+            if not changed:
+                return cp
+            newest: dict = {}
+            for row in changed:
+                newest[row[child.key.name]] = row[child.cursor.name]
+            parents = self._fetch(sa.select(*self._selected).where(self._pk[0].in_(list(newest))))
+            records = []
+            for row in parents:
+                record = self._record(row, snapshot=False)
+                stamp = plain(newest[row[self._pk_names[0]]])
+                records.append(dataclasses.replace(record, position=f"{record.position}+{name}@{stamp}"))
+            last = changed[-1]
+            children = {**children, name: {"cursor": encode_value(last[child.cursor.name]),
+                                           "pk": [encode_value(last[c.name]) for c in child.pk]}}
+            cp = {**cp, "children": children}
+            yield SourceBatch(records, cp, self._progress(cp, signpost))
+            if len(changed) < self.spec.batch_size:
+                return cp
 
     def _record(self, row: dict, *, snapshot: bool) -> SourceRecord:
         cv = row[self.spec.cursor] if self.spec.cursor else None
         pos = row_position([row[n] for n in self._pk_names], cv)
-        occurred = to_utc(cv, self.zone) if isinstance(cv, datetime) else None
+        values = self._values(row)
+        stamp = values[self.spec.cursor] if self.spec.cursor else None
+        occurred = to_utc(stamp, self.zone) if isinstance(stamp, datetime) else None
         if self.spec.soft_delete and self.spec.soft_delete.matches(row):
-            return SourceRecord(self.object, "delete", pos, after=None, before=row, occurred_at=occurred)
+            return SourceRecord(self.object, "delete", pos, after=None, before=values, occurred_at=occurred)
         # Polling cannot tell an insert from an update, so every incremental row is "update".
         return SourceRecord(self.object, "snapshot" if snapshot else "update", pos,
-                            after=row, before=None, occurred_at=occurred)
+                            after=values, before=None, occurred_at=occurred)
 
     def _without_echoes(self, records: list) -> list:
         """Drop the row versions a sql_apply sink wrote (it records (object, position) in its
@@ -389,8 +351,8 @@ class SqlPollSource(Source):
             return [dict(zip(names, r)) for r in result.fetchall()]
 
     def _progress(self, cp: dict, signpost: Any) -> dict:
-        return {"phase": cp["phase"], "cursor": _plain(decode_value(cp.get("cursor"))),
-                "signpost": _plain(signpost)}
+        return {"phase": cp["phase"], "cursor": plain(decode_value(cp.get("cursor"))),
+                "signpost": plain(signpost)}
 
     @contextmanager
     def _db_errors(self, doing: str):

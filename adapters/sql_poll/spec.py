@@ -34,6 +34,26 @@ class SoftDelete(BaseModel):
         return v == self.value or (v is not None and str(v).lower() == str(self.value).lower())
 
 
+class Rollup(BaseModel):
+    """A value of the parent row computed over a child table: ``{table: llx_contratdet,
+    key: fk_contrat, sum: total_ht, cursor: tms}`` (a contract's value is the sum of its
+    lines). With ``cursor``, a changed child row publishes its parent again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: str
+    key: str                        # the child's column holding the parent's primary key
+    sum: Optional[str] = None
+    count: bool = False
+    cursor: Optional[str] = None    # the child's change-tracking column
+
+    @model_validator(mode="after")
+    def _one_aggregate(self) -> "Rollup":
+        if (self.sum is None) == (not self.count):
+            raise ValueError("give exactly one of 'sum: COLUMN' or 'count: true'")
+        return self
+
+
 class SourceOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,6 +75,8 @@ class SourceOptions(BaseModel):
     # Echo prevention (docs/inbound.md): the applied-row-versions table of a sql_apply sink
     # writing to this same table, "table" or "schema.table"; versions found there are skipped.
     skip_applied: Optional[str] = None
+    # values computed over child tables, by the name the mapping reads them as
+    rollups: dict[str, Rollup] = Field(default_factory=dict)
 
     @field_validator("primary_key", "columns", mode="before")
     @classmethod
