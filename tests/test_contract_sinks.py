@@ -1,7 +1,8 @@
 """Every sink adapter passes the contract suite (tests/support/contract.py), each on its real
 destination (tests/support/harness.py): the tansu broker, an outbox folder, a SQLite table.
 The schema registry is the HTTP double of ``tests/support/registry_double.py`` (no registry
-server can run here). Their SIGKILL recovery contract runs in the route's own module.
+server can run here). Their SIGKILL recovery contract runs in the route's own module
+(tests/test_contract_coverage.py checks that every adapter has one).
 """
 from tests.support.contract import SinkContract
 from tests.support.harness import AvroFilesHarness, KafkaSinkHarness, SqlApplyHarness

@@ -2,7 +2,8 @@
 endpoint (tests/support/harness.py): PostgreSQL, MariaDB, the Debezium engine, an inbox
 folder, the tansu broker. The schema registry is the HTTP double of
 ``tests/support/registry_double.py`` (no registry server can run here). Their SIGKILL
-recovery contract runs in the route's own module (tests/support/recovery.py says which).
+recovery contract runs in the route's own module (tests/test_contract_coverage.py checks
+that every adapter has one).
 """
 from tests.support.contract import SourceContract
 from tests.support.debezium_pg import pg_repl  # noqa: F401  (fixture of the debezium harness)
