@@ -6,15 +6,12 @@ PostgreSQL is the legacy database, tansu the broker, the registry is the HTTP do
 points while an ERP inserts, then once exactly between capture and publish (events queued,
 broker unreachable); an independent consumer checks every insert and update arrived once.
 """
-import threading
-import time
-
 import sqlalchemy as sa
 
 from tests.support.agent_process import queue_depth, route_status, wait_for
 from tests.support.harness import ROUTE, Change, kafka_changes
 from tests.support.recovery import RecoveryContract
-from tests.support.route import create_tables, route_config
+from tests.support.route import create_tables, route_config, write_stream
 
 ROWS = 3000
 UPDATED = 100
@@ -33,22 +30,11 @@ class TestSqlPollToKafkaRecovery(RecoveryContract):
         return document
 
     def write(self):
-        """Inserts in small transactions, as a busy ERP would; every row is one change."""
-        numbers = iter(range(1, ROWS + 1))
-        with self.engine.connect() as conn:
-            while chunk := [n for _, n in zip(range(25), numbers)]:
-                with conn.begin():
-                    conn.execute(sa.text("INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code,"
-                                         " credit_lim) VALUES (:no, :name, '01', 'USD', 'NY', :lim)"),
-                                 [{"no": f"C-{n:05d}", "name": f"Customer {n}", "lim": n} for n in chunk])
-                self.expected += [Change(f"C-{n:05d}", f"{n}.00") for n in chunk]
-                time.sleep(0.02)
+        write_stream(self.engine, ROWS, lambda numbers: self.expected.extend(Change(f"C-{n:05d}", f"{n}.00")
+                                                                             for n in numbers))
 
     def run(self):
-        writer = threading.Thread(target=self.write, daemon=True)
-        writer.start()
-        self.interrupt_until(lambda: not writer.is_alive())
-        writer.join()
+        super().run()
         # and once exactly between capture and publish: events queued, broker unreachable.
         # First everything inserted is published (else the updated rows could be read by a
         # snapshot still running, and the two versions of a row would rightly be one event).

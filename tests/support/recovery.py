@@ -146,7 +146,7 @@ class RecoveryContract:
         """Make changes while interrupting the agent; ``self.expected`` gets every change made."""
         writer = threading.Thread(target=self.write, daemon=True)
         writer.start()
-        self.interrupt_until(lambda: not writer.is_alive(), while_down=self.update_some)
+        self.interruptions = self.interrupt_until(lambda: not writer.is_alive(), while_down=self.update_some)
         writer.join()
 
     def landed(self) -> list[Change]:
@@ -178,7 +178,7 @@ class RecoveryContract:
     def update_some(self, interruptions: int) -> None:
         """While the agent is down after every other kill: changes it must find at restart."""
         keys = list(dict.fromkeys(c.key for c in self.expected))
-        if interruptions % 2 and keys:
+        if interruptions % 2 and keys and getattr(self, "src", None):
             try:
                 self.expected += self.src.update(self.rng.sample(keys, min(self.update_while_down, len(keys))))
             except NotImplementedError:       # a source without updates (new files only)
