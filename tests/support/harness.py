@@ -273,9 +273,9 @@ class KafkaSourceHarness(SourceHarness):
         self.group = f"g-{uuid.uuid4().hex[:8]}"
 
     def options(self, endpoint=None):
-        from tests.support.inbound import TANSU_CONSUMER
+        # tansu holds a join for about half the session timeout: short, for the many consumers here
         return {"topics": [self.topic], "group_id": self.group, "poll_timeout_s": 0.5, "batch_size": 5,
-                "consumer": TANSU_CONSUMER}
+                "consumer": {"session.timeout.ms": 2000, "heartbeat.interval.ms": 300}}
 
     def fabric(self, endpoint=None):
         bootstrap = self.broker.bootstrap if endpoint is None else "{}:{}".format(*endpoint)
