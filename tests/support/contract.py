@@ -150,9 +150,9 @@ class _Contract:
     def spec(self):
         return spec_of(self.kind, self.harness.adapter)
 
-    def make(self, endpoint: Optional[tuple[str, int]] = None, state_dir=None):
+    def make(self, endpoint: Optional[tuple[str, int]] = None):
         """The adapter as the agent builds it: options validated once by its spec's model."""
-        context = AdapterContext(name=f"contract-{self.harness.adapter}", state_dir=state_dir or self.state_dir,
+        context = AdapterContext(name=f"contract-{self.harness.adapter}", state_dir=self.state_dir,
                                  schemas=CATALOG, fabric=self.h.fabric(endpoint),
                                  log=logging.getLogger(f"outpost.contract.{self.harness.adapter}"))
         adapter = self.spec.load()(self.spec.options.model_validate(self.h.options(endpoint)), context)
