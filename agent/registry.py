@@ -6,12 +6,25 @@ options model, implementation, what it emits and its commands. That declaration 
 the core reads; adding an adapter needs no edit in ``agent/``. Implementations are
 imported only when a route uses them, which keeps the JVM of the Debezium bridge and
 database drivers out of processes that do not need them.
+
+Adapters shipped outside this repository (their own distribution) are found the same way
+through the entry-point group ``outpost.adapters``: each entry names a module that
+declares ``SOURCE`` / ``SINK`` like the packages here, e.g. in the plugin's setup.cfg::
+
+    [options.entry_points]
+    outpost.adapters =
+        jsonl = outpost_jsonl
+
+A plugin cannot replace a built-in adapter of the same name and role, and one that fails
+to import is skipped with a warning instead of breaking every other route.
 """
 from __future__ import annotations
 
 import difflib
 import functools
 import importlib
+import importlib.metadata
+import logging
 import pkgutil
 import types
 import typing
@@ -23,21 +36,39 @@ from .contracts import AdapterSpec
 from .logs import RedactingFilter
 
 ADAPTER_PACKAGE = "adapters"
+ENTRY_POINT_GROUP = "outpost.adapters"
 _ROLES = {"source": "SOURCE", "sink": "SINK"}
+
+log = logging.getLogger("outpost.registry")
+
+
+def _modules():
+    """The built-in adapter packages, then the modules plugins declare (entry points)."""
+    package = importlib.import_module(ADAPTER_PACKAGE)
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:
+            yield importlib.import_module(f"{ADAPTER_PACKAGE}.{info.name}")
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            yield entry.load()
+        except Exception as exc:   # one broken plugin must not take every route down with it
+            log.warning("adapter plugin %s (%s) cannot be imported and is ignored: %s: %s",
+                        entry.name, entry.value, type(exc).__name__, exc)
 
 
 @functools.lru_cache(maxsize=None)
 def _declared() -> dict[tuple[str, str], AdapterSpec]:
-    package = importlib.import_module(ADAPTER_PACKAGE)
     found = {}
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.ispkg:
-            continue
-        module = importlib.import_module(f"{ADAPTER_PACKAGE}.{info.name}")
+    for module in _modules():
         for kind, attribute in _ROLES.items():
             spec = getattr(module, attribute, None)
-            if isinstance(spec, AdapterSpec):
-                found[(kind, spec.name)] = spec
+            if not isinstance(spec, AdapterSpec):
+                continue
+            if (kind, spec.name) in found:
+                log.warning("adapter %s %r from %s is ignored: %s already declares it", kind, spec.name,
+                            module.__name__, found[(kind, spec.name)].implementation)
+                continue
+            found[(kind, spec.name)] = spec
     return found
 
 

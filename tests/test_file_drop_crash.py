@@ -1,11 +1,10 @@
-"""file_drop with real agent processes: SIGKILL in the middle of a large file, and two
-agents (separate state directories) sharing one inbox. Output goes to the avro_files
-sink, read back from disk; no broker is needed."""
+"""file_drop with real agent processes: SIGKILL in the middle of a large file (the SIGKILL
+recovery contract of tests/support/recovery.py), and two agents (separate state
+directories) sharing one inbox. Output goes to the avro_files sink, read back from disk;
+no broker is needed."""
 import json
-import random
 import sqlite3
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import fastavro
@@ -14,6 +13,8 @@ import yaml
 
 from tests.support.route import INVOICE_MAPPING, LOOKUPS
 from tests.support.agent_process import AgentProcess, queue_depth
+from tests.support.harness import Change, avro_file_changes
+from tests.support.recovery import RecoveryContract
 
 pytestmark = pytest.mark.slow
 HEADER = "inv_no,cust_no,company,curr,tax_code,inv_date,net,tax,gross,status\n"
@@ -82,51 +83,55 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_sigkill_in_the_middle_of_a_large_file_publishes_every_record_once(tmp_path):
-    """Killed once while the file is checked and twice while it is emitted."""
+class TestSigkillInTheMiddleOfALargeFile(RecoveryContract):
+    """The recovery contract over file_drop -> avro_files, killed once while the file is
+    checked and twice while it is emitted, at random records: every record once, under one id."""
+
+    route = ("file_drop", "avro_files")
     rows = 30_000
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    state = tmp_path / "a" / "state"
-    agent = AgentProcess(agent_config(tmp_path, "a", inbox), tmp_path / "agent.log")
-    write_invoices(inbox / "big.csv", 1, rows)
-    agent.start()
-    # first while the file is being checked (pass 1: claimed, nothing committed yet)
-    wait_for(lambda: (progress(state) or {}).get("phase") == "checking", 60, "the check pass")
-    agent.kill()
-    assert checkpoint(state) in (None, {"v": 1, "file": None}) and list(inbox.glob("processing/*/big.csv"))
-    agent.start()
-    rng = random.Random()
-    kills = []
-    for _ in range(2):    # kill twice while the file is being emitted, at random records
-        low = 1000 if not kills else min(kills[-1] + 1000, rows - 1500)
-        target = rng.randint(low, rows - 4000 if not kills else rows - 1000)
 
-        def in_flight_past_target():
-            cp = checkpoint(state)
-            return bool(cp and cp["file"] and cp["file"]["record"] >= target)
-        wait_for(in_flight_past_target, 90, f"the checkpoint to pass record {target}")
-        agent.kill()
-        kills.append(checkpoint(state)["file"]["record"])
-        assert 0 < kills[-1] < rows, "killed in the middle of the file"
-        assert list(inbox.glob("processing/*/big.csv")), "the claimed file waits in processing/ for the restart"
-        agent.start()
-    wait_for(lambda: list(inbox.glob("archive/*/big.csv")) and queue_depth(state) == 0, 120, "the file to finish")
-    assert agent.terminate() == 0, (tmp_path / "agent.log").read_text()[-3000:]
+    def prepare(self, request, tmp_path):
+        self.inbox = tmp_path / "inbox"
+        self.inbox.mkdir()
+        config_path = agent_config(tmp_path, "a", self.inbox)
+        self.state = self.state_dir = tmp_path / "a" / "state"
+        write_invoices(self.inbox / "big.csv", 1, self.rows)
+        self.expected = [Change(f"I-{n:06d}", f"{n}.25") for n in range(1, self.rows + 1)]
+        return yaml.safe_load(config_path.read_text())
 
-    events = read_events(tmp_path / "a" / "out")
-    ids_per_position = defaultdict(set)
-    for e in events:
-        ids_per_position[e["metadata"]["source"]["position"]].add(e["metadata"]["event_id"])
-    assert {e["key"] for e in events} == {f"I-{n:06d}" for n in range(1, rows + 1)}, "no record lost"
-    assert len(ids_per_position) == rows and all(len(ids) == 1 for ids in ids_per_position.values()), \
-        "every record under exactly one event id"
-    resent = len(events) - rows
-    assert resent <= 2 * 500 * 3, "only the batches in flight at each kill may be written again (same ids)"
-    log = (tmp_path / "agent.log").read_text()
-    assert "resuming file big.csv after record" in log and "rows/s" in log
-    assert not list(inbox.glob("error/*")) and not list(inbox.glob("processing/*/*"))
-    print(f"killed at records {kills}; {resent} event(s) written twice under the same id")
+    def run(self):
+        state, inbox, rows = self.state, self.inbox, self.rows
+        # first while the file is being checked (pass 1: claimed, nothing committed yet)
+        wait_for(lambda: (progress(state) or {}).get("phase") == "checking", 60, "the check pass")
+        self.agent.kill()
+        assert checkpoint(state) in (None, {"v": 1, "file": None}) and list(inbox.glob("processing/*/big.csv"))
+        self.start_agent()
+        kills = self.kills = []
+        for _ in range(2):    # kill twice while the file is being emitted, at random records
+            low = 1000 if not kills else min(kills[-1] + 1000, rows - 1500)
+            target = self.rng.randint(low, rows - 4000 if not kills else rows - 1000)
+
+            def in_flight_past_target():
+                cp = checkpoint(state)
+                return bool(cp and cp["file"] and cp["file"]["record"] >= target)
+            wait_for(in_flight_past_target, 90, f"the checkpoint to pass record {target}")
+            self.agent.kill()
+            kills.append(checkpoint(state)["file"]["record"])
+            assert 0 < kills[-1] < rows, "killed in the middle of the file"
+            assert list(inbox.glob("processing/*/big.csv")), "the claimed file waits in processing/ for the restart"
+            self.start_agent()
+        wait_for(lambda: list(inbox.glob("archive/*/big.csv")) and queue_depth(state) == 0, 120, "the file to finish")
+
+    def landed(self):
+        return avro_file_changes(self.tmp_path / "a" / "out", version_of=lambda e: f"{e['after']['net_amount']}")
+
+    def check(self, landed):
+        resent = len(landed) - self.rows
+        assert resent <= 2 * 500 * 3, "only the batches in flight at each kill may be written again (same ids)"
+        log = self.agent.log()
+        assert "resuming file big.csv after record" in log and "rows/s" in log
+        assert not list(self.inbox.glob("error/*")) and not list(self.inbox.glob("processing/*/*"))
+        print(f"killed at records {self.kills}; {resent} event(s) written twice under the same id")
 
 
 def test_two_agents_on_one_inbox_process_each_file_exactly_once(tmp_path):

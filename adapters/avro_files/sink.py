@@ -82,6 +82,8 @@ class AvroFilesSink(Sink):
         self._timer = None
 
     def open(self) -> None:
+        if self._timer is not None:
+            return      # already open: salvaging now would take this sink's own open files away
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             for temp in sorted(self.directory.glob("*/.*.avro.tmp")):
@@ -118,7 +120,11 @@ class AvroFilesSink(Sink):
         with self._lock:
             try:
                 for entity, fingerprint, group in _runs(events):
-                    schema = self.context.schemas.by_fingerprint(fingerprint)
+                    try:
+                        schema = self.context.schemas.by_fingerprint(fingerprint)
+                    except KeyError as exc:     # retrying cannot bring the schema back: park them
+                        report.rejected.update((e.event_id, f"cannot write: {exc.args[0]}") for e in group)
+                        continue
                     part = self._part(entity, schema)
                     part.append(schema.decode(e.body) for e in group)
                     report.delivered.update(e.event_id for e in group)

@@ -138,6 +138,9 @@ class KafkaSource(contracts.Source):
         dlq, self._dlq = self._dlq, None
         if dlq is not None:
             dlq.flush(5)
+        registry, self._registry = self._registry, None     # its keep-alive connection too
+        if registry is not None and hasattr(registry, "close"):
+            registry.close()
 
     def _on_assign(self, _consumer, partitions) -> None:
         with self._lock:

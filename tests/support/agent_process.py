@@ -2,12 +2,15 @@
 
 Every test that starts, kills or stops the agent as a separate process uses this one
 helper (no test module keeps its own copy): the agent runs as ``python -m agent.cli``
-from the checkout under test, its output goes to a log file the test can read.
+from the checkout under test, its output goes to a log file the test can read (stdout to
+a file of its own when the test checks that nothing goes there). ``kill_at_write`` lands
+the SIGKILL exactly on a write to a given file (strace fault injection).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -27,20 +30,25 @@ def outpost(*args, timeout: float = 120, env: Optional[dict] = None, **kw) -> su
 
 
 class AgentProcess:
-    """``outpost run -c CONFIG`` as a child process."""
+    """``outpost run -c CONFIG`` as a child process.
+
+    ``cwd``: its working directory (the checkout by default); ``stdout_path``: where its
+    stdout goes when it must stay apart from the log (stderr), else both go to ``log_path``.
+    """
 
     def __init__(self, config_path: Path, log_path: Path, args: Sequence[str] = ("run",),
-                 env: Optional[dict] = None):
+                 env: Optional[dict] = None, cwd: Optional[Path] = None, stdout_path: Optional[Path] = None):
         self.config_path, self.log_path = Path(config_path), Path(log_path)
         self.args, self.env = list(args), env or {}
+        self.cwd, self.stdout_path = Path(cwd or ROOT), stdout_path and Path(stdout_path)
         self.process: Optional[subprocess.Popen] = None
 
     def start(self) -> "AgentProcess":
-        with open(self.log_path, "ab") as log:
+        with open(self.log_path, "ab") as log, open(self.stdout_path or os.devnull, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", *self.args, "-c", str(self.config_path)], cwd=ROOT,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": str(ROOT), **self.env})
+                [sys.executable, "-m", "agent.cli", *self.args, "-c", str(self.config_path)], cwd=self.cwd,
+                stdout=out if self.stdout_path else log, stderr=log if self.stdout_path else subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT), **self.env})
         return self
 
     @property
@@ -56,6 +64,29 @@ class AgentProcess:
             self.process.send_signal(signal.SIGKILL)
         self.process.wait(30)
 
+    def kill_at_write(self, path: Path, timeout: float) -> bool:
+        """SIGKILL the agent when one of its threads next calls write(2) on ``path``.
+
+        strace injects the signal at the syscall's entry, so the file stays as the writer left
+        it just before: a store rewritten in place is truncated and not yet written (torn). If
+        no write comes within ``timeout`` the agent is killed anyway. Returns whether the kill
+        landed on the write. Needs ``strace`` (and ptrace rights over the agent)."""
+        tracer = subprocess.Popen([shutil.which("strace") or "strace", "-qq", "-f", "-p", str(self.pid),
+                                   "-e", "trace=write", "-e", "inject=write:signal=SIGKILL", "-P", str(path),
+                                   "-o", os.devnull], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self.process.wait(timeout)
+            landed = self.process.returncode == -signal.SIGKILL
+        except subprocess.TimeoutExpired:
+            landed = False
+            self.kill()
+        try:
+            tracer.wait(10)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait(10)
+        return landed
+
     def terminate(self, timeout: float = 60) -> int:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
@@ -63,8 +94,9 @@ class AgentProcess:
     def wait(self, timeout: float = 60) -> int:
         return self.process.wait(timeout)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def log(self, tail: Optional[int] = None) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text[-tail:] if tail else text
 
     def wait_for_log(self, text: str, timeout: float = 60) -> bool:
         return self.until(lambda: text in self.log(), timeout)

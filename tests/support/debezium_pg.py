@@ -3,28 +3,17 @@ owns a fresh database (so ``publication.autocreate.mode=filtered`` can create th
 publication), and a config for ``debezium`` routes to the real broker. At the end every
 replication slot and publication of that database is dropped, then the database and the
 role, so the shared server keeps no WAL pinned.
-
-``AgentProcess`` is the agent as a real process (``outpost run``), for SIGKILL and SIGTERM
-tests of debezium routes; ``kill_at_write`` lands the SIGKILL exactly on a write to a given
-file (strace fault injection), e.g. in the middle of the engine's offset flush.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Callable, Iterator
 
 import psycopg
 import pytest
 
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class PgReplicationDb:
@@ -123,52 +112,3 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return False
-
-
-class AgentProcess:
-    """``outpost run -c CONFIG`` with cwd = ``workdir`` (stdout/stderr appended to files there)."""
-
-    def __init__(self, workdir: Path, config_path: Path):
-        self.cwd, self.config_path = workdir, config_path
-        self.process = None
-
-    def start(self):
-        with open(self.cwd / "agent.stdout", "ab") as out, open(self.cwd / "agent.stderr", "ab") as err:
-            self.process = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(self.config_path)],
-                                            cwd=self.cwd, stdout=out, stderr=err,
-                                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop_if_running(self):
-        """Teardown (``request.addfinalizer``): a failed test must not leave an agent behind."""
-        if self.process is not None and self.process.poll() is None:
-            self.kill()
-
-    def kill_at_write(self, path: Path, timeout: float) -> bool:
-        """SIGKILL the agent when one of its threads next calls write(2) on ``path``.
-
-        strace injects the signal at the syscall's entry, so the file stays as the writer left
-        it just before: a store rewritten in place is truncated and not yet written (torn). If
-        no write comes within ``timeout`` the agent is killed anyway. Returns whether the kill
-        landed on the write. Needs ``strace`` (and ptrace rights over the agent)."""
-        tracer = subprocess.Popen([shutil.which("strace") or "strace", "-qq", "-f", "-p", str(self.process.pid),
-                                   "-e", "trace=write", "-e", "inject=write:signal=SIGKILL", "-P", str(path),
-                                   "-o", os.devnull], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            self.process.wait(timeout)
-            landed = self.process.returncode == -signal.SIGKILL
-        except subprocess.TimeoutExpired:
-            landed = False
-            self.kill()
-        try:
-            tracer.wait(10)
-        except subprocess.TimeoutExpired:
-            tracer.kill()
-            tracer.wait(10)
-        return landed
-
-    def stderr(self, tail: int = 3000) -> str:
-        return (self.cwd / "agent.stderr").read_text(errors="replace")[-tail:]

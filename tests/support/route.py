@@ -5,6 +5,7 @@ schema-registry server is installable here); everything else is real.
 """
 from __future__ import annotations
 
+import time
 import uuid
 from decimal import Decimal
 from typing import Optional
@@ -48,6 +49,20 @@ def insert_customers(engine: sa.Engine, numbers, limit: Decimal = Decimal("1000.
         conn.execute(sa.text("INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim)"
                              " VALUES (:no, :name, :co, 'USD', 'NY', :lim)"),
                      [{"no": f"C-{n:05d}", "name": f"Customer {n}", "co": company, "lim": limit} for n in numbers])
+
+
+def write_stream(engine: sa.Engine, rows: int, committed, chunk: int = 25, pause: float = 0.02) -> None:
+    """Inserts C-00001.. in small transactions, as a busy ERP would (credit limit = the row's
+    number); ``committed(numbers)`` after each commit."""
+    with engine.connect() as conn:
+        for start in range(1, rows + 1, chunk):
+            numbers = range(start, min(start + chunk, rows + 1))
+            with conn.begin():
+                conn.execute(sa.text("INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code,"
+                                     " credit_lim) VALUES (:no, :name, '01', 'USD', 'NY', :lim)"),
+                             [{"no": f"C-{n:05d}", "name": f"Customer {n}", "lim": n} for n in numbers])
+            committed(numbers)
+            time.sleep(pause)
 
 
 def route_config(state_dir, pg_url: str, bootstrap: str, registry_url: str, *, topic_prefix: Optional[str] = None,
