@@ -112,9 +112,9 @@ def test_database_outage_is_reported_and_capture_resumes_without_loss(tmp_path, 
         assert _wait(lambda: _status(state).get("published_total", 0) >= 10, 60), _status(state)
 
         cluster.stop()
-        assert _wait(lambda: "retrying" in str(_status(state).get("capture_state")), 60), _status(state)
-        during = _status(state)
-        assert "unreachable" in during["source_error"], during
+        assert _wait(lambda: "retrying" in str((_status(state).get("health") or {}).get("state")), 60), _status(state)
+        during = _status(state)["health"]
+        assert "unreachable" in during["problem"], during
         started = time.monotonic()
         agent.process.send_signal(signal.SIGTERM)
         assert agent.process.wait(30) == 0, (tmp_path / "agent.stderr").read_text()[-2000:]
@@ -136,5 +136,5 @@ def test_database_outage_is_reported_and_capture_resumes_without_loss(tmp_path, 
         cluster.destroy()
     assert sorted(ids_per_key) == [f"C-{n:05d}" for n in range(1, 21)]
     assert all(len(ids) == 1 for ids in ids_per_key.values()), {k: v for k, v in positions.items() if len(v) > 1}
-    print(f"status during the outage: {during['capture_state']} | {during['source_error'][:160]}; "
+    print(f"status during the outage: {during['state']} | {during['problem'][:160]}; "
           f"SIGTERM during the outage: exit after {stop_seconds:.1f}s")

@@ -279,8 +279,9 @@ class KafkaSink(contracts.Sink):
         """Hand one message to librdkafka; False when the event stays queued."""
         headers = [("event_id", event.event_id.encode()),
                    ("correlation_id", (event.correlation_id or "").encode()),
-                   ("entity", event.entity.encode()), ("operation", event.operation.encode()),
-                   ("outpost_agent", self._agent)]
+                   ("entity", event.entity.encode()), ("operation", event.operation.encode())]
+        if self._agent:     # which agent published it (an HA pair's members tell apart)
+            headers.append(("outpost_agent", self._agent))
         value = b"\x00" + struct.pack(">I", schema_id) + event.body
 
         def on_delivery(err, _msg, event_id=event.event_id):
