@@ -35,8 +35,22 @@ def _pair(tmp_path, document) -> list:
     return agents
 
 
+def _pg_pair(tmp_path, pg_url, broker, registry):
+    """Two agents on one PostgreSQL sql_poll route, started: (engine, topic, agents)."""
+    engine = create_tables(pg_url)
+    document = route_config(tmp_path / "unused", pg_url, broker.bootstrap, registry.url, every="0.2s", lag=0.3)
+    agents = _pair(tmp_path, document)
+    for agent in agents:
+        agent.start()
+    return engine, document["fabric"]["topic_template"].format(entity="customer"), agents
+
+
+def _state(agent):
+    return agent.config_path.parent / f"state-{agent.config_path.stem[-1]}"
+
+
 def _role(agent) -> str:
-    return route_status(agent.config_path.parent / f"state-{agent.config_path.stem[-1]}", "(ha)").get("role", "")
+    return route_status(_state(agent), "(ha)").get("role", "")
 
 
 def _active(agents):
@@ -86,12 +100,7 @@ def _handovers(agents, count, rng, until_done):
 
 def test_sigkilled_actives_hand_over_and_nothing_is_lost_or_split(tmp_path, pg_url, broker, registry):
     rng = random.Random(int(time.time()))
-    engine = create_tables(pg_url)
-    document = route_config(tmp_path / "unused", pg_url, broker.bootstrap, registry.url, every="0.2s", lag=0.3)
-    topic = document["fabric"]["topic_template"].format(entity="customer")
-    agents = _pair(tmp_path, document)
-    for agent in agents:
-        agent.start()
+    engine, topic, agents = _pg_pair(tmp_path, pg_url, broker, registry)
     done = threading.Event()
     rows = 1500
     threading.Thread(target=_pg_writer, args=(engine, rows, done), daemon=True).start()
@@ -113,12 +122,7 @@ def test_a_paused_active_is_fenced_and_publishes_nothing_after_it_thaws(tmp_path
 
     import psutil
     from tests.support.route import insert_customers
-    engine = create_tables(pg_url)
-    document = route_config(tmp_path / "unused", pg_url, broker.bootstrap, registry.url, every="0.2s", lag=0.3)
-    topic = document["fabric"]["topic_template"].format(entity="customer")
-    agents = _pair(tmp_path, document)
-    for agent in agents:
-        agent.start()
+    engine, topic, agents = _pg_pair(tmp_path, pg_url, broker, registry)
     try:
         assert wait_for(lambda: _active(agents) is not None, 30), [a.log()[-2000:] for a in agents]
         paused = _active(agents)
@@ -132,8 +136,7 @@ def test_a_paused_active_is_fenced_and_publishes_nothing_after_it_thaws(tmp_path
         for pid in delivery:
             os.kill(pid, signal.SIGSTOP)
         insert_customers(engine, range(51, 101))
-        state = paused.config_path.parent / f"state-{paused.config_path.stem[-1]}"
-        assert wait_for(lambda: queue_depth(state) >= 50, 30), paused.log()[-3000:]
+        assert wait_for(lambda: queue_depth(_state(paused)) >= 50, 30), paused.log()[-3000:]
         frozen = delivery + [paused.process.pid]
         os.kill(paused.process.pid, signal.SIGSTOP)
         assert wait_for(lambda: _role(other) == "active", 30), other.log()[-3000:]
@@ -153,7 +156,7 @@ def test_a_paused_active_is_fenced_and_publishes_nothing_after_it_thaws(tmp_path
                 agent.process.send_signal(signal.SIGCONT)
                 agent.kill()
     events = _check_topic(broker, registry, topic, {f"C-{n:05d}" for n in range(1, 151)})
-    paused_id = [e for e in events if e["_headers"].get("outpost_agent", "").endswith(f"state-{paused.config_path.stem[-1]}")]
+    paused_id = [e for e in events if e["_headers"].get("outpost_agent", "").endswith(_state(paused).name)]
     assert paused_id, "the first active published the first rows"
     late = [e for e in paused_id if e["_timestamp"] >= frozen_at]
     assert late == [], f"{len(late)} event(s) produced by the fenced agent after its pause were committed"
@@ -161,12 +164,7 @@ def test_a_paused_active_is_fenced_and_publishes_nothing_after_it_thaws(tmp_path
 
 def test_handover_on_request_moves_the_role_and_loses_nothing(tmp_path, pg_url, broker, registry):
     from tests.support.route import insert_customers
-    engine = create_tables(pg_url)
-    document = route_config(tmp_path / "unused", pg_url, broker.bootstrap, registry.url, every="0.2s", lag=0.3)
-    topic = document["fabric"]["topic_template"].format(entity="customer")
-    agents = _pair(tmp_path, document)
-    for agent in agents:
-        agent.start()
+    engine, topic, agents = _pg_pair(tmp_path, pg_url, broker, registry)
     try:
         assert wait_for(lambda: _active(agents) is not None, 30), [a.log()[-2000:] for a in agents]
         first = _active(agents)
