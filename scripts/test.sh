@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The one test command (README, CI): scripts/test.sh [pytest args...]
+# The one test command (README, CI): scripts/test.sh [--setup-services] [pytest args...]
 #
 #  1. creates .venv if missing and installs the package with its test extras (again only
 #     when setup.cfg / pyproject.toml changed since the last install);
-#  2. as root, makes the local PostgreSQL and MariaDB fit for log-based capture
-#     (wal_level=logical; row-format binlog with full images and metadata), restarting
-#     them only when a setting is not live yet, and starting them if they are down.
-#     Skipped when not root or when OUTPOST_SKIP_DB_SETUP=1;
+#  2. checks that the local PostgreSQL and MariaDB are fit for log-based capture
+#     (wal_level=logical; row-format binlog with full images and metadata). Only with
+#     --setup-services (or OUTPOST_SETUP_SERVICES=1; .ci/run passes the flag) and as root
+#     does it change them: it writes a MariaDB config file, starts them if they are down,
+#     restarts them when a setting is not live yet, and apt-installs Chromium for the
+#     status-page test. Without the flag nothing is touched (this may be a server next to
+#     a production ERP): an unfit service ends the run with what to set or which flag to
+#     pass. OUTPOST_SKIP_DB_SETUP=1 skips the check too (the log-capture tests then fail);
 #  3. runs pytest with the given arguments and exits with its status.
 set -euo pipefail
 
@@ -122,21 +126,63 @@ setup_mariadb() {
     say "MariaDB: log_bin=ON binlog_format=ROW binlog_row_image=FULL"
 }
 
+# ---------------------------------------------------------------- 2c. check only
+# What is wrong with the services as they run now, one line each (nothing is changed).
+services_unfit() {
+    local have
+    if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+        echo "PostgreSQL is not answering on 127.0.0.1:5432 (start it, trust auth for user postgres)"
+    elif [ "$(pg_sql 'show wal_level' 2>/dev/null)" != logical ]; then
+        echo "PostgreSQL: wal_level is '$(pg_sql 'show wal_level' 2>/dev/null)', needs logical" \
+             "(ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)"
+    fi
+    if ! maria_up >/dev/null 2>&1; then
+        echo "MariaDB is not answering on 127.0.0.1:3306 (start it, user root with an empty password)"
+    else
+        have=$(maria_sql 'SELECT @@log_bin, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata, @@server_id' 2>/dev/null || true)
+        if [ "$have" != "$MARIADB_WANT" ]; then
+            echo "MariaDB: log_bin/binlog_format/binlog_row_image/binlog_row_metadata/server_id are" \
+                 "'$(echo "$have" | tr '\t' ' ')', need '1 ROW FULL FULL 1' (put these lines in" \
+                 "$MARIADB_CNF and restart MariaDB: $(echo "$MARIADB_SETTINGS" | tr '\n' ' '))"
+        fi
+    fi
+}
+
 # ---------------------------------------------------------------- main
-ensure_venv
-if [ "${OUTPOST_SKIP_DB_SETUP:-0}" = 1 ]; then
-    say "OUTPOST_SKIP_DB_SETUP=1: leaving PostgreSQL and MariaDB as they are"
-elif [ "$(id -u)" != 0 ]; then
-    say "not root: leaving PostgreSQL and MariaDB as they are (they need wal_level=logical and a ROW binlog)"
-else
-    setup_postgres
-    setup_mariadb
+SETUP_SERVICES=${OUTPOST_SETUP_SERVICES:-0}
+if [ "${1:-}" = --setup-services ]; then
+    SETUP_SERVICES=1
+    shift
 fi
 
-# headless Chromium for the status-page test (tests/test_http_endpoints.py); idempotent
-if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
-    say "installing chromium and chromium-driver (status page test)"
-    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+ensure_venv
+if [ "${OUTPOST_SKIP_DB_SETUP:-0}" = 1 ]; then
+    say "OUTPOST_SKIP_DB_SETUP=1: leaving PostgreSQL and MariaDB as they are, unchecked"
+elif [ "$SETUP_SERVICES" = 1 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        say "--setup-services needs root (it edits the MariaDB config and restarts the databases)"
+        exit 2
+    fi
+    setup_postgres
+    setup_mariadb
+    # headless Chromium for the status-page test (tests/test_http_endpoints.py); idempotent
+    if [ ! -x /usr/bin/chromium ]; then
+        say "installing chromium and chromium-driver (status page test)"
+        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+    fi
+else
+    unfit=$(services_unfit)
+    if [ -n "$unfit" ]; then
+        say "the local databases are not fit for the tests, and nothing was changed:"
+        printf '%s\n' "$unfit" | sed 's/^/test.sh:   - /' >&2
+        say "fix them by hand, or let this script do it (as root; it edits /etc/mysql and restarts"
+        say "PostgreSQL and MariaDB): scripts/test.sh --setup-services  (or OUTPOST_SETUP_SERVICES=1)"
+        exit 2
+    fi
+    say "PostgreSQL and MariaDB are fit for log-based capture (checked, not changed)"
+    if [ ! -x /usr/bin/chromium ]; then
+        say "chromium is not installed: the status-page test is skipped (--setup-services installs it)"
+    fi
 fi
 
 set +e

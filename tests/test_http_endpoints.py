@@ -158,7 +158,7 @@ class _Cells(HTMLParser):
 def test_status_page_renders_in_chromium_and_shows_the_numbers(running, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.skip("chromium is not installed (scripts/test.sh installs it as root)")
+        pytest.skip("chromium is not installed (scripts/test.sh --setup-services installs it)")
     agent, engine, base, _ = running
     insert_customers(engine, range(1, 13))
     insert_customers(engine, range(13, 15), company="07")
