@@ -103,6 +103,7 @@ class RouteCapture:
             meta = (failure["context"].get("payload") or {}).get("metadata") or {}
             ids = meta.get("event_id") or (event_id(self.translator.system, record["object"], record["position"])
                                            if getattr(self.translator, "system", None) else None)
+            failure.setdefault("event_id", ids)     # one position, one open entry (DurableQueue)
             log.warning("route %s: %s record at %s rejected by mapping: %s", self.name,
                         failure["operation"], record["position"], failure["reason"],
                         extra={"route": self.name, "event_id": ids, "correlation_id": meta.get("correlation_id") or ids})

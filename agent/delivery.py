@@ -92,9 +92,10 @@ class SinkDelivery(threading.Thread):
 
     def _stalled(self, seconds: float, routes) -> None:
         self.connected = False
-        message = (f"sink {self.sink_name}: no acknowledgement for {seconds:.0f}s (destination unreachable?); "
-                   f"{self.queue.depth(self.sink_name)} event(s) wait in the queue")
-        log.warning(message)
+        # The status keeps when the outage began and renders its length and the waiting
+        # events when read (agent.health): this text must not freeze "for 5s" into it.
+        message = f"sink {self.sink_name}: no acknowledgement from the destination (unreachable?)"
+        log.warning("%s for %.0fs; %d event(s) wait in the queue", message, seconds, self.queue.depth(self.sink_name))
         for route in routes:
             self.queue.update_status(route, sink_error=message)
 

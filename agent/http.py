@@ -113,7 +113,9 @@ class StatusServer:
         from .status import collect
         report = collect(self.agent.config)
         problems = readiness(self.agent, report["routes"])
+        warnings = self._warnings()
         report["agent"] = {"state": self.agent.state.value, "ready": not problems, "problems": problems,
+                           "health": "degraded" if problems or warnings else "ok", "warnings": warnings,
                            "stuck": list(self.notifier.stuck) if self.notifier else []}
         report["objectives"] = objectives(self.agent.config, report["routes"])
         return report
@@ -126,12 +128,24 @@ class StatusServer:
         problems = []
         for name, s in self.agent.queue.status().items():
             problems += [f"route {name}: {p}" for p in route_problems(s)]
+        problems += self._warnings()
         return 200, {"status": "degraded" if problems else "ok", "state": self.agent.state.value,
                      "problems": problems}
 
     def ready(self) -> tuple[int, dict]:
+        """503 when not connected. Open exceptions keep it 200 (the pipeline moves; what it
+        refused waits for a person) but the body says ``degraded`` and why."""
         problems = readiness(self.agent, self.agent.queue.status())
-        return (503 if problems else 200), {"ready": not problems, "problems": problems}
+        warnings = self._warnings()
+        status = "not ready" if problems else "degraded" if warnings else "ready"
+        return (503 if problems else 200), {"ready": not problems, "status": status, "problems": problems,
+                                            "warnings": warnings}
+
+    def _warnings(self) -> list[str]:
+        """What degrades health without stopping the pipeline: open exceptions."""
+        from .exception_view import describe_summary, summary
+        line = describe_summary(summary(self.agent.queue.reader(), time.time()))
+        return [line] if line else []
 
 
 class _Handler(BaseHTTPRequestHandler):

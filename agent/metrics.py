@@ -159,15 +159,18 @@ class StatusCollector:
         yield waiting
 
 
-def route_problems(status: dict) -> list[str]:
-    """Why a route is not healthy, from its stored status (empty = healthy)."""
+def route_problems(status: dict, now: Optional[float] = None) -> list[str]:
+    """Why a route is not healthy, from its stored status (empty = healthy); an outage
+    says how long it has lasted and what waits behind it."""
+    from .health import outage_text
+    now = time.time() if now is None else now
     problems = []
     if status.get("source_error"):
-        problems.append(f"source: {status['source_error']}")
+        problems.append(f"source: {outage_text(status, 'source_error', now)}")
     if (status.get("health") or {}).get("problem"):
         problems.append(f"source: {status['health']['problem']}")
     if status.get("sink_error"):
-        problems.append(f"sink: {status['sink_error']}")
+        problems.append(f"sink: {outage_text(status, 'sink_error', now)}")
     if status.get("backpressure"):
         problems.append("backpressure: the local queue reached its quota")
     return problems

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import waiting
+from .health import note_outages
 from .contracts import DeliveryReport, QueuedEvent
 from .queue_schema import _DDL, CACHE_KIB, SCHEMA_VERSION, dedup_key, migrate  # noqa: F401 (re-exported)
 
@@ -124,13 +125,14 @@ class DurableQueue:
                 " body, correlation_id, occurred_at, enqueued_at)"
                 " SELECT ?,?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE id16=?)"
                 # a parked event delivered again upstream (Kafka after a crash) stays parked once
-                " AND NOT EXISTS (SELECT 1 FROM exceptions WHERE event_id=? AND status='open')"
+                # (a record the mapping rejected carries the id too, and may map now: not that)
+                " AND NOT EXISTS (SELECT 1 FROM exceptions WHERE event_id=? AND status='open' AND stage<>'mapping')"
                 " ON CONFLICT(id16) DO NOTHING", rows).rowcount
             if added:
                 grown = sum(len(e["body"]) for e in events) if added == len(events) else db.execute(
                     "SELECT coalesce(sum(length(body)), 0) FROM outbox WHERE seq > ?", (last_seq,)).fetchone()[0]
                 self._count_pending(db, grown)
-            self._insert_exceptions(db, [{**x, "route": route} for x in exceptions], now)
+            parked = self._insert_exceptions(db, [{**x, "route": route} for x in exceptions], now)
             if checkpoint is not None:
                 text = json.dumps(checkpoint)
                 db.execute("INSERT INTO checkpoints VALUES (?,?,?) ON CONFLICT(route) DO UPDATE"
@@ -141,18 +143,26 @@ class DurableQueue:
                                                                                       text))
             if status is not None:
                 self._merge_status(db, route, {**status, "captured_total+": added,
-                                               "rejected_total+": len(exceptions)})
+                                               "rejected_total+": parked})
         return added
 
-    def _insert_exceptions(self, db, exceptions, now):
+    def _insert_exceptions(self, db, exceptions, now) -> int:
+        """How many entries are new. One source position, one open entry: an entry whose
+        event id (the id its record would have had) is already open on its route is the
+        same record read again (the overlap after a snapshot, a redelivered message), and
+        one an operator discarded (or that was delivered) stays settled."""
         redact = self.redact
-        db.executemany(
+        return db.executemany(
             "INSERT INTO exceptions (route, stage, reason, context, event_id, entity, key, sink, operation,"
-            " schema_fingerprint, body, correlation_id, occurred_at, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " schema_fingerprint, body, correlation_id, occurred_at, created_at)"
+            " SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,? WHERE ?5 IS NULL OR (NOT EXISTS"
+            " (SELECT 1 FROM exceptions WHERE event_id = ?5 AND route = ?1 AND status = 'open')"
+            " AND (?2 <> 'mapping' OR NOT EXISTS (SELECT 1 FROM delivered WHERE id16 = ?15)))",
             [(x["route"], x["stage"], redact(x["reason"]), redact(json.dumps(x.get("context", {}), default=str)),
               x.get("event_id"),
               x.get("entity"), x.get("key"), x.get("sink"), x.get("operation"), x.get("schema_fingerprint"),
-              x.get("body"), x.get("correlation_id"), x.get("occurred_at"), now) for x in exceptions])
+              x.get("body"), x.get("correlation_id"), x.get("occurred_at"), now,
+              dedup_key(x["event_id"]) if x.get("event_id") else None) for x in exceptions]).rowcount
 
     @staticmethod
     def _count_pending(db, change: int) -> None:
@@ -271,6 +281,7 @@ class DurableQueue:
         """Fields ending in '+' are counters added to the stored value."""
         row = db.execute("SELECT value FROM route_status WHERE route=?", (route,)).fetchone()
         current = json.loads(row[0]) if row else {}
+        note_outages(current, update, time.time())
         for name, value in update.items():
             if name.endswith("+"):
                 current[name[:-1]] = current.get(name[:-1], 0) + value
@@ -314,6 +325,10 @@ class DurableQueue:
         rows = self._conn().execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
         keys = ("id", "route", "stage", "entity", "key", "reason", "created_at", "status")
         return [dict(zip(keys, row)) for row in rows]
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's connection, for read-only queries kept elsewhere (``agent.exception_view``)."""
+        return self._conn()
 
     def exception(self, exception_id: int) -> Optional[dict]:
         conn = self._conn()

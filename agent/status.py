@@ -6,7 +6,9 @@ import time
 from typing import Optional
 
 from .cli_common import open_queue
+from .exception_view import summary
 from .ha import STATUS_ROW
+from .health import verdict
 
 
 def collect(cfg) -> dict:
@@ -18,10 +20,13 @@ def collect(cfg) -> dict:
             entry = per_route.get(name, {"queue_depth": 0, "oldest_queued_age_s": None, "open_exceptions": 0})
             routes[name] = {"source": route.source, "sink": route.sink, **entry}
         ha = store.status_of(STATUS_ROW) if cfg.ha is not None else None
+        now = time.time()
+        exceptions = summary(store.reader(), now)
         return {"state_dir": str(cfg.state_dir), "state_dir_free_bytes": _free_bytes(cfg.state_dir), "ha": ha,
                 "queue_bytes": store.used_bytes(), "queue_waiting_bytes": store.pending_bytes(),
                 "queue_quota_bytes": cfg.queue.max_bytes, "backpressure": store.over_quota(),
-                "open_exceptions": store.count_exceptions(), "routes": routes}
+                "open_exceptions": exceptions["count"], "exceptions": exceptions, "routes": routes,
+                **verdict(routes, exceptions, now)}
     finally:
         store.close()
 
@@ -74,6 +79,9 @@ def render(report: dict) -> str:
              + ("  BACKPRESSURE: capture paused" if report["backpressure"]
                                                               else "")
              + f"  open exceptions: {report['open_exceptions']}"]
+    if report.get("health"):
+        lines.append(f"health: {report['health']}")
+        lines += [f"  - {problem}" for problem in report.get("problems", [])]
     ha = report.get("ha")
     if ha:
         last = ha.get("last_handover") or {}

@@ -184,9 +184,19 @@ class Translator:
         problems = [p.as_dict() for p in exc.problems] if isinstance(exc, _MappingFailed) else []
         reason = "; ".join(f"{p['field']}: {p['message']}" for p in problems) if problems else str(exc)
         return {"stage": "mapping", "reason": reason, "entity": self.schema.entity, "sink": self.sink,
-                "operation": record.operation,
+                "operation": record.operation, "key": self._key_if_mapped(record),
                 "context": {"record": _row_context(record, self.keep_columns), "mapping": self.mapping.describe(),
                             "problems": problems, "system": self.system}}
+
+    def _key_if_mapped(self, record: SourceRecord) -> Optional[str]:
+        """The business key of a rejected record when its key field mapped (the operator
+        looks an entry up by it), else None."""
+        try:
+            image, _ = self.mapping.apply(record.after if record.after is not None else record.before)
+        except Exception:       # the failure is what matters; a key is a courtesy
+            return None
+        key = (image or {}).get(self.schema.key_field)
+        return None if key in (None, "") else str(key)
 
 
 class _MappingFailed(TerminalError):

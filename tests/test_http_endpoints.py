@@ -102,6 +102,15 @@ def test_metric_values_agree_with_what_flowed(running, broker):
     assert status["objectives"]["customers"]["entity"] == "Customer"
     assert status["objectives"]["customers"]["sync_success_rate"] == pytest.approx(30 / 33, abs=1e-6)
 
+    # three rejected rows wait for a person: health says so, with the reason and its count
+    assert status["health"] == "degraded" and status["exceptions"]["count"] == 3
+    code, body = _get(base + "/healthz", "s3cr3t-token")
+    (problem,) = json.loads(body)["problems"]
+    assert code == 200 and json.loads(body)["status"] == "degraded"
+    assert "3 open exception(s)" in problem and "3 \u00d7 legal_entity: unknown legal_entity code '07'" in problem
+    code, body = _get(base + "/readyz", "s3cr3t-token")
+    assert code == 200 and json.loads(body)["status"] == "degraded", "connected, but not all is well"
+
 
 def test_token_is_required_when_configured(running):
     _, _, base, _ = running
@@ -122,8 +131,13 @@ def test_health_and_readiness_flip_when_the_broker_goes_away_and_comes_back(runn
             conn.execute(sa.text("UPDATE erp_customer SET credit_lim = 5, updated_at = clock_timestamp()"))
         assert agent.run_pass() == 5, "capture goes on while the fabric is down"
         assert _until(lambda: _get(base + "/readyz", "s3cr3t-token")[0] == 503)
+        time.sleep(2)
         code, body = _get(base + "/readyz", "s3cr3t-token")
-        assert any("sink" in p for p in json.loads(body)["problems"])
+        sink = [p for p in json.loads(body)["problems"] if "route customers: sink" in p][0]
+        seconds = int(sink.split(" (for ")[1].split("s,")[0])
+        started = agent.queue.status()["customers"]["sink_error_since"]
+        assert abs(seconds - (time.time() - started)) <= 2, f"the outage's length, not the stall watch's: {sink}"
+        assert f"{agent.queue.depth()} event(s) wait in the local queue" in sink, sink
         code, body = _get(base + "/healthz", "s3cr3t-token")
         assert code == 200 and json.loads(body)["status"] == "degraded", "alive, only the fabric is away"
     assert _until(lambda: _get(base + "/readyz", "s3cr3t-token")[0] == 200, timeout=90)
@@ -182,4 +196,6 @@ def test_status_page_renders_in_chromium_and_shows_the_numbers(running, tmp_path
     assert cells["route-customers-success_rate"]["text"] == "85.7 %"       # 12 / 14
     assert cells["route-customers-entity"]["text"] == "Customer"
     assert cells["open-exceptions"]["text"] == "2"
+    assert cells["health"]["text"] == "degraded", "two open exceptions"
+    assert "2 open exception(s)" in cells["problems"]["text"]
     assert int(dom.split('data-count="')[1].split('"')[0]) >= 2, "the sparklines have history points"

@@ -16,7 +16,8 @@ PAGE = """<!doctype html>
  .problems { color: #b3261e; } small { color: #666; }
 </style></head>
 <body>
-<h1>Outpost <span id="agent-state" class="badge">loading</span> <span id="ready" class="badge">?</span></h1>
+<h1>Outpost <span id="agent-state" class="badge">loading</span> <span id="ready" class="badge">?</span>
+ <span id="health" class="badge">?</span></h1>
 <div><small>state dir <span id="state-dir"></span> &middot; queue <span id="queue-bytes"></span> &middot;
  open exceptions <span id="open-exceptions"></span> &middot; updated <span id="updated"></span></small></div>
 <ul id="problems" class="problems"></ul>
@@ -51,12 +52,16 @@ function render(status) {
   const agent = status.agent, state = document.getElementById("agent-state"), ready = document.getElementById("ready");
   state.textContent = agent.state; state.className = "badge " + (agent.state === "running" ? "ok" : "warn");
   ready.textContent = agent.ready ? "ready" : "not ready"; ready.className = "badge " + (agent.ready ? "ok" : "bad");
+  const health = document.getElementById("health"), degraded = status.health === "degraded" || agent.health === "degraded";
+  health.textContent = degraded ? "degraded" : "healthy"; health.className = "badge " + (degraded ? "warn" : "ok");
   text("state-dir", status.state_dir);
   text("queue-bytes", (status.queue_waiting_bytes / 1e6).toFixed(1) + " MB waiting of " + (status.queue_quota_bytes / 1e6).toFixed(0) + " MB");
   text("open-exceptions", status.open_exceptions);
   text("updated", new Date().toLocaleTimeString());
   const problems = document.getElementById("problems"); problems.textContent = "";
-  for (const p of agent.problems.concat(agent.stuck)) { const li = document.createElement("li"); li.textContent = p; problems.appendChild(li); }
+  // the status report's problems already hold the routes' and the exceptions'; readiness adds the agent's
+  const shown = [...new Set((status.problems || []).concat(agent.problems, agent.stuck))];
+  for (const p of shown) { const li = document.createElement("li"); li.textContent = p; problems.appendChild(li); }
   const body = document.querySelector("#routes tbody"); body.textContent = "";
   for (const [name, r] of Object.entries(status.routes)) {
     const o = status.objectives[name] || {}, row = body.insertRow(), id = (f) => "route-" + name + "-" + f;
