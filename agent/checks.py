@@ -6,6 +6,8 @@ from typing import Iterator
 from .contracts import OutpostError
 from .logs import RedactingFilter
 from .build import make_sink, make_source, used_sinks
+from .check_columns import cursor_problems, mapping_column_problems
+from .check_host import host_problems
 from .schemas import SchemaCatalog
 
 
@@ -18,21 +20,55 @@ def run_checks(cfg) -> Iterator[tuple[str, list[str]]]:
 
 
 def _checks(cfg) -> Iterator[tuple[str, list[str]]]:
+    yield "this machine (state directory, status port)", host_problems(cfg)
     catalog = SchemaCatalog.load(cfg.schema_dir)
     schema_problems = [f"{name}: {p}" for name in catalog.names() for p in catalog.check_backward(name)]
     yield "schemas (backward compatibility with the released versions)", schema_problems
     for name, route in cfg.routes.items():
-        yield f"route {name}: source {route.source}", _check_adapter(lambda: make_source(cfg, catalog, name))
+        yield f"route {name}: source {route.source}", _check_adapter(
+            lambda: make_source(cfg, catalog, name), lambda adapter: _columns(cfg, catalog, name, adapter))
     for name in used_sinks(cfg):
         yield f"sink {name}", _check_adapter(lambda: make_sink(cfg, catalog, name))
 
 
-def _check_adapter(make) -> list[str]:
+def _columns(cfg, catalog, route_name: str, adapter) -> list[str]:
+    """The route's mapping against the table its source reflected (sources that can)."""
+    route = cfg.routes[route_name]
+    if not hasattr(adapter, "reflected_columns") or route.mapping not in cfg.mappings:
+        return []
+    mapping, options = cfg.mappings[route.mapping], cfg.parsed_sources.get(route_name)
+    columns = adapter.reflected_columns()
+    table = getattr(adapter, "object", None) or str(getattr(options, "table", "?"))
+    fields = {f.name: f for f in catalog.entity(mapping.entity).fields}
+    located = _located(cfg, route_name)
+    problems = mapping_column_problems(route.mapping, mapping, fields, table, columns,
+                                       also_named=tuple(getattr(options, "rollups", None) or ()),
+                                       selected=getattr(options, "columns", None), selected_at=located("columns"),
+                                       sample=getattr(adapter, "sample", lambda column: []))
+    cursor = getattr(options, "cursor", None)
+    return problems + (cursor_problems(cursor, table, columns, located) if cursor else [])
+
+
+def _located(cfg, route_name: str):
+    """Where a source option of a route was written: the route's capture, else its source."""
+    route = cfg.routes[route_name]
+
+    def located(option: str) -> str:
+        if option in route.capture or option not in cfg.sources.get(route.source, {}):
+            return f"routes.{route_name}.capture.{option}"
+        return f"sources.{route.source}.{option}"
+    return located
+
+
+def _check_adapter(make, more=lambda adapter: []) -> list[str]:
     adapter = None
     try:
         adapter = make()
         adapter.open()
-        return list(adapter.check()) if hasattr(adapter, "check") else []
+        found = list(adapter.check()) if hasattr(adapter, "check") else []
+        if not any(not p.startswith("warning:") for p in found):
+            found += more(adapter)       # the adapter could read what it compares with
+        return found
     except OutpostError as exc:
         return getattr(exc, "problems", None) or [str(exc)]
     except Exception as exc:

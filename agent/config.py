@@ -2,34 +2,30 @@
 
 Every problem is collected and reported together (key path, what was expected, what was
 found) so that an engineer fixes the file in one pass. Secrets are never written in the
-file: ``${ENV_VAR}`` and ``${file:/path}`` references are resolved here, and every
-resolved value (and its percent-encoded forms) is remembered so the log filter, and every
-problem reported here, can redact it. A reference inside the userinfo or a query value of
-a URL is percent-encoded where it lands (a password ``p@ss/w#rd`` must not end the host).
+file: ``${ENV_VAR}``, ``${file:/path}`` and ``${credential:NAME}`` references are resolved
+here (``agent.references``), and every resolved value is remembered so the log filter,
+and every problem reported here, can redact it.
 """
 from __future__ import annotations
 
 import copy
-import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
-from urllib.parse import quote, quote_plus
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from . import yaml_load
+from .config_checks import checked_topic_template
 from .contracts import ConfigError
 from .logs import RedactingFilter
 from .lookups import Lookup, SqlLookup
+from .references import resolve_references
 from .registry import describe_error, parse_options, spec_of
 from .units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
-_REFERENCE = re.compile(r"\$\{(file:)?([^}]+)\}")
-_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class _Strict(BaseModel):
@@ -136,7 +132,7 @@ class LogConfig(_Strict):
 class FabricConfig(_Strict):
     kafka: dict[str, Any] = Field(default_factory=dict)           # librdkafka properties, as-is
     schema_registry: dict[str, Any] = Field(default_factory=dict)  # SchemaRegistryClient conf
-    topic_template: str = "outpost.{entity}"
+    topic_template: Annotated[str, AfterValidator(checked_topic_template)] = "outpost.{entity}"
     auto_register: bool = True
     create_topics: bool = False
     topic_partitions: int = Field(default=3, ge=1)
@@ -191,69 +187,6 @@ class Config(_Strict):
         source = spec.source or (with_url[0] if len(with_url) == 1 else None)
         url = self.sources.get(source, {}).get("url") if source else None
         return url if isinstance(url, str) else None
-
-
-def resolve_references(value: Any, path: str, problems: list[str], secrets: set[str]) -> Any:
-    """Replace ${ENV} and ${file:/path} in every string of a parsed YAML tree."""
-    if isinstance(value, dict):
-        return {k: resolve_references(v, f"{path}.{k}" if path else str(k), problems, secrets)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve_references(v, f"{path}[{i}]", problems, secrets) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
-        return value
-    encoded = _url_encoded_spans(value)
-
-    def substitute(match: re.Match) -> str:
-        is_file, name = match.group(1), match.group(2).strip()
-        if is_file:
-            try:
-                found = Path(name).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                problems.append(f"{path}: expected a readable secret file, found {name!r} ({exc.strerror})")
-                return ""
-        elif name in os.environ:
-            found = os.environ[name]
-        else:
-            problems.append(f"{path}: expected environment variable {name} to be set, found it unset")
-            return ""
-        if found:
-            secrets.update(_encoded_forms(found))
-        if any(start <= match.start() < end for start, end in encoded):
-            return quote(found, safe="")
-        return found
-
-    return _REFERENCE.sub(substitute, value)
-
-
-def _encoded_forms(secret: str) -> set[str]:
-    """A secret as it may be written out: raw, percent-encoded (as substituted into URLs,
-    and as form-encoded query values), and as SQLAlchemy renders a URL's password."""
-    return {secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret, safe=" +")}
-
-
-def _url_encoded_spans(template: str) -> list[tuple[int, int]]:
-    """Where, in a string written as a URL, a substituted value must be percent-encoded:
-    the userinfo (``user:password@``) and query values. The URL's shape is read from
-    the text as written, with the references masked, since their values are data."""
-    masked = _REFERENCE.sub(lambda m: "x" * len(m.group(0)), template)
-    scheme = _URL_SCHEME.match(masked)
-    if not scheme:
-        return []
-    spans = []
-    authority_end = min((i for i in (masked.find(c, scheme.end()) for c in "/?#") if i != -1), default=len(masked))
-    userinfo_end = masked.rfind("@", scheme.end(), authority_end)
-    if userinfo_end != -1:
-        spans.append((scheme.end(), userinfo_end))
-    query_start = masked.find("?", scheme.end())
-    if query_start != -1:
-        query_end = masked.find("#", query_start)
-        query_end = len(masked) if query_end == -1 else query_end
-        for pair in re.finditer(r"[^&]+", masked[query_start + 1:query_end]):
-            if "=" in pair.group(0):
-                value_start = query_start + 1 + pair.start() + pair.group(0).index("=") + 1
-                spans.append((value_start, query_start + 1 + pair.end()))
-    return spans
 
 
 def parse(document: Any, base_dir: Optional[Path] = None) -> Config:

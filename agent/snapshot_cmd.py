@@ -14,6 +14,10 @@ from . import snapshots
 from .cli_common import CONFIG_OPTION, load_config as _load
 from .statedir import StateDirInUse, StateLock
 
+# The source types whose adapters read ``agent.snapshots`` requests while they stream; any
+# other would leave a request pending forever.
+SERVES_SNAPSHOT_REQUESTS = frozenset({"binlog", "debezium"})
+
 
 @click.command("snapshot")
 @CONFIG_OPTION
@@ -43,6 +47,14 @@ def snapshot(config_path, show, reset_route, source, tables):
         raise click.UsageError("give a SOURCE and at least one TABLE (or --list / --reset-checkpoint ROUTE)")
     if source not in cfg.sources:
         raise click.ClickException(f"no source {source!r} in {config_path} (sources: {', '.join(cfg.sources)})")
+    kind = cfg.sources[source].get("type")
+    if kind not in SERVES_SNAPSHOT_REQUESTS:
+        routes = [name for name, r in cfg.routes.items() if r.source == source]
+        raise click.ClickException(
+            f"source {source!r} is {kind}, which does not take snapshot requests (only "
+            f"{' and '.join(sorted(SERVES_SNAPSHOT_REQUESTS))} sources do); to read a table again from the start, "
+            f"stop the agent and run: outpost snapshot --reset-checkpoint ROUTE -c {config_path} "
+            f"(routes of {source}: {', '.join(routes) or 'none'})")
     captured = {str(r.capture.get("table")) for r in cfg.routes.values() if r.source == source}
     captured |= {f"{r.capture['schema']}.{r.capture['table']}" for r in cfg.routes.values()
                  if r.source == source and r.capture.get("schema")}

@@ -6,6 +6,8 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agent.config_checks import checked_topic_template
+
 __all__ = ["SinkOptions", "DEFAULTS", "SourceOptions"]
 
 # Fabric-level defaults, applied when neither the sink nor the fabric sets a value.
@@ -35,14 +37,7 @@ class SinkOptions(BaseModel):
     @field_validator("topic_template")
     @classmethod
     def _known_placeholders(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None:
-            try:
-                topic = value.format(entity="x", Entity="X")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"only {{entity}} and {{Entity}} may appear in the template ({exc})")
-            if not topic:
-                raise ValueError("the template yields an empty topic name")
-        return value
+        return None if value is None else checked_topic_template(value)
 
 
 # ---- the ``kafka`` source (inbound: fabric -> local queue -> sql_apply) -------------------

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+from agent.config_checks import close_matches
 from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, SourceRecord,
                              TransientError, approximate)
 
@@ -56,7 +57,10 @@ class SqlPollSource(Source):
         try:
             self._url = sa.engine.make_url(self.spec.url)
         except sa.exc.ArgumentError:
-            raise ConfigError(["sql_poll url: not a SQLAlchemy URL (dialect+driver://...)"]) from None
+            # the value is not shown: it may hold a password
+            raise ConfigError([f"sources.{context.name}.url: found a value that is not a SQLAlchemy URL; write "
+                               "dialect+driver://user@host/database, e.g. postgresql+psycopg://outpost@erp-db/erp"
+                               " (the password as ${DB_PASSWORD} or ${credential:NAME})"]) from None
         self._safe_url = self._url.render_as_string(hide_password=True)
         self._password = self._url.password and str(self._url.password)
 
@@ -78,7 +82,7 @@ class SqlPollSource(Source):
                     table = sa.Table(self.spec.table, sa.MetaData(), schema=self.spec.schema_,
                                      autoload_with=conn)
                 except sa.exc.NoSuchTableError:
-                    raise ConfigError([f"sql_poll table {self.object!r} not found in {self._safe_url}"])
+                    raise ConfigError([self._no_such_table(conn)]) from None
                 self._resolve(table, engine.dialect.name)
                 self._rollups, self._children = rollups.reflect(conn, self.spec.rollups, self.spec.schema_, self._pk)
                 self._selected += self._rollups
@@ -118,17 +122,45 @@ class SqlPollSource(Source):
                 self.close()
         return problems
 
+    def _where(self, option: str) -> str:
+        """The key path of an option, as the route's capture section (where a table's
+        options are usually written; the source section may hold them too)."""
+        return f"routes.{self.context.route}.capture.{option}" if self.context.route else option
+
+    def _no_such_table(self, conn) -> str:
+        insp = sa.inspect(conn)
+        known = insp.get_table_names(schema=self.spec.schema_) + insp.get_view_names(schema=self.spec.schema_)
+        return (f"{self._where('table')}: found {self.spec.table!r}, which {self._safe_url} does not have"
+                f"{close_matches(self.spec.table, known)} (tables and views: {', '.join(sorted(known)[:40])}"
+                f"{', ...' if len(known) > 40 else ''}); write the name as the database has it (and 'schema' "
+                "if it is not in the default one)")
+
+    def reflected_columns(self) -> dict[str, dict]:
+        """The polled table's columns as ``outpost check`` compares them with the mapping
+        (agent/check_columns.py): name -> {kind: text|number|date|timestamp|other, nullable, type}.
+        Only after ``open``."""
+        return {c.name: {"kind": _kind(c.type), "nullable": bool(c.nullable), "type": str(c.type)}
+                for c in self._table.columns}
+
+    def sample(self, column: str, limit: int = 200) -> list:
+        """Some non-NULL values of a column (``outpost check`` tries text columns with them)."""
+        col = self._table.c[column]
+        with self._db_errors("sample"), self._engine.connect() as conn:
+            return list(conn.execute(sa.select(col).where(col.is_not(None)).limit(limit)).scalars())
+
     def _resolve(self, table: sa.Table, dialect: str) -> None:
         s, problems = self.spec, []
         cols = table.c
         pk = s.primary_key or [c.name for c in table.primary_key.columns]
         if not pk:
-            problems.append(f"sql_poll table {self.object!r} has no primary key: set 'primary_key'")
+            problems.append(f"{self._where('primary_key')}: sql_poll table {self.object!r} has no primary key: "
+                            "set 'primary_key' to the column(s) that identify a row")
         wanted = {"primary_key": pk, "columns": s.columns or [],
                   "cursor": [s.cursor] if s.cursor else [],
                   "soft_delete.column": [s.soft_delete.column] if s.soft_delete else []}
         for what, names in wanted.items():
-            problems += [f"sql_poll {what}: column {n!r} not found in {self.object}"
+            problems += [f"{self._where(what)}: sql_poll {what}: column {n!r} not found in {self.object}"
+                         f"{close_matches(n, cols.keys())} (its columns: {', '.join(sorted(cols.keys()))})"
                          for n in names if n not in cols]
         self.kind = None
         if s.cursor and s.cursor in cols:
@@ -138,8 +170,9 @@ class SqlPollSource(Source):
             elif isinstance(typ, (sa.Integer, sa.Numeric)):
                 self.kind = "number"
             else:
-                problems.append(f"sql_poll cursor {s.cursor!r} has type {typ}; "
-                                "need a timestamp or an integer column")
+                problems.append(f"{self._where('cursor')}: found {s.cursor!r}, a column of type {typ}; the cursor "
+                                "must be a timestamp or an integer column that grows on every change "
+                                "(e.g. updated_at, a row version)")
         if problems:
             raise ConfigError(problems)
         names = list(s.columns or [c.name for c in table.columns])
@@ -368,3 +401,12 @@ class SqlPollSource(Source):
 
 
 Source = SqlPollSource
+
+
+def _kind(typ) -> str:
+    """A column type in the words the check uses; DATETIME before DATE (it is not one)."""
+    for kind, types in (("timestamp", (sa.DateTime,)), ("date", (sa.Date,)), ("number", (sa.Integer, sa.Numeric)),
+                        ("text", (sa.String, sa.Text, sa.Enum))):
+        if isinstance(typ, types):
+            return kind
+    return "other"
