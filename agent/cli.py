@@ -6,12 +6,11 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click
 
-from .cli_common import CONFIG_OPTION, load_config as _load, open_queue
+from .cli_common import CONFIG_OPTION, add_log_level, load_config as _load, open_queue, version_text
 from .logs import escape_controls
 from .registry import adapter_commands
 
@@ -21,6 +20,7 @@ def _setup_logging(cfg, level=None):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version_text(), "-V", "--version", message="outpost %(version)s")
 def main():
     """Outpost: capture legacy ERP/PSA changes as canonical Avro events for the fabric."""
     # Every command may create files in the state directory (the queue's -wal, offsets):
@@ -110,7 +110,7 @@ def status(config_path, as_json):
     """Per route: last capture, queue depth, oldest queued age, last publish, errors."""
     from .metrics import objectives, render_objectives
     from .status import collect, render
-    cfg = _load(config_path)
+    cfg = _load(config_path, needs_secrets=False)     # reads the state directory only
     report = collect(cfg)
     report["objectives"] = objectives(cfg, report["routes"])
     click.echo(json.dumps(report, indent=2, default=str) if as_json else
@@ -122,28 +122,12 @@ def queue():
     """The exception queue: records and events that could not be published."""
 
 
-@queue.command("list")
-@CONFIG_OPTION
-@click.option("--status", "state", default="open", type=click.Choice(["open", "retried", "discarded"]))
-@click.option("--route", default=None)
-def queue_list(config_path, state, route):
-    """List parked entries."""
-    cfg = _load(config_path)
-    items = open_queue(cfg).exceptions(state, route)
-    if not items:
-        click.echo(f"no {state} exceptions")
-    for item in items:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["created_at"]))
-        click.echo(escape_controls(f"{item['id']:>6}  {when}  {item['route']:<16} {item['stage']:<8} "
-                                   f"{item['entity'] or '-'} {item['key'] or '-'}: {item['reason']}"))
-
-
 @queue.command("show")
 @CONFIG_OPTION
 @click.argument("exception_id", type=int)
 def queue_show(config_path, exception_id):
     """Show one entry with its full context (source row, mapping, every failed rule)."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, needs_secrets=False)
     item = open_queue(cfg).exception(exception_id)
     if item is None:
         raise click.ClickException(f"no exception {exception_id}")
@@ -215,10 +199,18 @@ def queue_retry(config_path, exception_ids, retry_all):
 @click.argument("exception_ids", type=int, nargs=-1, required=True)
 def queue_discard(config_path, exception_ids):
     """Mark entries as discarded (kept for audit, never sent)."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, needs_secrets=False)
     store = open_queue(cfg)
+    failed = 0
     for exception_id in exception_ids:
-        click.echo(f"{exception_id}: " + ("discarded" if store.discard_exception(exception_id) else "not open"))
+        if store.discard_exception(exception_id):
+            click.echo(f"{exception_id}: discarded")
+            continue
+        failed += 1     # a script must learn that an id was wrong, not read "not open" and carry on
+        item = store.exception(exception_id)
+        click.echo(f"{exception_id}: " + (f"not open (it is {item['status']})" if item else "no such exception"),
+                   err=True)
+    sys.exit(1 if failed else 0)
 
 
 @queue.command("purge")
@@ -233,7 +225,7 @@ def queue_purge(config_path, older_than):
         seconds = parse_duration(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    cfg = _load(config_path)
+    cfg = _load(config_path, needs_secrets=False)
     click.echo(f"purged {open_queue(cfg).purge_exceptions(seconds)} resolved exception(s)")
 
 
@@ -280,11 +272,14 @@ def demo(directory):
 
 
 def _register_commands() -> None:
+    from .cli_queue import queue_list
+    queue.add_command(queue_list)
     from .cli_ha import ha
     from .service_windows import service     # pywin32 is imported only when a command runs
     from .snapshot_cmd import snapshot
     for command in (ha, service, snapshot, *adapter_commands()):
         main.add_command(command)
+    add_log_level(main)
 
 
 _register_commands()

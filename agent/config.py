@@ -189,15 +189,18 @@ class Config(_Strict):
         return url if isinstance(url, str) else None
 
 
-def parse(document: Any, base_dir: Optional[Path] = None) -> Config:
-    """Validate a parsed YAML document. Raises ConfigError listing every problem."""
+def parse(document: Any, base_dir: Optional[Path] = None, needs_secrets: bool = True) -> Config:
+    """Validate a parsed YAML document. Raises ConfigError listing every problem.
+
+    ``needs_secrets=False``: a secret reference that cannot be resolved becomes empty text
+    instead of a problem, for operator commands that only read the state directory."""
     if document is None:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError([f"(top level): expected a mapping of sections, found {type(document).__name__}"])
     problems: list[str] = []
     secrets: set[str] = set()
-    resolved = resolve_references(document, "", problems, secrets)
+    resolved = resolve_references(document, "", problems if needs_secrets else [], secrets)
     config = None
     try:
         config = Config.model_validate({**resolved, "secrets": frozenset(secrets)})
@@ -247,7 +250,7 @@ def _remove(tree: Any, loc) -> None:
         tree.pop(loc[-1], None)
 
 
-def load(path: Path) -> Config:
+def load(path: Path, needs_secrets: bool = True) -> Config:
     """Read and validate a config file; relative paths are relative to the file.
 
     Duplicate keys are reported with the validation problems, and a problem about a
@@ -262,7 +265,7 @@ def load(path: Path) -> Config:
                  if where.startswith("lookups.") and where.count(".") == 2
                  and (not scalar.is_key or scalar.kind == "a number")]
     try:
-        config = parse(document.data, base_dir=path.resolve().parent)
+        config = parse(document.data, base_dir=path.resolve().parent, needs_secrets=needs_secrets)
     except ConfigError as exc:
         problems += exc.problems
     if problems:

@@ -5,10 +5,15 @@ import json
 import logging
 import logging.handlers
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional
 
 REDACTED = "***"
+
+# ``--log-level`` given on the command line: wins over the config's log.level in every
+# ``setup`` of this process (agent/cli.py sets it).
+LEVEL_OVERRIDE: Optional[str] = None
 
 # C0 and C1 controls, DEL and the Unicode line breaks: a file or table name carrying them
 # could forge a log line ("\n... ERROR outpost.agent: ...") or drive the operator's terminal
@@ -50,7 +55,9 @@ class RedactingFilter(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+        # UTC with milliseconds and the zone: lines from several hosts sort and join as they happened
+        ts = datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        entry = {"ts": ts.replace("+00:00", "Z"), "level": record.levelname,
                  "logger": record.name, "message": record.getMessage()}
         for attr in ("event_id", "correlation_id", "route"):
             if hasattr(record, attr):
@@ -122,6 +129,7 @@ def setup(level: str = "INFO", fmt: str = "text", file: Optional[str] = None, se
     """``file``: rotated at 20 MB, 5 kept. ``event_log``: also send warnings and errors to the
     Windows Event Log under that source name (needs pywin32)."""
     handler: logging.Handler
+    level = LEVEL_OVERRIDE or level
     if file:
         Path(file).parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(file, maxBytes=20 << 20, backupCount=5, encoding="utf-8")

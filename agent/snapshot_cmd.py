@@ -33,7 +33,7 @@ def snapshot(config_path, show, reset_route, source, tables):
     The running agent picks the request up between batches; progress shows in
     `outpost status` and `outpost snapshot --list`.
     """
-    cfg = _load(config_path)
+    cfg = _load(config_path, needs_secrets=False)     # requests and positions live in the state directory
     if reset_route:
         _reset(cfg, reset_route)
         return

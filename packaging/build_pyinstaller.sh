@@ -17,5 +17,7 @@ WORK=${OUTPOST_BUILD_DIR:-build/pyinstaller}
 
 "$PYTHON" -m PyInstaller --noconfirm --clean --log-level WARN \
     --distpath "$DIST" --workpath "$WORK" packaging/outpost.spec
+# the operations guide beside the executable: the systemd unit's Documentation= names it
+install -D -m 0644 docs/operations.md "$DIST/outpost/docs/operations.md"
 "$DIST/outpost/outpost" schemas list >/dev/null
 echo "built $DIST/outpost/ ($(du -sh "$DIST/outpost" | cut -f1)); run $DIST/outpost/outpost --help"

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _source_copy(tmp_path) -> Path:
     tree = tmp_path / "src"
     tree.mkdir()
-    for name in ("agent", "adapters", "avro", "packaging"):
+    for name in ("agent", "adapters", "avro", "packaging", "docs"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, tree / name)
@@ -45,6 +45,7 @@ def test_wheel_and_sdist_carry_the_code_the_page_and_the_schemas(tmp_path):
                    "agent/web/page.py", "adapters/kafka/sink.py"):
         assert module in names, module
     assert any(n.endswith("data/share/outpost/avro/EventMetadata.avsc") for n in names)
+    assert any(n.endswith("data/share/doc/outpost/operations.md") for n in names), "the unit's Documentation="
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "outpost = agent.cli:main" in entry_points
     assert any(n.endswith("avro/Customer.avsc") for n in tarfile.open(sdist).getnames())
@@ -60,6 +61,7 @@ def test_pyinstaller_folder_runs_without_the_source_tree(tmp_path):
                                "OUTPOST_BUILD_DIR": str(tmp_path / "work")})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     shutil.rmtree(tree)                       # the folder must not need the sources
+    assert (tmp_path / "dist" / "outpost" / "docs" / "operations.md").is_file(), "the unit's Documentation="
     exe = tmp_path / "dist" / "outpost" / "outpost"
     listed = subprocess.run([str(exe), "schemas", "list"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert listed.returncode == 0 and "Customer" in listed.stdout and "Invoice" in listed.stdout, listed.stderr
@@ -95,6 +97,10 @@ def test_systemd_unit_is_valid_and_hardened(tmp_path):
     assert settings["User"] == "outpost" and settings["NoNewPrivileges"] == "yes"
     assert settings["ProtectSystem"] == "strict" and "/var/lib/outpost" in settings["ReadWritePaths"]
     assert settings["ProtectHome"] == "yes" and settings["PrivateTmp"] == "yes"
+    assert settings["SystemCallFilter"] == "@system-service" and settings["SystemCallErrorNumber"] == "EPERM"
+    assert "LoadCredential=db_password:/etc/outpost/credentials/db_password" in text, "a credentials example"
+    documentation = settings["Documentation"].removeprefix("file:///opt/outpost/")
+    assert (ROOT / documentation).is_file(), f"the unit points at {documentation}, which the build ships"
     analyze = shutil.which("systemd-analyze")
     if analyze:
         unit = tmp_path / "outpost.service"

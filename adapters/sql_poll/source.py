@@ -130,8 +130,8 @@ class SqlPollSource(Source):
     def _no_such_table(self, conn) -> str:
         insp = sa.inspect(conn)
         known = insp.get_table_names(schema=self.spec.schema_) + insp.get_view_names(schema=self.spec.schema_)
-        return (f"{self._where('table')}: found {self.spec.table!r}, which {self._safe_url} does not have"
-                f"{close_matches(self.spec.table, known)} (tables and views: {', '.join(sorted(known)[:40])}"
+        return (f"{self._where('table')}: table {self.spec.table!r} not found in {self._safe_url}"
+                f"{close_matches(self.spec.table, known)} (tables and views: {', '.join(sorted(known)[:40]) or 'none'}"
                 f"{', ...' if len(known) > 40 else ''}); write the name as the database has it (and 'schema' "
                 "if it is not in the default one)")
 

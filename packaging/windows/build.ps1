@@ -10,6 +10,8 @@ Set-Location (Join-Path $PSScriptRoot "..\..")
 $python = if ($env:PYTHON) { $env:PYTHON } else { ".venv\Scripts\python.exe" }
 & $python -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build\pyinstaller packaging\outpost.spec
 if ($LASTEXITCODE -ne 0) { throw "PyInstaller failed" }
+New-Item -ItemType Directory -Force dist\outpost\docs | Out-Null
+Copy-Item docs\operations.md dist\outpost\docs\operations.md    # the operations guide, shipped
 & dist\outpost\outpost.exe schemas list | Out-Null
 if ($LASTEXITCODE -ne 0) { throw "the built outpost.exe does not run" }
 Write-Host "built dist\outpost\ - copy it to C:\Program Files\Outpost\ on the server"
