@@ -14,6 +14,7 @@ from typing import Optional
 
 from .contracts import ConfigError, SourceBatch, TransientError
 from .events import event_id
+from .progress import ProgressWatch, describe
 from .queue import DurableQueue
 from .supervise import Backoff
 from .translate import Translator, limit_context
@@ -37,6 +38,7 @@ class RouteCapture:
         self._retry_at = 0.0
         self.backoff = Backoff()
         self._members = None
+        self._watch = ProgressWatch()
 
     def run_once(self) -> int:
         """One pass; never raises (the scheduler calls it again): every failure is retried."""
@@ -109,7 +111,9 @@ class RouteCapture:
                         extra={"route": self.name, "event_id": ids, "correlation_id": meta.get("correlation_id") or ids})
         status = {"last_capture_at": time.time()} if batch.records else {}
         if batch.progress:
-            status["progress"] = batch.progress
+            status["progress"] = self._progress(batch.progress)
+            if batch.progress.get("phase") == "snapshot" and not batch.progress.get("done"):
+                status["capture_state"] = "snapshotting"     # a long pass must not read "not run yet"
         keep = getattr(self.translator, "keep_columns", None)
         rejected = failures + [limit_context(entry, keep) for entry in batch.exceptions]
         added = self.queue.commit_capture(self.name, events, rejected, batch.checkpoint, status)
@@ -118,6 +122,14 @@ class RouteCapture:
         if added:
             self.on_enqueue()
         return added
+
+    def _progress(self, progress: dict) -> dict:
+        """The source's progress with rate and ETA; logged every few seconds while it runs."""
+        now = time.monotonic()
+        enriched = self._watch.enrich(progress, now)
+        if self._watch.due(enriched, now):
+            log.info("route %s: %s", self.name, describe(enriched), extra={"route": self.name})
+        return enriched
 
     def _published_keys(self):
         """The route's record of published keys, while its translator has a filter (a

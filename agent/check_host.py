@@ -18,7 +18,16 @@ __all__ = ["host_problems"]
 
 
 def host_problems(cfg) -> list[str]:
-    return _state_dir_problems(Path(cfg.state_dir)) + (_port_problems(cfg) if cfg.http.enabled else [])
+    http = (_port_problems(cfg) + _exposure(cfg)) if cfg.http.enabled else []
+    return _state_dir_problems(Path(cfg.state_dir)) + http
+
+
+def _exposure(cfg) -> list[str]:
+    from .http import exposed_without_token
+    if not exposed_without_token(cfg.http):
+        return []
+    return [f"warning: http.bind: {cfg.http.bind} serves the status endpoint beyond this machine without a "
+            "token: set http.token: ${OUTPOST_HTTP_TOKEN} (or ${credential:http_token}), or bind 127.0.0.1"]
 
 
 def _state_dir_problems(path: Path) -> list[str]:

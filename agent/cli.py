@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from .cli_common import CONFIG_OPTION, add_log_level, load_config as _load, open_queue, version_text
+from .cli_common import CONFIG_OPTION, add_log_level, load_config as _load, open_queue
+from .version import version_text
 from .logs import escape_controls
 from .registry import adapter_commands
 

@@ -11,6 +11,7 @@ from . import config as config_module
 from .contracts import ConfigError
 from .logs import escape_controls
 
+
 CONFIG_OPTION = click.option(
     "-c", "--config", "config_path", type=click.Path(path_type=Path), show_default=True,
     default=lambda: os.environ.get("OUTPOST_CONFIG", "outpost.yaml"),
@@ -42,15 +43,6 @@ def open_queue(cfg, **options):
     from .logs import RedactingFilter
     from .queue import DurableQueue
     return DurableQueue(cfg.state_dir, redact=RedactingFilter(cfg.secrets).redact, **options)
-
-
-def version_text() -> str:
-    """This build's version (package metadata; a PyInstaller folder carries it too)."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("outpost")
-    except PackageNotFoundError:
-        return "unknown (not installed as a package)"
 
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]

@@ -72,6 +72,13 @@ def readiness(agent, per_route: dict) -> list[str]:
     return problems
 
 
+def exposed_without_token(http) -> bool:
+    """Bound beyond the loopback interface with no token: queue depths, route names and
+    error texts for anyone on the network."""
+    return not http.token and http.bind not in ("127.0.0.1", "localhost", "::1") \
+        and not http.bind.startswith("127.")
+
+
 class StatusServer:
     def __init__(self, agent, notifier=None, sample_every: float = 5.0):
         cfg = agent.config.http
@@ -91,6 +98,10 @@ class StatusServer:
         for thread in self._threads:
             thread.start()
         log.info("status endpoint on http://%s:%d/", self.httpd.server_address[0], self.port)
+        if exposed_without_token(self.agent.config.http):
+            log.warning("status endpoint on %s answers anyone who can reach this machine: set http.token "
+                        "(then requests need 'Authorization: Bearer <token>') or bind to 127.0.0.1",
+                        self.agent.config.http.bind)
 
     def stop(self) -> None:
         self._stop.set()
@@ -163,6 +174,14 @@ class _Handler(BaseHTTPRequestHandler):
         given = header[7:] if header.startswith("Bearer ") else (query.get("token") or [""])[0]
         return hmac.compare_digest(given.encode(), token.encode())
 
+    def do_HEAD(self):
+        """What GET would answer, without the body (load balancers and monitors probe so)."""
+        self._head = True
+        try:
+            self.do_GET()
+        finally:
+            self._head = False       # a kept-alive connection's next request may be a GET
+
     def do_GET(self):
         url = urlsplit(self.path)
         if not self._authorized(parse_qs(url.query)):
@@ -198,4 +217,5 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if not getattr(self, "_head", False):
+            self.wfile.write(body)

@@ -137,6 +137,15 @@ class StatusCollector:
             buckets, total = cumulative_buckets(bins)
             latency.add_metric(list(label), buckets, total)
         yield latency
+        snapshot = HistogramMetricFamily("outpost_snapshot_delivery_age_seconds",
+                                         "Snapshot rows: the row's age (occurred_at, else queued time) at sink "
+                                         "confirmation; kept out of the change latency.",
+                                         labels=["route", "entity", "sink", "sink_type"])
+        for label, bins in agent.queue.observed.latency_bins("snapshot_latency").items():
+            buckets, total = cumulative_buckets(bins)
+            snapshot.add_metric(list(label), buckets, total)
+        yield snapshot
+        yield build_info()
         errors = CounterMetricFamily("outpost_errors", "Errors by class since the process started.",
                                      labels=["route", "class"])
         counts = agent.queue.observed.error_counts()
@@ -157,6 +166,16 @@ class StatusCollector:
                                     "what queue.max_bytes limits.")
         waiting.add_metric([], agent.queue.pending_bytes())
         yield waiting
+
+
+def build_info() -> GaugeMetricFamily:
+    """outpost_build_info{version, python} 1: which build runs where (dashboards join on it)."""
+    import platform
+    from .version import version_text
+    info = GaugeMetricFamily("outpost_build_info", "The running build: always 1, labelled with the version.",
+                             labels=["version", "python"])
+    info.add_metric([version_text(), platform.python_version()], 1)
+    return info
 
 
 def route_problems(status: dict, now: Optional[float] = None) -> list[str]:

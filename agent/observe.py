@@ -36,6 +36,9 @@ class Observations:
         self.captures: Counter = Counter()    # route -> committed capture batches
         self.errors: Counter = Counter()      # (route, class) -> count
         self.latency: dict[tuple, list] = {}  # (route, entity, sink, sink type) -> bins
+        # snapshot rows apart: their age is the row's, not a change's (78,033 s after an
+        # initial snapshot would fire every latency alert)
+        self.snapshot_latency: dict[tuple, list] = {}
         self.sink_types: dict[str, str] = {}
         self.entities: dict[str, str] = {}    # route -> entity
         self._reported: dict[object, dict] = {}   # another process's latest snapshot, by its generation
@@ -49,10 +52,12 @@ class Observations:
             bins_of: dict = {}
             for event in events:
                 if event.event_id in delivered:
-                    bins = bins_of.get(event.route)
+                    snapshot = event.operation == "snapshot"
+                    bins = bins_of.get((event.route, snapshot))
                     if bins is None:
                         label = (event.route, event.entity, sink, sink_type)
-                        bins = bins_of[event.route] = self.latency.setdefault(label, [0] * (_SUM + 1))
+                        kept = self.snapshot_latency if snapshot else self.latency
+                        bins = bins_of[(event.route, snapshot)] = kept.setdefault(label, [0] * (_SUM + 1))
                     age = now - (event.occurred_at or event.enqueued_at)
                     age = age if age > 0 else 0.0
                     bins[bisect_left(LATENCY_BUCKETS, age)] += 1
@@ -77,7 +82,8 @@ class Observations:
         """Everything counted so far, picklable (sent to the serving process)."""
         with self.lock:
             return {"settles": dict(self.settles), "errors": dict(self.errors),
-                    "latency": {label: list(bins) for label, bins in self.latency.items()}}
+                    "latency": {label: list(bins) for label, bins in self.latency.items()},
+                    "snapshot_latency": {label: list(bins) for label, bins in self.snapshot_latency.items()}}
 
     # -- reading (what metrics, status and the watchdog see) ------------------------------
     def absorb(self, generation: object, snapshot: dict) -> None:
@@ -97,11 +103,12 @@ class Observations:
                 total.update(snapshot["errors"])
         return total
 
-    def latency_bins(self) -> dict[tuple, list]:
+    def latency_bins(self, kind: str = "latency") -> dict[tuple, list]:
+        """Delivery-latency bins of changes (``latency``) or of snapshot rows (``snapshot_latency``)."""
         with self.lock:
-            total = {label: list(bins) for label, bins in self.latency.items()}
+            total = {label: list(bins) for label, bins in getattr(self, kind).items()}
             for snapshot in self._reported.values():
-                for label, bins in snapshot["latency"].items():
+                for label, bins in snapshot.get(kind, {}).items():
                     mine = total.setdefault(label, [0] * len(bins))
                     for i, count in enumerate(bins):
                         mine[i] += count

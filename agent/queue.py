@@ -267,7 +267,10 @@ class DurableQueue:
                     1 for e in events if e.route == route and e.event_id in rejected)}
                 if done:
                     update["last_publish_at"] = now
-                    update["last_publish_latency_s"] = max(0.0, now - max(e.occurred_at or e.enqueued_at for e in done))
+                changes = [e for e in done if e.operation != "snapshot"]   # a snapshot row's age is not latency
+                if changes:
+                    update["last_publish_latency_s"] = max(0.0, now - max(e.occurred_at or e.enqueued_at
+                                                                          for e in changes))
                 update["sink_error"] = report.transient_error
                 self._merge_status(db, route, update)
 

@@ -9,6 +9,7 @@ from .cli_common import open_queue
 from .exception_view import summary
 from .ha import STATUS_ROW
 from .health import verdict
+from .progress import describe
 
 
 def collect(cfg) -> dict:
@@ -19,6 +20,7 @@ def collect(cfg) -> dict:
         for name, route in cfg.routes.items():
             entry = per_route.get(name, {"queue_depth": 0, "oldest_queued_age_s": None, "open_exceptions": 0})
             routes[name] = {"source": route.source, "sink": route.sink, **entry}
+            routes[name]["progress_text"] = describe(entry.get("progress"))     # the page shows it as is
         ha = store.status_of(STATUS_ROW) if cfg.ha is not None else None
         now = time.time()
         exceptions = summary(store.reader(), now)
@@ -66,6 +68,13 @@ def _health_lines(health) -> list[str]:
     return lines
 
 
+def _plain(progress) -> str:
+    """A source's own progress fields as 'phase incremental, cursor ...', not a dict's repr."""
+    if not isinstance(progress, dict):
+        return str(progress)
+    return ", ".join(f"{name} {value}" for name, value in progress.items() if value not in (None, ""))
+
+
 def _next_attempt(at) -> str:
     if not at:
         return ""
@@ -107,7 +116,7 @@ def render(report: dict) -> str:
                      f", captured {r.get('captured_total', 0)}, rejected {r.get('rejected_total', 0)}"
                      + _next_attempt(r.get("next_attempt_at")))
         if r.get("progress"):
-            lines.append(f"  progress: {r['progress']}")
+            lines.append(f"  progress: {describe(r['progress']) or _plain(r['progress'])}")
         lines.extend(_health_lines(r.get("health")))
         lines.append(f"  queue: {r['queue_depth']} waiting" + (f", oldest {age:.1f}s" if age is not None else ""))
         if r.get("waiting"):

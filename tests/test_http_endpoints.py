@@ -91,8 +91,11 @@ def test_metric_values_agree_with_what_flowed(running, broker):
     assert m[("outpost_errors_total", (("class", "mapping_rejected"), ("route", "customers")))] == 3
     assert m[("outpost_errors_total", (("class", "sink_unavailable"), ("route", "customers")))] == 0
     assert m[("outpost_sync_success_ratio", route)] == pytest.approx(30 / 33, abs=1e-6)
-    assert m[("outpost_delivery_latency_seconds_count", route)] == 30
-    assert 0 < m[("outpost_delivery_latency_seconds_sum", route)] < 30 * 60
+    # the first pass is the initial snapshot: its rows' age is not change latency
+    assert m[("outpost_snapshot_delivery_age_seconds_count", route)] == 30
+    assert 0 < m[("outpost_snapshot_delivery_age_seconds_sum", route)] < 30 * 60
+    assert m.get(("outpost_delivery_latency_seconds_count", route), 0) == 0
+    assert m[("outpost_build_info", ())] == 1
     assert m[("outpost_capture_lag_seconds", route)] >= 0
 
     code, body = _get(base + "/status", "s3cr3t-token")
@@ -111,6 +114,15 @@ def test_metric_values_agree_with_what_flowed(running, broker):
     code, body = _get(base + "/readyz", "s3cr3t-token")
     assert code == 200 and json.loads(body)["status"] == "degraded", "connected, but not all is well"
 
+    with engine.begin() as conn:          # changes now: these are what the latency measures
+        conn.execute(sa.text("UPDATE erp_customer SET credit_lim = 7, updated_at = clock_timestamp() "
+                             "WHERE cust_no IN ('C-00001', 'C-00002')"))
+    assert agent.run_pass() == 2 and _until(lambda: agent.queue.depth() == 0)
+    m = _metrics(base)
+    assert m[("outpost_delivery_latency_seconds_count", route)] == 2
+    assert 0 < m[("outpost_delivery_latency_seconds_sum", route)] < 60
+    assert m[("outpost_snapshot_delivery_age_seconds_count", route)] == 30
+
 
 def test_token_is_required_when_configured(running):
     _, _, base, _ = running
@@ -118,6 +130,12 @@ def test_token_is_required_when_configured(running):
     assert _get(base + "/status", "wrong")[0] == 401
     assert _get(base + "/healthz", "s3cr3t-token")[0] == 200
     assert _get(base + "/healthz?token=s3cr3t-token")[0] == 200
+    for path in ("/healthz", "/readyz", "/status", "/metrics", "/"):     # monitors probe with HEAD
+        request = urllib.request.Request(base + path + "?token=s3cr3t-token", method="HEAD")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200 and int(response.headers["Content-Length"]) > 0
+            assert response.read() == b"", "HEAD has no body"
+    assert _get(base + "/healthz")[0] == 401
 
 
 def test_health_and_readiness_flip_when_the_broker_goes_away_and_comes_back(running, broker):

@@ -120,3 +120,14 @@ def test_version_log_level_and_json_time_stamps(demo):
 def test_a_snapshot_request_to_a_polling_source_is_refused(demo):
     code, out = cli("snapshot", "-c", demo, "erp", "cust")
     assert code == 1 and "does not take snapshot requests" in out and "--reset-checkpoint" in out
+
+
+def test_check_warns_when_the_status_endpoint_is_open_to_the_network(demo, tmp_path):
+    document = yaml.safe_load(demo.read_text())
+    document["sources"]["erp"]["url"] = f"sqlite:///{demo.parent / 'legacy-erp.db'}"
+    document["http"] = {"enabled": True, "bind": "0.0.0.0", "port": 0}
+    path = tmp_path / "open.yaml"
+    path.write_text(yaml.safe_dump(document))
+    code, out = cli("check", "-c", path)
+    assert code == 0 and "warning: http.bind: 0.0.0.0 serves the status endpoint beyond this machine without a " \
+                          "token: set http.token" in out, out

@@ -35,6 +35,7 @@ from adapters.kafka.fabric import connection
 from adapters.kafka.spec import DEFAULTS, SinkOptions
 from adapters.kafka.transactions import Transactions
 from agent import contracts
+from agent.client_logs import attach
 from agent.contracts import AdapterContext, ConfigError, DeliveryReport, KeyHold, QueuedEvent
 
 __all__ = ["KafkaSink", "Sink"]
@@ -131,7 +132,7 @@ class KafkaSink(contracts.Sink):
         # librdkafka chatter (connection refused during outages) goes to a child logger
         # the service can filter, instead of raw stderr lines.
         return {**self._kafka_conf,
-                "logger": logging.getLogger(f"{self.context.log.name}.librdkafka")}
+                "logger": attach(logging.getLogger(f"{self.context.log.name}.librdkafka"))}
 
     def _on_client_error(self, err: KafkaError) -> None:
         self._last_client_error = self._scrub(err.str())

@@ -40,6 +40,7 @@ from fastavro import parse_schema, schemaless_reader
 from adapters.kafka.fabric import connection
 from adapters.kafka.spec import SourceOptions
 from agent import contracts
+from agent.client_logs import attach
 from agent.contracts import AdapterContext, ConfigError, SourceBatch, SourceRecord, TransientError
 from agent.passthrough import OPERATION_OF_SYMBOL
 
@@ -103,7 +104,7 @@ class KafkaSource(contracts.Source):
     # ------------------------------------------------------------------ lifecycle
 
     def _client_conf(self) -> dict:
-        return {**self._kafka_conf, "logger": logging.getLogger(f"{self.context.log.name}.librdkafka")}
+        return {**self._kafka_conf, "logger": attach(logging.getLogger(f"{self.context.log.name}.librdkafka"))}
 
     def open(self) -> None:
         if self._consumer is not None:

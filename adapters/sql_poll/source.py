@@ -32,7 +32,7 @@ from agent.config_checks import close_matches
 from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, SourceRecord,
                              TransientError, approximate)
 
-from . import rollups
+from . import inspection, rollups
 from .keyset import (ROW_VALUE_DIALECTS, plain, align_clock, decode_value, encode_value, keyset_after,
                      row_position, to_utc)
 from .spec import SourceOptions
@@ -128,19 +128,11 @@ class SqlPollSource(Source):
         return f"routes.{self.context.route}.capture.{option}" if self.context.route else option
 
     def _no_such_table(self, conn) -> str:
-        insp = sa.inspect(conn)
-        known = insp.get_table_names(schema=self.spec.schema_) + insp.get_view_names(schema=self.spec.schema_)
-        return (f"{self._where('table')}: table {self.spec.table!r} not found in {self._safe_url}"
-                f"{close_matches(self.spec.table, known)} (tables and views: {', '.join(sorted(known)[:40]) or 'none'}"
-                f"{', ...' if len(known) > 40 else ''}); write the name as the database has it (and 'schema' "
-                "if it is not in the default one)")
+        return inspection.no_such_table(conn, self.spec.table, self.spec.schema_, self._where("table"), self._safe_url)
 
     def reflected_columns(self) -> dict[str, dict]:
-        """The polled table's columns as ``outpost check`` compares them with the mapping
-        (agent/check_columns.py): name -> {kind: text|number|date|timestamp|other, nullable, type}.
-        Only after ``open``."""
-        return {c.name: {"kind": _kind(c.type), "nullable": bool(c.nullable), "type": str(c.type)}
-                for c in self._table.columns}
+        """The polled table's columns for ``outpost check`` (agent/check_columns.py); after ``open``."""
+        return inspection.reflected_columns(self._table)
 
     def sample(self, column: str, limit: int = 200) -> list:
         """Some non-NULL values of a column (``outpost check`` tries text columns with them)."""
@@ -232,7 +224,8 @@ class SqlPollSource(Source):
         if cp is None:
             if self.spec.snapshot == "initial":
                 cp = {"v": 1, "phase": "snapshot", "pk": None,
-                      "start": encode_value(self._snapshot_start(signpost)), "rows": 0}
+                      "start": encode_value(self._snapshot_start(signpost)), "rows": 0,
+                      "total": self._estimated_rows()}
             else:   # only changes from now on; persist the start so no gap opens before the next run
                 cp = {"v": 1, "phase": "incremental", "cursor": encode_value(signpost), "pk": None}
                 yield SourceBatch([], cp, self._progress(cp, signpost))
@@ -258,7 +251,8 @@ class SqlPollSource(Source):
             else:
                 nxt = {**cp, "pk": [encode_value(v) for v in last], "rows": rows_read}
             yield SourceBatch([self._record(r, snapshot=True) for r in rows], nxt,
-                              {"phase": "snapshot", "rows": rows_read, "done": nxt["phase"] != "snapshot"})
+                              {"phase": "snapshot", "rows": rows_read, "total": cp.get("total"),
+                               "done": nxt["phase"] != "snapshot"})
             if nxt["phase"] != "snapshot":
                 return nxt
 
@@ -383,6 +377,14 @@ class SqlPollSource(Source):
             # fetchall: one driver call per page; iterating the result fetched row by row
             return [dict(zip(names, r)) for r in result.fetchall()]
 
+    def _estimated_rows(self) -> Optional[int]:
+        """How many rows a snapshot will read, for its progress (None: unknown)."""
+        try:
+            with self._db_errors("estimate the size of"), self._engine.connect() as conn:
+                return inspection.estimated_rows(conn, self._table, self.object, self.spec.table, self.spec.schema_)
+        except TransientError:
+            return None      # progress without a total; the snapshot itself goes on
+
     def _progress(self, cp: dict, signpost: Any) -> dict:
         return {"phase": cp["phase"], "cursor": plain(decode_value(cp.get("cursor"))),
                 "signpost": plain(signpost)}
@@ -402,11 +404,3 @@ class SqlPollSource(Source):
 
 Source = SqlPollSource
 
-
-def _kind(typ) -> str:
-    """A column type in the words the check uses; DATETIME before DATE (it is not one)."""
-    for kind, types in (("timestamp", (sa.DateTime,)), ("date", (sa.Date,)), ("number", (sa.Integer, sa.Numeric)),
-                        ("text", (sa.String, sa.Text, sa.Enum))):
-        if isinstance(typ, types):
-            return kind
-    return "other"

@@ -67,7 +67,15 @@ function render(status) {
     const o = status.objectives[name] || {}, row = body.insertRow(), id = (f) => "route-" + name + "-" + f;
     row.id = "route-" + name;
     cell(row, name); cell(row, o.entity || "-", null, id("entity")); cell(row, r.source + " \\u2192 " + r.sink);
-    cell(row, r.capture_state || "not run yet", null, id("capture"));
+    const capture = cell(row, r.capture_state || "not run yet", null, id("capture"));
+    if (r.progress_text) {     // a snapshot or a big file: the numbers, and a bar when a total is known
+      const line = document.createElement("div"); line.id = id("progress"); line.textContent = r.progress_text;
+      capture.appendChild(line);
+      if (r.progress && r.progress.percent !== undefined && r.progress.percent !== null && !r.progress.done) {
+        const bar = document.createElement("progress"); bar.max = 100; bar.value = r.progress.percent;
+        bar.id = id("progress-bar"); capture.appendChild(bar);
+      }
+    }
     for (const f of ["captured_total", "published_total", "rejected_total", "dead_lettered_total", "queue_depth"])
       cell(row, fmt(r[f] || 0), "n", id(f));
     cell(row, fmt(r.oldest_queued_age_s, 1), "n", id("oldest"));
