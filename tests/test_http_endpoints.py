@@ -6,12 +6,14 @@ The numbers the endpoint reports are checked against what actually flowed: rows
 inserted, messages consumed back from the broker, entries in the exception queue.
 """
 import json
+import os
 import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -187,33 +189,66 @@ class _Cells(HTMLParser):
                 self.by_id[element_id]["text"] += data
 
 
-def test_status_page_renders_in_chromium_and_shows_the_numbers(running, tmp_path):
+ARTEFACTS = Path(os.environ.get("OUTPOST_TEST_ARTEFACTS") or Path(__file__).resolve().parent.parent
+                 / "test-artefacts") / "status-page"
+
+
+def _page(chromium, base, tmp_path, state):
+    """The page as Chromium renders it after its scripts ran: the cells by id, and a
+    screenshot kept as a test artefact (``$OUTPOST_TEST_ARTEFACTS``, default test-artefacts/)."""
+    common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=5000"]
+    url = f"{base}/?token=s3cr3t-token"
+    dom = subprocess.run(common + ["--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTEFACTS / f"{state}.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run(common + ["--window-size=1400,700", f"--screenshot={shot}", url], capture_output=True,
+                   timeout=90)
+    assert shot.is_file() and shot.stat().st_size > 5000, f"no screenshot of the {state} page"
+    page = _Cells()
+    page.feed(dom)
+    return page.by_id, dom
+
+
+def test_status_page_in_chromium_healthy_exceptions_open_and_broker_down(running, tmp_path, broker):
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("chromium is not installed (scripts/test.sh --setup-services installs it)")
     agent, engine, base, _ = running
     insert_customers(engine, range(1, 13))
-    insert_customers(engine, range(13, 15), company="07")
     agent.run_pass()
     assert _until(lambda: agent.queue.depth() == 0)
     time.sleep(1.0)       # a few history samples for the sparklines
-    dom = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
-         "--virtual-time-budget=5000", "--dump-dom", f"{base}/?token=s3cr3t-token"],
-        capture_output=True, text=True, timeout=90).stdout
-    page = _Cells()
-    page.feed(dom)
-    cells = page.by_id
+    cells, dom = _page(chromium, base, tmp_path, "healthy")
     assert cells["agent-state"]["text"] == "running" and cells["ready"]["text"] == "ready"
-    assert cells["route-customers-captured_total"]["text"] == "12"
+    assert cells["health"]["text"] == "healthy" and cells["problems"]["text"] == ""
     assert cells["route-customers-published_total"]["text"] == "12"
+    assert int(dom.split('data-count="')[1].split('"')[0]) >= 2, "the sparklines have history points"
+
+    insert_customers(engine, range(13, 15), company="07")
+    agent.run_pass()
+    cells, _ = _page(chromium, base, tmp_path, "exceptions-open")
+    assert cells["ready"]["text"] == "ready" and cells["health"]["text"] == "degraded", "two open exceptions"
+    assert "2 open exception(s)" in cells["problems"]["text"]
+    assert "2 \u00d7 legal_entity: unknown legal_entity code '07'" in cells["problems"]["text"]
+    assert cells["route-customers-captured_total"]["text"] == "12"
     assert cells["route-customers-rejected_total"]["text"] == "2"
     assert cells["route-customers-queue_depth"]["text"] == "0"
     assert cells["route-customers-open_exceptions"]["text"] == "2"
     assert cells["route-customers-success_rate"]["text"] == "85.7 %"       # 12 / 14
     assert cells["route-customers-entity"]["text"] == "Customer"
     assert cells["open-exceptions"]["text"] == "2"
-    assert cells["health"]["text"] == "degraded", "two open exceptions"
-    assert "2 open exception(s)" in cells["problems"]["text"]
-    assert int(dom.split('data-count="')[1].split('"')[0]) >= 2, "the sparklines have history points"
+
+    with broker.outage():
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE erp_customer SET credit_lim = 5, updated_at = clock_timestamp()"
+                                 " WHERE company = '01'"))
+        assert agent.run_pass() == 12
+        assert _until(lambda: _get(base + "/readyz", "s3cr3t-token")[0] == 503)
+        cells, _ = _page(chromium, base, tmp_path, "broker-down")
+    assert cells["ready"]["text"] == "not ready" and cells["health"]["text"] == "degraded"
+    assert "12 event(s) wait in the local queue" in cells["problems"]["text"], cells["problems"]["text"]
+    assert cells["route-customers-queue_depth"]["text"] == "12"
+    assert _until(lambda: agent.queue.depth() == 0, timeout=90), "delivered once the broker is back"
