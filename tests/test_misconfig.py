@@ -206,6 +206,19 @@ def test_the_base_config_passes(place, monkeypatch):
     assert code == 0, output
 
 
+def test_a_view_is_not_asked_for_an_index(place, monkeypatch):
+    tmp = place[0]
+    with sqlite3.connect(tmp / "erp.db") as db:
+        db.execute("CREATE VIEW IF NOT EXISTS cust_v AS SELECT * FROM cust")
+    document = base(tmp)
+    document["routes"]["customers"]["capture"]["table"] = "cust_v"
+    document["routes"]["customers"]["capture"]["primary_key"] = "cust_no"
+    code, output = check(tmp, document, monkeypatch)
+    assert code == 0 and "no index" not in output, output
+    code, output = check(tmp, base(tmp), monkeypatch)
+    assert "warning: no index starts with cursor column 'updated_at' on cust" in output, "a table still is"
+
+
 def test_the_mistakes_are_distinct():
     assert len(MISTAKES) >= 40 and len({m.name for m in MISTAKES}) == len(MISTAKES)
 

@@ -11,12 +11,27 @@ import sqlalchemy as sa
 
 from agent.config_checks import close_matches
 
-__all__ = ["reflected_columns", "no_such_table", "estimated_rows"]
+__all__ = ["reflected_columns", "cursor_index_warnings", "no_such_table", "estimated_rows"]
 
 
-def reflected_columns(table: sa.Table) -> dict[str, dict]:
-    """name -> {kind: text|number|date|timestamp|other, nullable, type}."""
-    return {c.name: {"kind": _kind(c.type), "nullable": bool(c.nullable), "type": str(c.type)} for c in table.columns}
+def reflected_columns(table: sa.Table, is_view: bool = False) -> dict[str, dict]:
+    """name -> {kind: text|number|date|timestamp|other, nullable, type}. A view's columns
+    reflect as nullable whatever the tables behind them say: None there (unknown)."""
+    return {c.name: {"kind": _kind(c.type), "nullable": None if is_view else bool(c.nullable), "type": str(c.type)}
+            for c in table.columns}
+
+
+def cursor_index_warnings(conn, name: str, schema: Optional[str], cursor: str, qualified: str) -> list[str]:
+    """A table without an index that starts with the cursor: every poll scans it. A view
+    has no index of its own: asking for one would be advice nobody can follow."""
+    insp = sa.inspect(conn)
+    if name in insp.get_view_names(schema=schema):
+        return []
+    firsts = [i["column_names"][0] for i in insp.get_indexes(name, schema) if i.get("column_names")]
+    firsts += (insp.get_pk_constraint(name, schema) or {}).get("constrained_columns", [])[:1]
+    if cursor in firsts:
+        return []
+    return [f"warning: no index starts with cursor column {cursor!r} on {qualified}: every poll scans the table"]
 
 
 def no_such_table(conn, name: str, schema: Optional[str], where: str, safe_url: str) -> str:

@@ -109,12 +109,8 @@ class SqlPollSource(Source):
         try:
             if self.spec.cursor:
                 with self._db_errors("inspect"), self._engine.connect() as conn:
-                    insp, where = sa.inspect(conn), (self.spec.table, self.spec.schema_)
-                    firsts = [i["column_names"][0] for i in insp.get_indexes(*where) if i.get("column_names")]
-                    firsts += (insp.get_pk_constraint(*where) or {}).get("constrained_columns", [])[:1]
-                if self.spec.cursor not in firsts:
-                    problems.append(f"warning: no index starts with cursor column {self.spec.cursor!r} "
-                                    f"on {self.object}: every poll scans the table")
+                    problems += inspection.cursor_index_warnings(conn, self.spec.table, self.spec.schema_,
+                                                                 self.spec.cursor, self.object)
         except TransientError as e:
             problems.append(str(e))
         finally:
@@ -132,7 +128,9 @@ class SqlPollSource(Source):
 
     def reflected_columns(self) -> dict[str, dict]:
         """The polled table's columns for ``outpost check`` (agent/check_columns.py); after ``open``."""
-        return inspection.reflected_columns(self._table)
+        with self._db_errors("inspect"), self._engine.connect() as conn:
+            is_view = self.spec.table in sa.inspect(conn).get_view_names(schema=self.spec.schema_)
+        return inspection.reflected_columns(self._table, is_view)
 
     def sample(self, column: str, limit: int = 200) -> list:
         """Some non-NULL values of a column (``outpost check`` tries text columns with them)."""
