@@ -70,7 +70,7 @@ class CollapseRepeats(logging.Filter):
                 self._seen.pop(next(iter(self._seen)))
         hint = advice(message)
         record.msg = message + (f" ({held} more like it in the last {self.window:.0f}s)" if held else "") \
-            + (f"; check: {hint}" if hint else "")
+            + (f"; hint: {hint}" if hint else "")
         record.args = None
         return True
 

@@ -29,7 +29,7 @@ def test_repeats_are_held_back_and_counted_on_the_next_line():
         if collapse.filter(record):
             shown.append(record.getMessage())
     assert len(shown) == 1, "one line for the whole burst"
-    assert "check: nothing listens there" in shown[0] and "bootstrap.servers" in shown[0]
+    assert "hint: nothing listens there" in shown[0] and "bootstrap.servers" in shown[0]
     clock.now = 61.0
     record = _record("127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed: Connection refused (after 2ms "
                      "in state CONNECT)")

@@ -252,3 +252,38 @@ def test_unreachable_broker_at_open_does_not_block_and_is_transient(make_sink, c
     assert report.delivered == set() and report.rejected == {}
     assert "2 event(s) still queued" in report.transient_error
     assert time.monotonic() - started < 1 + 5 + 3
+
+
+def test_check_names_a_sasl_refusal_and_a_registry_401_as_such(make_sink):
+    """The client knew it was authentication (its log lines say so) while the error said
+    "Broker transport failure"; a registry answering 401 is reachable and refusing."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"error_code": 40101, "message": "Unauthorized"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sink = make_sink({"delivery_timeout_s": 3}, registry_conf={"url": f"http://127.0.0.1:{server.server_port}",
+                                                                    "basic.auth.user.info": "outpost:wrong-pw"})
+        sink._kafka_conf.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+                                 "sasl.username": "outpost", "sasl.password": "wrong-pw"})
+        problems = sink.check()
+    finally:
+        server.shutdown()
+    (broker,) = [p for p in problems if p.startswith("Kafka brokers")]
+    assert "refused the authentication" in broker and "unreachable" not in broker, broker
+    assert "sasl.username and sasl.password" in broker and "wrong-pw" not in broker
+    (registry,) = [p for p in problems if p.startswith("schema registry")]
+    assert "refused the credentials (HTTP 401" in registry and "basic.auth.user.info" in registry, registry

@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from adapters.kafka.diagnose import broker_problem, registry_problem
 from adapters.kafka.fabric import connection
 from adapters.kafka.spec import DEFAULTS, SinkOptions
 from adapters.kafka.transactions import Transactions
@@ -351,15 +352,13 @@ class KafkaSink(contracts.Sink):
         except ConfigError as exc:
             return exc.problems
         bootstrap = self._kafka_conf["bootstrap.servers"]
-        try:
-            AdminClient(self._client_conf()).list_topics(timeout=min(self._message_timeout_s, 10))
-        except KafkaException as exc:
-            problems.append(f"Kafka brokers {bootstrap} unreachable: {self._scrub(exc.args[0].str())}")
+        broker = broker_problem(self._kafka_conf, bootstrap, min(self._message_timeout_s, 10), self._scrub)
+        problems += [broker] if broker else []
         try:
             self._registry.get_subjects()
         except Exception as exc:
             url = re.sub(r"//[^/@,]*@", "//", str(self._registry_conf["url"]))   # drop user:pass@
-            problems.append(f"schema registry {url} unreachable: {self._scrub(exc)}")
+            problems.append(registry_problem(exc, url, self._scrub))
             return problems
         catalog = self.context.schemas
         if not (hasattr(catalog, "names") and hasattr(catalog, "entity")):
