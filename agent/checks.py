@@ -28,7 +28,28 @@ def _checks(cfg) -> Iterator[tuple[str, list[str]]]:
         yield f"route {name}: source {route.source}", _check_adapter(
             lambda: make_source(cfg, catalog, name), lambda adapter: _columns(cfg, catalog, name, adapter))
     for name in used_sinks(cfg):
-        yield f"sink {name}", _check_adapter(lambda: make_sink(cfg, catalog, name))
+        yield f"sink {name}", _check_adapter(lambda: make_sink(cfg, _routed_to(cfg, catalog, name), name))
+
+
+class _Entities:
+    """The catalog as a sink's check sees it: only the entities routed to it (with
+    auto_register off, a subject is required for what the sink publishes, not for all 8)."""
+
+    def __init__(self, catalog, used: set):
+        self._catalog, self._used = catalog, used
+
+    def names(self):
+        return [name for name in self._catalog.names() if name in self._used]
+
+    def __getattr__(self, name):
+        return getattr(self._catalog, name)
+
+
+def _routed_to(cfg, catalog, sink: str):
+    routes = [r for r in cfg.routes.values() if r.sink == sink]
+    if any(r.mapping not in cfg.mappings for r in routes):     # events as received: any entity
+        return catalog
+    return _Entities(catalog, {cfg.mappings[r.mapping].entity for r in routes})
 
 
 def _columns(cfg, catalog, route_name: str, adapter) -> list[str]:

@@ -274,7 +274,10 @@ def demo(directory):
 
 def _register_commands() -> None:
     from .cli_queue import queue_list
+    from .cli_schemas import schemas_export, schemas_show
     queue.add_command(queue_list)
+    schemas.add_command(schemas_show)
+    schemas.add_command(schemas_export)
     from .cli_ha import ha
     from .service_windows import service     # pywin32 is imported only when a command runs
     from .snapshot_cmd import snapshot

@@ -6,9 +6,11 @@ and how to fix it; the caller adds the key path.
 from __future__ import annotations
 
 import difflib
+import re
 import string
 
-__all__ = ["TOPIC_PLACEHOLDERS", "topic_template_problem", "checked_topic_template", "close_matches"]
+__all__ = ["TOPIC_PLACEHOLDERS", "topic_template_problem", "checked_topic_template", "close_matches", "snake_case",
+           "topic_name"]
 
 # What the kafka sink formats a topic template with (adapters/kafka/sink.py).
 TOPIC_PLACEHOLDERS = {"entity": "snake_case, as in billing_milestone", "Entity": "CamelCase, as in BillingMilestone"}
@@ -49,3 +51,13 @@ def checked_topic_template(template: str) -> str:
     if problem:
         raise ValueError(problem)
     return template
+
+
+def snake_case(name: str) -> str:
+    """BillingMilestone -> billing_milestone (the {entity} of a topic template)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def topic_name(template: str, entity: str) -> str:
+    """The topic the kafka sink publishes ``entity`` to; its value subject adds '-value'."""
+    return template.format(entity=snake_case(entity), Entity=entity)

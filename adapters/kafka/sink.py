@@ -37,6 +37,7 @@ from adapters.kafka.spec import DEFAULTS, SinkOptions
 from adapters.kafka.transactions import Transactions
 from agent import contracts
 from agent.client_logs import attach
+from agent.config_checks import snake_case
 from agent.contracts import AdapterContext, ConfigError, DeliveryReport, KeyHold, QueuedEvent
 
 __all__ = ["KafkaSink", "Sink"]
@@ -46,10 +47,6 @@ _PERMANENT = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
               KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE,
               KafkaError.INVALID_TIMESTAMP}
 _MARGIN_S = 5.0
-
-
-def snake_case(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 @dataclass
@@ -377,7 +374,8 @@ class KafkaSink(contracts.Sink):
                     problems.append(f"cannot check subject {subject}: {self._scrub(exc)}")
                 elif not self.auto_register:
                     problems.append(f"schema of {name} is not registered under subject {subject} "
-                                    f"and auto_register is off")
+                                    f"and auto_register is off; register it (outpost schemas export DIR "
+                                    f"--subject -c CONFIG writes the file) or set fabric.auto_register: true")
         return problems
 
 
