@@ -268,7 +268,8 @@ def schemas_check(schema_dir):
 def demo(directory):
     """Seed a demo SQLite 'legacy ERP', capture it into Avro files, show the events."""
     from .demo import run_demo
-    logging.basicConfig(level=logging.WARNING)
+    from .logs import setup
+    setup("WARNING")        # the agent's own line format, as every other command
     run_demo(directory)
 
 

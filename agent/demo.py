@@ -8,6 +8,7 @@ and the status are printed.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -93,9 +94,25 @@ def _capture(agent: Agent) -> None:
     agent.deliver_all()
 
 
+_MARK = ".outpost-demo"     # only a directory the demo made is reset on a re-run
+
+
+def _reset(directory: Path) -> None:
+    """A re-run starts from the same seed: what an earlier run left (its database, queue,
+    outbox) is removed, in a directory the demo marked as its own and nowhere else."""
+    if not (directory / _MARK).exists():
+        return
+    for name in ("legacy-erp.db", "outpost.yaml"):
+        (directory / name).unlink(missing_ok=True)
+    for name in ("state", "outbox"):
+        shutil.rmtree(directory / name, ignore_errors=True)
+
+
 def run_demo(directory: Path) -> None:
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
+    _reset(directory)
+    (directory / _MARK).write_text("made by outpost demo; a re-run resets this directory\n", encoding="utf-8")
     database = directory / "legacy-erp.db"
     _seed(database)
     cfg = config_module.parse(demo_config(directory))
@@ -109,7 +126,8 @@ def run_demo(directory: Path) -> None:
     _capture(agent)
     agent.stop()        # finalises the open outbox files
 
-    print(f"\n3. canonical events in {directory / 'outbox'}:")
+    print(f"\n3. canonical events in {directory / 'outbox'} (polling reads each row's latest version: "
+          "UPDATE is a new or a changed row, it cannot tell which; SNAPSHOT is the first read):")
     for path in sorted((directory / "outbox").glob("*/*.avro")):
         with open(path, "rb") as handle:
             for event in fastavro.reader(handle):

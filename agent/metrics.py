@@ -23,9 +23,11 @@ from .observe import ERROR_CLASSES, cumulative_buckets
 
 
 def success_rate(status: dict) -> Optional[float]:
-    """published / (published + rejected + dead-lettered); None before anything settled."""
+    """published / (published + rejected + dead-lettered - retried); None before anything
+    settled. An entry retried from the exception queue is published then, and counted there."""
     published = status.get("published_total", 0)
-    failed = status.get("rejected_total", 0) + status.get("dead_lettered_total", 0)
+    failed = max(0, status.get("rejected_total", 0) + status.get("dead_lettered_total", 0)
+                 - status.get("recovered_total", 0))
     return None if published + failed == 0 else round(published / (published + failed), 6)
 
 
@@ -100,7 +102,8 @@ class StatusCollector:
             "slot": GaugeMetricFamily("outpost_slot_lag_bytes", "Change log not yet read, as the source reports "
                                       "it (WAL a replication slot retains, binlog behind).", labels=labels),
             "rate": GaugeMetricFamily("outpost_sync_success_ratio", "published / (published + rejected + "
-                                      "dead-lettered), by route and entity.", labels=labels),
+                                      "dead-lettered - retried from the exception queue), by route and entity.",
+                                      labels=labels),
             "last": GaugeMetricFamily("outpost_last_delivery_latency_seconds", "Latency of the newest confirmed "
                                       "event (source change to sink confirmation).", labels=labels),
             "connected": GaugeMetricFamily("outpost_route_healthy", "1 when the route has no source or sink error "

@@ -359,6 +359,8 @@ class DurableQueue:
                           (key, *(event[c] for c in _EVENT_COLUMNS), now)).rowcount:
                 self._count_pending(db, len(event["body"]))
             db.execute("UPDATE exceptions SET status='retried', resolved_at=? WHERE id=?", (now, exception_id))
+            # a rejection fixed and sent again no longer counts against the success ratio
+            self._merge_status(db, item["route"], {"recovered_total+": 1})
         return True
 
     def discard_exception(self, exception_id: int) -> bool:

@@ -88,3 +88,21 @@ def test_an_outage_is_timed_from_its_first_failure_and_counts_what_waits(tmp_pat
     queue.update_status("r", sink_error=None)
     assert "sink_error_since" not in queue.status()["r"] and route_problems(queue.status()["r"]) == []
     queue.close()
+
+
+def test_a_retried_rejection_stops_counting_against_the_success_ratio(tmp_path):
+    from agent.contracts import DeliveryReport
+    from agent.metrics import success_rate
+    queue = DurableQueue(tmp_path)
+    events = [{"event_id": f"e{n}", "route": "r", "sink": "s", "entity": "Customer", "key": f"k{n}",
+               "operation": "update", "schema_fingerprint": "f", "body": b"x", "correlation_id": f"e{n}",
+               "occurred_at": None} for n in range(4)]
+    queue.commit_capture("r", events, [], None)
+    batch = queue.peek("s", 10)
+    queue.settle("s", batch, DeliveryReport(delivered={"e0", "e1", "e2"}, rejected={"e3": "schema refused"}))
+    assert success_rate(queue.status()["r"]) == 0.75
+    (parked,) = queue.exceptions()
+    assert queue.requeue_exception(parked["id"])
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(delivered={"e3"}))
+    assert success_rate(queue.status()["r"]) == 1.0, "4 published, nothing lost in the end"
+    queue.close()

@@ -131,3 +131,19 @@ def test_check_warns_when_the_status_endpoint_is_open_to_the_network(demo, tmp_p
     code, out = cli("check", "-c", path)
     assert code == 0 and "warning: http.bind: 0.0.0.0 serves the status endpoint beyond this machine without a " \
                           "token: set http.token" in out, out
+
+
+def test_the_demo_resets_itself_on_a_re_run(tmp_path):
+    runs = []
+    for _ in range(2):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            run_demo(tmp_path / "demo")
+        runs.append([line for line in out.getvalue().splitlines() if "captured" in line or "published" in line])
+    assert runs[0] == runs[1] and any("captured 3, rejected 1" in line for line in runs[1]), runs
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "state").mkdir()
+    (tmp_path / "mine" / "state" / "keep.txt").write_text("not the demo's")
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_demo(tmp_path / "mine")
+    assert (tmp_path / "mine" / "state" / "keep.txt").exists(), "a directory the demo did not make is not reset"
