@@ -143,7 +143,7 @@ def test_delivers_confluent_framed_events_with_key_and_headers(make_sink, broker
         assert registry.subjects[f"{make_sink.prefix}.customer-value"] == [schema_id]
         assert msg.key().decode() == event.key == record["number"]
         assert headers == {"event_id": event.event_id, "correlation_id": event.correlation_id,
-                           "entity": "Customer", "operation": "update"}
+                           "entity": "Customer", "operation": "UPDATE"}, "the metadata's case"
     assert ids_in_order(messages) == expected_order(customers)
 
     [milestone] = broker.consume(f"{make_sink.prefix}.billing_milestone", expected=1)

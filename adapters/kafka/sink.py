@@ -278,7 +278,8 @@ class KafkaSink(contracts.Sink):
         """Hand one message to librdkafka; False when the event stays queued."""
         headers = [("event_id", event.event_id.encode()),
                    ("correlation_id", (event.correlation_id or "").encode()),
-                   ("entity", event.entity.encode()), ("operation", event.operation.encode())]
+                   # the metadata's spelling (UPDATE), so a consumer compares one with the other as is
+                   ("entity", event.entity.encode()), ("operation", event.operation.upper().encode())]
         if self._agent:     # which agent published it (an HA pair's members tell apart)
             headers.append(("outpost_agent", self._agent))
         value = b"\x00" + struct.pack(">I", schema_id) + event.body
