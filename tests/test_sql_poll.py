@@ -318,10 +318,11 @@ def test_check_warns_without_cursor_index(any_db_url, engines, tmp_path):
     t = orders_table(eng, rows=1)
     src = SqlPollSource({"url": any_db_url, "table": "orders", "cursor": "updated_at"},
                         AdapterContext("legacy", tmp_path, None))
-    [warning] = src.check()
+    # (on MariaDB check also warns that no ON UPDATE keeps the cursor current: not this test's subject)
+    [warning] = [w for w in src.check() if "ON UPDATE" not in w]
     assert warning.startswith("warning:") and "updated_at" in warning
     sa.Index("ix_orders_updated", t.c.updated_at, t.c.id).create(eng)
-    assert src.check() == []
+    assert [w for w in src.check() if "ON UPDATE" not in w] == []
 
 
 # ---- SQLite specifics and pure helpers ----------------------------------------------

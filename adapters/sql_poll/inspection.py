@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from agent.config_checks import close_matches
 
-__all__ = ["reflected_columns", "cursor_index_warnings", "no_such_table", "estimated_rows"]
+__all__ = ["reflected_columns", "cursor_index_warnings", "cursor_update_warnings", "no_such_table", "estimated_rows"]
 
 
 def reflected_columns(table: sa.Table, is_view: bool = False) -> dict[str, dict]:
@@ -32,6 +32,27 @@ def cursor_index_warnings(conn, name: str, schema: Optional[str], cursor: str, q
     if cursor in firsts:
         return []
     return [f"warning: no index starts with cursor column {cursor!r} on {qualified}: every poll scans the table"]
+
+
+def cursor_update_warnings(conn, name: str, schema: Optional[str], cursor: str, qualified: str) -> list[str]:
+    """MariaDB/MySQL: a cursor that nothing in the database keeps current. An ERP's
+    ``tms timestamp`` used to update itself; since MariaDB 10.10 (explicit_defaults_for_
+    timestamp) a new column does not, and polling then silently sees no more changes.
+    Other databases: the application usually sets the column, so nothing is said."""
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return []
+    where = {"schema": schema, "t": name, "c": cursor}
+    extra = conn.execute(sa.text("SELECT extra FROM information_schema.columns WHERE table_schema = "
+                                 "coalesce(:schema, database()) AND table_name = :t AND column_name = :c"),
+                         where).scalar()
+    triggers = conn.execute(sa.text("SELECT count(*) FROM information_schema.triggers WHERE event_object_schema = "
+                                    "coalesce(:schema, database()) AND event_object_table = :t"), where).scalar()
+    if "on update" in str(extra or "").lower() or triggers:
+        return []
+    return [f"warning: cursor column {cursor!r} of {qualified} has no ON UPDATE and the table no trigger: unless "
+            f"the application sets it on every change, polling stops seeing changes. Make it "
+            f"'{cursor} TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP' (or use the "
+            "binlog source)"]
 
 
 def no_such_table(conn, name: str, schema: Optional[str], where: str, safe_url: str) -> str:

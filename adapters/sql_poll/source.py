@@ -109,8 +109,8 @@ class SqlPollSource(Source):
         try:
             if self.spec.cursor:
                 with self._db_errors("inspect"), self._engine.connect() as conn:
-                    problems += inspection.cursor_index_warnings(conn, self.spec.table, self.spec.schema_,
-                                                                 self.spec.cursor, self.object)
+                    for look in (inspection.cursor_index_warnings, inspection.cursor_update_warnings):
+                        problems += look(conn, self.spec.table, self.spec.schema_, self.spec.cursor, self.object)
         except TransientError as e:
             problems.append(str(e))
         finally:
