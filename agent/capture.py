@@ -39,6 +39,7 @@ class RouteCapture:
         self.backoff = Backoff()
         self._members = None
         self._watch = ProgressWatch()
+        self._last_progress: Optional[dict] = None
 
     def run_once(self) -> int:
         """One pass; never raises (the scheduler calls it again): every failure is retried."""
@@ -89,8 +90,8 @@ class RouteCapture:
             self._retry_later(f"capture failed: {type(exc).__name__}: {exc}", "retrying")
         else:
             self.backoff.succeeded()
-            self._note(capture_state="ok", source_error=None, backpressure=False, next_attempt_at=None,
-                       last_capture_run_at=time.time())
+            self._note(capture_state=self._pass_state(), source_error=None, backpressure=False,
+                       next_attempt_at=None, last_capture_run_at=time.time())
         return added
 
     def _commit(self, batch: SourceBatch) -> int:
@@ -123,10 +124,17 @@ class RouteCapture:
             self.on_enqueue()
         return added
 
+    def _pass_state(self) -> str:
+        """'ok', or that a snapshot stopped half-way (quota, stop) and resumes next pass."""
+        last = self._last_progress
+        if last and last.get("phase") == "snapshot" and not last.get("done"):
+            return "snapshotting (continues on the next pass)"
+        return "ok"
+
     def _progress(self, progress: dict) -> dict:
         """The source's progress with rate and ETA; logged every few seconds while it runs."""
         now = time.monotonic()
-        enriched = self._watch.enrich(progress, now)
+        enriched = self._last_progress = self._watch.enrich(progress, now)
         if self._watch.due(enriched, now):
             log.info("route %s: %s", self.name, describe(enriched), extra={"route": self.name})
         return enriched

@@ -193,13 +193,13 @@ ARTEFACTS = Path(os.environ.get("OUTPOST_TEST_ARTEFACTS") or Path(__file__).reso
                  / "test-artefacts") / "status-page"
 
 
-def _page(chromium, base, tmp_path, state):
+def _page(chromium, base, tmp_path, state, token="s3cr3t-token"):
     """The page as Chromium renders it after its scripts ran: the cells by id, and a
     screenshot kept as a test artefact (``$OUTPOST_TEST_ARTEFACTS``, default test-artefacts/)."""
     common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=5000"]
-    url = f"{base}/?token=s3cr3t-token"
+    url = f"{base}/?token={token}" if token else f"{base}/"
     dom = subprocess.run(common + ["--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTEFACTS / f"{state}.png"

@@ -34,15 +34,8 @@ def test_due_every_few_seconds_and_at_the_end():
     assert watch.due({"rows": 31, "done": True}, now=12.5)
 
 
-@pytest.fixture
-def snapshot_route(tmp_path):
-    database = tmp_path / "erp.db"
-    with sqlite3.connect(database) as db:
-        db.execute("CREATE TABLE cust (cust_no TEXT PRIMARY KEY, cust_name TEXT NOT NULL, company TEXT, curr TEXT,"
-                   " tax_code TEXT, updated_at TIMESTAMP NOT NULL)")
-        db.executemany("INSERT INTO cust VALUES (?, 'Acme', '01', 'USD', 'NY', '2026-01-01 10:00:00')",
-                       [(f"C-{n:04d}",) for n in range(1000)])
-    cfg = config_module.parse({
+def _document(tmp_path, database, **extra) -> dict:
+    return {
         "state_dir": str(tmp_path / "state"),
         "lookups": {"legal_entity": {"01": "US01"}, "tax_jurisdiction": {"NY": "US-NY"}},
         "mappings": {"customer": {"entity": "Customer", "fields": {
@@ -54,7 +47,18 @@ def snapshot_route(tmp_path):
         "sinks": {"outbox": {"type": "avro_files", "directory": str(tmp_path / "outbox")}},
         "routes": {"customers": {"source": "erp", "sink": "outbox", "mapping": "customer",
                                  "capture": {"table": "cust", "cursor": "updated_at", "snapshot_chunk": 250}}},
-        "delivery_process": False})
+        "delivery_process": False, **extra}
+
+
+@pytest.fixture
+def snapshot_route(tmp_path, request):
+    database = tmp_path / "erp.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE cust (cust_no TEXT PRIMARY KEY, cust_name TEXT NOT NULL, company TEXT, curr TEXT,"
+                   " tax_code TEXT, updated_at TIMESTAMP NOT NULL)")
+        db.executemany("INSERT INTO cust VALUES (?, 'Acme', '01', 'USD', 'NY', '2026-01-01 10:00:00')",
+                       [(f"C-{n:04d}",) for n in range(1000)])
+    cfg = config_module.parse(_document(tmp_path, database, **getattr(request, "param", {})))
     agent = Agent(cfg)
     agent.build()
     try:
@@ -76,3 +80,28 @@ def test_a_snapshot_logs_its_progress_and_status_keeps_it(snapshot_route, caplog
     assert shown["progress"]["total"] == 1000 and shown["progress"]["percent"] == 100.0
     assert shown["progress_text"] == "snapshot: 1,000 of ~1,000 rows (100.0 %), done"
     assert "  progress: snapshot: 1,000 of ~1,000 rows (100.0 %), done" in render(report).splitlines()
+
+
+@pytest.mark.parametrize("snapshot_route", [{"queue": {"max_bytes": "4KB"}, "http": {"enabled": True, "port": 0}}],
+                         indirect=True)
+def test_the_page_shows_a_snapshot_half_way(snapshot_route, tmp_path):
+    """A snapshot paused by the queue quota after its first chunk: a real half-read table."""
+    import shutil
+    from agent.http import StatusServer
+    from tests.test_http_endpoints import _page
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (scripts/test.sh --setup-services installs it)")
+    agent, cfg = snapshot_route
+    assert agent.run_pass() == 250, "the first chunk, then the quota pauses capture"
+    server = StatusServer(agent, sample_every=0.3)
+    server.start()
+    agent.start(capture=False)
+    try:
+        cells, _ = _page(chromium, f"http://127.0.0.1:{server.port}", tmp_path, "snapshot-in-progress",
+                         token=None)
+    finally:
+        server.stop()
+    assert cells["route-customers-progress"]["text"] == "snapshot: 250 of ~1,000 rows (25.0 %)"
+    assert cells["route-customers-progress-bar"]["value"] == "25"
+    assert cells["route-customers-capture"]["text"].startswith("snapshotting (continues on the next pass)")
