@@ -177,3 +177,30 @@ def test_an_apply_blocked_by_a_table_lock_is_shown_in_status_on_every_dialect(tm
         assert agent.until(lambda: rows(engine, "SELECT count(*) FROM erp_customer") == [(4,)], timeout=60), \
             agent.log()[-3000:]
     assert "waited 3s for a lock another session holds" in error, error
+
+
+def test_a_write_blocked_during_the_start_up_drain_is_shown_in_status(tmp_path, pg_url, broker, registry):
+    """The stall watch started with the delivery loop, after the start-up drain: a write that
+    blocked in the drain (a table lock, a sink's long wait) was silent in status however
+    long it lasted. The watch now starts with the first watched write, whoever makes it."""
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    create_local(engine, with_audit=False)
+    topic = new_topic(broker, "drainlock")
+    fabric = FabricProducer(broker.bootstrap, registry.url, topic)
+    agent = agent_for(tmp_path, pg_url, broker, registry, topic, sink_extra={"lock_wait": "120s"})
+    state = tmp_path / "state"
+    with agent:
+        fabric.send([event(customer("C-0"), operation="CREATE")])
+        assert agent.until(lambda: rows(engine, "SELECT count(*) FROM erp_customer") == [(1,)]), agent.log()[-3000:]
+        locker = lock_table(engine)
+        try:
+            fabric.send([event(customer(f"C-{n}"), operation="CREATE") for n in range(1, 4)])
+            assert agent.until(lambda: queue_depth(state) == 3), agent.log()[-3000:]
+            agent.kill()
+            agent.start()                        # the drain's first write waits on the lock
+            assert agent.until(lambda: "no acknowledgement" in (route_status(state, "inbound").get("sink_error") or ""),
+                               timeout=30), (route_status(state, "inbound"), agent.log()[-3000:])
+        finally:
+            locker.close()
+        assert agent.until(lambda: rows(engine, "SELECT count(*) FROM erp_customer") == [(4,)], timeout=60), \
+            agent.log()[-3000:]
