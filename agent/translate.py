@@ -162,13 +162,14 @@ class Translator:
 
     def left_out(self, record: SourceRecord) -> Optional[tuple[str, Optional[float]]]:
         """(business key, occurred_at) of a record the route's filter keeps off the fabric, else None."""
-        if self.filter is None:
+        if self.filter is None or record.after is None:      # a delete at the source is no filtering
             return None
         try:
-            screened, _ = self._screened(record)
+            screened, conditional = self._screened(record)
         except TerminalError:
             return None
-        if screened is not None:
+        # a conditional delete is a row outside the stream too (published before or not)
+        if screened is not None and not conditional and screened.operation != "delete":
             return None
         image, _ = self.mapping.apply(record.after or record.before)
         key = image.get(self.schema.key_field) if image else None
