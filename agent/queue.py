@@ -309,6 +309,8 @@ class DurableQueue:
             result.setdefault(route, {})["open_exceptions"] = count
         for route, fields in waiting.waiting_status(conn, now).items():
             result.setdefault(route, {}).update(fields)
+        for (route, entity), bins in slo.histograms(conn).items():     # business objectives (agent.slo)
+            result.setdefault(route, {}).setdefault("change_to_ack_bins", {})[entity] = bins
         for route, value in result.items():
             value.setdefault("queue_depth", 0)
             value.setdefault("oldest_queued_age_s", None)
