@@ -54,3 +54,16 @@ def test_objective_judgement_is_conservative_and_counts_the_budget():
     assert standing["error_budget_left"] == -1.0       # 1 late allowed, 2 happened: overspent by one budget
     assert slo.judge(bins, within=90, target=0.98)["on_time"] == 98     # 90 s is not a bound: 60 s is used
     assert slo.judge([0] * (len(slo.BUCKETS) + 1), 60, 0.99)["error_budget_left"] is None
+
+
+def test_the_source_load_bound_spaces_queries():
+    from agent.reconcile_deletes import Pacer
+    now, slept = [100.0], []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+    pace = Pacer(4.0, sleep=sleep, clock=lambda: now[0])
+    for _ in range(5):
+        pace()
+    assert slept == [0.25] * 4          # 4 queries a second at most: the first goes at once
