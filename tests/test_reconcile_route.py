@@ -80,19 +80,24 @@ def test_a_day_reconciles_with_every_difference_explained(tmp_path, any_db_url, 
             agent.run_pass()
             with engine.begin() as db:      # hard deletes, invisible to polling
                 db.execute(sa.text("DELETE FROM erp_invoice WHERE inv_no IN ('INV-004', 'INV-011')"))
+                # changed after the day closed (stamped tomorrow: not polled yet either)
+                tomorrow = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(days=1)
+                db.execute(sa.text("UPDATE erp_invoice SET net = net + 1, updated_at = :at WHERE inv_no = 'INV-007'"),
+                           {"at": tomorrow})
             from agent.reconcile_run import reconcile_route
             outcome = reconcile_route(cfg, agent.catalog, agent.queue, "invoices", today)
-        assert (outcome["source_count"], outcome["published_count"]) == (21, 17)
-        # source: 1..23 but the two deleted; published: 1..17, the deleted ones included
-        expected_net = (sum(range(18, 24)) - 4 - 11) * Decimal("100.10")
-        assert outcome["sum_differences"]["net_amount"] == expected_net == Decimal("10810.80")
+        assert (outcome["source_count"], outcome["published_count"]) == (20, 17)
+        # source today: 1..23 but the two deleted and the one moved to tomorrow; published: 1..17
+        expected_net = (sum(range(18, 24)) - 4 - 11 - 7) * Decimal("100.10")
+        assert outcome["sum_differences"]["net_amount"] == expected_net == Decimal("10110.10")
         assert outcome["published_sums"]["net_amount"] == sum(range(1, 18)) * Decimal("100.10")
         causes = {x["cause"]: sorted(x["keys"]) for x in outcome["explanations"]}
         assert causes == {"still_queued": ["INV-021", "INV-022", "INV-023"], "parked": ["INV-018", "INV-019"],
-                          "rejected_by_filter": ["INV-020"], "deleted_at_source": ["INV-004", "INV-011"]}
+                          "rejected_by_filter": ["INV-020"], "deleted_at_source": ["INV-004", "INV-011"],
+                          "changed_after_window": ["INV-007"]}
         parked = next(x for x in outcome["explanations"] if x["cause"] == "parked")
         assert parked["exception_ids"] == sorted(i["id"] for i in agent.queue.exceptions("open", "invoices"))
-        assert outcome["differing_key_count"] == 8 and outcome["unexplained_key_count"] == 0
+        assert outcome["differing_key_count"] == 9 and outcome["unexplained_key_count"] == 0
         assert outcome["tied_out"] is True
         search = outcome["delete_search"]
         assert sorted(k.key for k in search.deleted) == ["INV-004", "INV-011"]
@@ -101,14 +106,15 @@ def test_a_day_reconciles_with_every_difference_explained(tmp_path, any_db_url, 
         assert agent.deliver_all()
         events = decode_messages(broker.consume(f"{prefix}.reconciliation", expected=1, timeout=20), registry)
         assert [e["after"]["reconciliation_id"] for e in events] == [f"invoices/{today}"]
-        assert events[0]["after"]["tied_out"] is True and events[0]["after"]["source_count"] == 21
+        assert events[0]["after"]["tied_out"] is True and events[0]["after"]["source_count"] == 20
         assert agent.queue.status_of("invoices")["reconcile"]["tied_out"] is True
         # publishing the deletes takes the keys out of the ledger once the fabric has them
         reconcile_route(cfg, agent.catalog, agent.queue, "invoices", today, deletes="publish", publish=False)
         assert agent.deliver_all()
         assert set(ledger.published_keys(conn, "invoices", today)) & {"INV-004", "INV-011"} == set()
         again = reconcile_route(cfg, agent.catalog, agent.queue, "invoices", "all", publish=False)
-        assert {x["cause"] for x in again["explanations"]} == {"parked", "rejected_by_filter"}
+        assert {x["cause"]: x["keys"] for x in again["explanations"]} == {
+            "parked": ["INV-018", "INV-019"], "rejected_by_filter": ["INV-020"], "not_yet_captured": ["INV-007"]}
         assert again["published_count"] == 18 and again["delete_search"].deleted == []
     finally:
         agent.stop()
