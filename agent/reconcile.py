@@ -24,6 +24,7 @@ SUM_SCALE = Decimal("0.000001")   # the Reconciliation schema's decimal(38,6)
 CAUSES = {
     "still_queued": "captured, waiting in the local queue for the fabric",
     "parked": "in the exception queue (rejected by mapping, validation or the sink)",
+    "discarded": "rejected, then discarded by an operator (`outpost queue discard`)",
     "rejected_by_filter": "left out by the route's filter",
     "changed_after_window": "published in this window, changed at the source since (now in a later one)",
     "deleted_at_source": "published, then deleted at the source (a hard delete polling cannot see)",
@@ -78,6 +79,7 @@ class Evidence:
 
     still_queued: set = field(default_factory=set)
     parked: dict = field(default_factory=dict)          # key -> exception ids
+    discarded: dict = field(default_factory=dict)       # key -> exception ids
     rejected_by_filter: set = field(default_factory=set)
     changed_after_window: set = field(default_factory=set)
     deleted_at_source: set = field(default_factory=set)
@@ -101,8 +103,8 @@ def explain(keys: list[str], evidence: Evidence) -> tuple[list[dict], list[str]]
         cause = next((c for c in CAUSES if key in getattr(evidence, c)), None)
         (found[cause] if cause else unexplained).append(key)
     explanations = [{"cause": cause, "key_count": len(ks), "keys": ks[:KEY_LIST_LIMIT],
-                     "exception_ids": sorted(i for k in ks for i in evidence.parked.get(k, ())) if cause == "parked"
-                     else []} for cause, ks in found.items() if ks]
+                     "exception_ids": sorted(i for k in ks for i in getattr(evidence, cause).get(k, ()))
+                     if cause in ("parked", "discarded") else []} for cause, ks in found.items() if ks]
     return explanations, unexplained
 
 

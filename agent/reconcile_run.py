@@ -124,6 +124,7 @@ def _key_level(reconciler, translator, queue, conn, route: str, window: Window, 
         return keys
     evidence.still_queued |= {k for (k,) in conn.execute("SELECT DISTINCT key FROM outbox WHERE route=?", (route,))}
     evidence.parked.update(_parked(queue, translator, route))
+    evidence.discarded.update(_parked(queue, translator, route, status="discarded"))
     evidence.rejected_by_filter |= ledger.filtered_keys(conn, route, None)
     gone = {primary_key_of(published[k][1] or ""): k for k in keys if k in published and k not in at_source}
     gone.pop(None, None)
@@ -139,10 +140,10 @@ def _key_level(reconciler, translator, queue, conn, route: str, window: Window, 
     return keys
 
 
-def _parked(queue, translator, route: str, limit: int = 10_000) -> dict:
-    """key -> open exception ids of the route; a row the mapping rejected is keyed from its context."""
+def _parked(queue, translator, route: str, limit: int = 10_000, status: str = "open") -> dict:
+    """key -> exception ids of the route in ``status``; a row the mapping rejected is keyed from its context."""
     found: dict = {}
-    for item in queue.exceptions("open", route, limit=limit):
+    for item in queue.exceptions(status, route, limit=limit):
         key = item["key"]
         if not key:
             record = ((queue.exception(item["id"]) or {}).get("context") or {}).get("record") or {}

@@ -67,3 +67,23 @@ def test_the_source_load_bound_spaces_queries():
     for _ in range(5):
         pace()
     assert slept == [0.25] * 4          # 4 queries a second at most: the first goes at once
+
+
+def test_an_inbound_route_is_judged_on_the_entities_it_applied():
+    from types import SimpleNamespace
+    from agent.metrics import business_objective
+    from agent.reconcile_config import Objective
+    bins = [0] * len(slo.BUCKETS) + [12.0]
+    bins[slo.BUCKETS.index(5)] = 10        # 10 local commits within 5 s of the change at the fabric's source
+    cfg = SimpleNamespace(objectives={"Project": Objective(within="5s", target=0.9)})
+    standing = business_objective(cfg, {"change_to_ack_bins": {"Project": bins}}, None)
+    assert (standing["entity"], standing["confirmed"], standing["met"], standing["error_budget_left"]) == \
+        ("Project", 10, True, 1.0)
+    assert business_objective(cfg, {"change_to_ack_bins": {"Invoice": bins}}, None) is None
+
+
+def test_a_discarded_record_explains_its_key():
+    from agent.reconcile import Evidence, explain
+    explanations, unexplained = explain(["A", "B"], Evidence(discarded={"A": [9]}))
+    assert explanations == [{"cause": "discarded", "key_count": 1, "keys": ["A"], "exception_ids": [9]}]
+    assert unexplained == ["B"]
