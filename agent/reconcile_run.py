@@ -10,6 +10,7 @@ once the fabric has them.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from typing import Optional
@@ -87,7 +88,8 @@ def reconcile_route(cfg, catalog, queue, route_name: str, window_text: Optional[
         ran_at = dt.datetime.now(dt.timezone.utc)
         checkpoint = queue.checkpoint(route_name)
         outcome = result(route_name, translator.schema.entity, window, source_side, published_side, keys,
-                         explanations, unexplained, ran_at, None if checkpoint is None else str(checkpoint)[:500])
+                         explanations, unexplained, ran_at,
+                         None if checkpoint is None else json.dumps(checkpoint, sort_keys=True)[:500])
         if publish:
             _publish(queue, catalog, route_name, route.sink, outcome)
         if search is not None and search.deleted and deletes == "publish":
