@@ -118,6 +118,11 @@ class SqlPollSource(Source):
                 self.close()
         return problems
 
+    def reconciler(self, rows_per_query: int = 5000):
+        """The source side of reconciliation (``adapters.sql_poll.reconcile``)."""
+        from .reconcile import SqlPollReconciler
+        return SqlPollReconciler(self, rows_per_query)
+
     def _resolve(self, table: sa.Table, dialect: str) -> None:
         s, problems = self.spec, []
         cols = table.c
