@@ -88,4 +88,10 @@ def make_translator(config: Config, catalog: SchemaCatalog, route_name: str,
     system = config.sources[route.source].get("system") or route.source
     keep = None if config.queue.exception_context == "full" else mapping.columns
     row_filter = compile_expression(route.filter, lookups) if route.filter is not None else None
-    return Translator(route_name, route.sink, system, mapping, keep_columns=keep, filter=row_filter)
+    facts = None
+    if route.reconcile is not None:      # the reconciliation ledger: only routes that reconcile pay for it
+        from zoneinfo import ZoneInfo
+        from .ledger import Facts
+        facts = Facts(ZoneInfo(route.reconcile.zone),
+                      tuple(f.name for f in mapping.schema.fields if f.avro_type == "decimal"))
+    return Translator(route_name, route.sink, system, mapping, keep_columns=keep, filter=row_filter, ledger=facts)

@@ -117,7 +117,9 @@ class RouteCapture:
                 status["capture_state"] = "snapshotting"     # a long pass must not read "not run yet"
         keep = getattr(self.translator, "keep_columns", None)
         rejected = failures + [limit_context(entry, keep) for entry in batch.exceptions]
-        added = self.queue.commit_capture(self.name, events, rejected, batch.checkpoint, status)
+        left_out = self._left_out(batch.records)
+        added = self.queue.commit_capture(self.name, events, rejected, batch.checkpoint, status,
+                                          **({"filtered": left_out} if left_out else {}))
         if members is not None:
             members.settle(events)
         if added:
@@ -138,6 +140,17 @@ class RouteCapture:
         if self._watch.due(enriched, now):
             log.info("route %s: %s", self.name, describe(enriched), extra={"route": self.name})
         return enriched
+
+    def _left_out(self, records) -> list:
+        """(key, business day) of the records the filter kept off the fabric, on routes that
+        reconcile: their ledger explains the difference instead of reporting it."""
+        facts = getattr(self.translator, "ledger", None)
+        if facts is None or getattr(self.translator, "filter", None) is None:
+            return []
+        from .ledger import day_label
+        now = time.time()
+        return [(key, day_label(at, facts.zone, now))
+                for key, at in filter(None, map(self.translator.left_out, records))]
 
     def _published_keys(self):
         """The route's record of published keys, while its translator has a filter (a

@@ -280,9 +280,10 @@ def _register_commands() -> None:
     schemas.add_command(schemas_show)
     schemas.add_command(schemas_export)
     from .cli_ha import ha
+    from .cli_reconcile import reconcile
     from .service_windows import service     # pywin32 is imported only when a command runs
     from .snapshot_cmd import snapshot
-    for command in (ha, service, snapshot, *adapter_commands()):
+    for command in (ha, reconcile, service, snapshot, *adapter_commands()):
         main.add_command(command)
     add_log_level(main)
 

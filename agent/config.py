@@ -20,6 +20,7 @@ from .contracts import ConfigError
 from .logs import RedactingFilter
 from .lookups import Lookup, SqlLookup
 from .references import resolve_references
+from .reconcile_config import Objective, ReconcileConfig
 from .registry import describe_error, parse_options, spec_of
 from .units import parse_duration, parse_size
 
@@ -104,6 +105,7 @@ class RouteConfig(_Strict):
     # rows for which this expression is false are not published; a row that stops matching
     # is published as a delete (a customer turned supplier leaves the Customer stream)
     filter: Optional[str] = None
+    reconcile: Optional[ReconcileConfig] = None      # docs/reconciliation.md
 
 
 class QueueConfig(_Strict):
@@ -163,6 +165,7 @@ class Config(_Strict):
     sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    objectives: dict[str, Objective] = Field(default_factory=dict)   # by entity (agent.slo)
 
     # filled by parse(): every value that came from ${...} and its encoded forms, for redaction
     secrets: frozenset[str] = Field(frozenset(), exclude=True)
@@ -331,6 +334,8 @@ def cross_check(config: Config, declared_lookups: Optional[set] = None) -> tuple
                                          secrets=config.secrets)
             problems.extend(found)
             parsed["parsed_sinks"][name] = model
+    problems.extend(f"objectives.{name}: expected a canonical entity ({', '.join(catalog.names())}), found {name!r}"
+                    for name in config.objectives if name not in catalog.names())
     problems.extend(_ha_problems(config))
     return parsed, problems
 

@@ -34,7 +34,7 @@ class SinkDelivery(threading.Thread):
         self.backoff = Backoff(initial=0.5, cap=max_backoff)
         # A sink may wait long for acknowledgements (librdkafka retries by itself, which
         # avoids duplicates); meanwhile status must already say that events are waiting.
-        self.stalls = StallWatch(stall_after, self._stalled)
+        self.stalls = StallWatch(stall_after, self._stalled, stop, f"watch-{name}")
         self._opened = False
         # The worker thread and a synchronous drain must never send the same batch twice.
         self._one_at_a_time = threading.Lock()
@@ -52,10 +52,6 @@ class SinkDelivery(threading.Thread):
             self.gate.clear()
         self.wakeup.set()
 
-    def start(self) -> None:
-        super().start()
-        self.stalls.start(self.stop, f"watch-{self.sink_name}")
-
     def deliver_once(self) -> Optional[int]:
         """One batch. Returns how many were settled, or None if the sink is unavailable."""
         with self._one_at_a_time:
@@ -68,13 +64,15 @@ class SinkDelivery(threading.Thread):
         if not events:
             return 0
         try:
-            if self._reopen:
-                self._reopen, self._opened = False, False
-                self.sink.close()
-            if not self._opened:
-                self.sink.open()
-                self._opened = True
+            # Opening is watched too: it may read the destination (reflection) and wait on
+            # the same lock or the same silent broker as a write.
             with self.stalls.watching({e.route for e in events}):
+                if self._reopen:
+                    self._reopen, self._opened = False, False
+                    self.sink.close()
+                if not self._opened:
+                    self.sink.open()
+                    self._opened = True
                 report = in_key_order(self.sink, events)
         except TransientError as exc:
             report = None

@@ -19,6 +19,7 @@ from typing import Optional
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from . import slo
 from .observe import ERROR_CLASSES, cumulative_buckets
 
 
@@ -52,10 +53,24 @@ def objectives(cfg, per_route: dict) -> dict:
     result = {}
     for name, route in cfg.routes.items():
         status = per_route.get(name, {})
-        result[name] = {"entity": cfg.mappings[route.mapping].entity if route.mapping in cfg.mappings else None,
-                        "sync_success_rate": success_rate(status),
-                        "last_delivery_latency_s": status.get("last_publish_latency_s")}
+        entity = cfg.mappings[route.mapping].entity if route.mapping in cfg.mappings else None
+        result[name] = {"entity": entity, "sync_success_rate": success_rate(status),
+                        "last_delivery_latency_s": status.get("last_publish_latency_s"),
+                        "business": business_objective(cfg, status, entity), "reconcile": status.get("reconcile")}
     return result
+
+
+def business_objective(cfg, status: dict, entity) -> Optional[dict]:
+    """The route's standing against ``objectives.<entity>`` (agent.slo), None without one. An
+    inbound route (no mapping) is judged on the entities it applied."""
+    bins_by_entity = status.get("change_to_ack_bins") or {}
+    entities = [entity] if entity else sorted(bins_by_entity)
+    for name in entities:
+        goal = getattr(cfg, "objectives", {}).get(name)
+        if goal is not None:
+            bins = bins_by_entity.get(name) or [0] * (len(slo.BUCKETS) + 1)
+            return {"entity": name, **slo.judge(bins, goal.within, goal.target)}
+    return None
 
 
 def render_objectives(per_route: dict) -> str:
@@ -66,6 +81,19 @@ def render_objectives(per_route: dict) -> str:
         latency = "-" if o["last_delivery_latency_s"] is None else f"{o['last_delivery_latency_s']:.2f}s"
         lines.append(f"\nobjectives {name} ({o['entity'] or 'events as received'}): sync success rate {rate}, "
                      f"last change-to-confirmation latency {latency}")
+        b = o.get("business")
+        if b:
+            attained = "-" if b["attained"] is None else f"{100 * b['attained']:.2f} %"
+            budget = "-" if b["error_budget_left"] is None else f"{100 * b['error_budget_left']:.1f} %"
+            lines.append(f"\n  objective {b['entity']}: {100 * b['target']:g} % within {b['within_s']:g}s, attained "
+                         f"{attained} of {b['confirmed']} change(s), error budget left {budget}")
+        r = o.get("reconcile")
+        if r:
+            verdict = "error: " + r["error"] if r.get("error") else ("tied out" if r.get("tied_out") else
+                                                                      f"NOT tied out ({r.get('unexplained')} unexplained)")
+            lines.append(f"\n  last reconciliation: window {r.get('window', '-')}, {verdict}, "
+                         f"{r.get('differing_keys', 0)} differing key(s), at "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(r['ran_at']))} UTC")
     return "".join(lines)
 
 
@@ -149,6 +177,7 @@ class StatusCollector:
             snapshot.add_metric(list(label), buckets, total)
         yield snapshot
         yield build_info()
+        yield from business_families(cfg, per_route)
         errors = CounterMetricFamily("outpost_errors", "Errors by class since the process started.",
                                      labels=["route", "class"])
         counts = agent.queue.observed.error_counts()
@@ -179,6 +208,46 @@ def build_info() -> GaugeMetricFamily:
                              labels=["version", "python"])
     info.add_metric([version_text(), platform.python_version()], 1)
     return info
+
+
+def business_families(cfg, per_route: dict):
+    """Change-to-ack histograms per route and entity (persisted, agent.slo), the objectives'
+    standing, and each route's last reconciliation."""
+    latency = HistogramMetricFamily("outpost_change_to_ack_seconds", "Source change to acknowledgement by the "
+                                    "fabric (outbound) or local commit (inbound), persisted across restarts.",
+                                    labels=["route", "entity"])
+    attained = GaugeMetricFamily("outpost_objective_attained_ratio", "Share of changes confirmed within the "
+                                 "objective's time.", labels=["route", "entity"])
+    target = GaugeMetricFamily("outpost_objective_target_ratio", "The objective's target share.",
+                               labels=["route", "entity"])
+    budget = GaugeMetricFamily("outpost_objective_error_budget_remaining_ratio", "Error budget left (1 untouched, "
+                               "0 spent, below 0 overspent).", labels=["route", "entity"])
+    tied = GaugeMetricFamily("outpost_reconcile_tied_out", "1 when the route's last reconciliation tied out.",
+                             labels=["route"])
+    ran = GaugeMetricFamily("outpost_reconcile_last_run_timestamp_seconds", "When the route was last reconciled.",
+                            labels=["route"])
+    for name in cfg.routes:
+        status = per_route.get(name, {})
+        for entity, bins in sorted((status.get("change_to_ack_bins") or {}).items()):
+            counts, running, buckets = bins[:len(slo.BUCKETS)], 0, []
+            for bound, count in zip(slo.BUCKETS, counts):
+                running += count
+                buckets.append(("+Inf" if bound == float("inf") else str(float(bound)), running))
+            latency.add_metric([name, entity], buckets, bins[-1])
+        route = cfg.routes[name]
+        b = business_objective(cfg, status, cfg.mappings[route.mapping].entity if route.mapping in cfg.mappings
+                               else None)
+        if b is not None:
+            target.add_metric([name, b["entity"]], b["target"])
+            if b["attained"] is not None:
+                attained.add_metric([name, b["entity"]], b["attained"])
+                budget.add_metric([name, b["entity"]], b["error_budget_left"])
+        r = status.get("reconcile") or {}
+        if "tied_out" in r:
+            tied.add_metric([name], 1 if r["tied_out"] else 0)
+        if r.get("ran_at"):
+            ran.add_metric([name], float(r["ran_at"]))
+    yield from (latency, attained, target, budget, tied, ran)
 
 
 def route_problems(status: dict, now: Optional[float] = None) -> list[str]:

@@ -131,8 +131,8 @@ class ObservedQueue(DurableQueue):
         super().__init__(*args, **kwargs)
         self.observed = observed or Observations()
 
-    def commit_capture(self, route, events, exceptions, checkpoint, status=None) -> int:
-        added = super().commit_capture(route, events, exceptions, checkpoint, status)
+    def commit_capture(self, route, events, exceptions, checkpoint, status=None, **more) -> int:
+        added = super().commit_capture(route, events, exceptions, checkpoint, status, **more)
         self.observed.captured(route, len(exceptions))
         return added
 

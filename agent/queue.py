@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from . import waiting
+from . import ledger, slo, waiting
 from .health import note_outages
 from .contracts import DeliveryReport, QueuedEvent
 from .queue_schema import _DDL, CACHE_KIB, SCHEMA_VERSION, dedup_key, migrate  # noqa: F401 (re-exported)
@@ -60,7 +60,7 @@ class DurableQueue:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         conn = self._conn()
-        conn.executescript(_DDL + waiting.DDL)
+        conn.executescript(_DDL + waiting.DDL + ledger.DDL + slo.DDL)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         migrate(conn, self.path)
 
@@ -105,11 +105,14 @@ class DurableQueue:
         return None if row is None else json.loads(row[0])
 
     def commit_capture(self, route: str, events: Sequence[dict], exceptions: Sequence[dict],
-                       checkpoint: Any, status: Optional[dict] = None) -> int:
+                       checkpoint: Any, status: Optional[dict] = None,
+                       filtered: Sequence[tuple[str, str]] = ()) -> int:
         """Invariant 1: events, rejected records and the checkpoint in one transaction.
 
-        ``events`` are dicts with the ``_EVENT_COLUMNS`` keys. Returns how many events were
-        new (ids already queued or recently delivered are ignored: invariant 4).
+        ``events`` are dicts with the ``_EVENT_COLUMNS`` keys (and, on routes that reconcile,
+        their ``agent.ledger`` facts). Returns how many events were new (ids already queued
+        or recently delivered are ignored: invariant 4). ``filtered``: (key, window) of the
+        rows the route's filter left out, for the reconciliation ledger.
         """
         now = time.time()
         with self._write() as db:
@@ -132,6 +135,11 @@ class DurableQueue:
                 grown = sum(len(e["body"]) for e in events) if added == len(events) else db.execute(
                     "SELECT coalesce(sum(length(body)), 0) FROM outbox WHERE seq > ?", (last_seq,)).fetchone()[0]
                 self._count_pending(db, grown)
+                facts = [(r[0], e[ledger.LEDGER_KEY]) for r, e in zip(rows, events) if ledger.LEDGER_KEY in e]
+                if facts:
+                    ledger.note_captured(db, route, facts)
+            if filtered:
+                ledger.note_filtered(db, route, filtered)
             parked = self._insert_exceptions(db, [{**x, "route": route} for x in exceptions], now)
             if checkpoint is not None:
                 text = json.dumps(checkpoint)
@@ -245,6 +253,9 @@ class DurableQueue:
                                [(by_id[i].seq,) for i in delivered + list(rejected)])
             self._count_pending(db, -sum(len(by_id[i].body) for i in delivered + list(rejected)))
             db.executemany("INSERT OR IGNORE INTO delivered VALUES (?,?)", [(dedup_key(i), now) for i in delivered])
+            # the reconciliation ledger and the service objectives move with the ack itself
+            ledger.settle(db, [dedup_key(i) for i in sorted(delivered, key=lambda i: by_id[i].seq)], now)
+            slo.record(db, [by_id[i] for i in delivered], now)
             for event_id, reason in rejected.items():
                 e = by_id[event_id]
                 log.error("event %s (%s %s, correlation %s) rejected by sink %s, moved to the exception queue: %s",
@@ -312,6 +323,8 @@ class DurableQueue:
             result.setdefault(route, {})["open_exceptions"] = count
         for route, fields in waiting.waiting_status(conn, now).items():
             result.setdefault(route, {}).update(fields)
+        for (route, entity), bins in slo.histograms(conn).items():     # business objectives (agent.slo)
+            result.setdefault(route, {}).setdefault("change_to_ack_bins", {})[entity] = bins
         for route, value in result.items():
             value.setdefault("queue_depth", 0)
             value.setdefault("oldest_queued_age_s", None)

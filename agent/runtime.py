@@ -171,6 +171,11 @@ class Agent:
                                id="outpost-prune", name="forget old delivered ids", next_run_time=now)
         self.scheduler.add_job(self._serve_reload, IntervalTrigger(seconds=1.0), id="outpost-reload",
                                name="serve reload requests")
+        for name, route in self.config.routes.items():      # docs/reconciliation.md
+            if route.reconcile is not None and route.reconcile.cron:
+                self.scheduler.add_job(functools.partial(self._reconcile, name), CronTrigger.from_crontab(
+                    route.reconcile.cron, timezone=route.reconcile.zone), id=f"reconcile-{name}",
+                    name=f"reconcile {name}")
         self.scheduler.start()
         for stream in self.streams:
             stream.start()
@@ -182,6 +187,18 @@ class Agent:
             return self.captures[name].run_once()
         finally:
             self.capture_started[name] = None
+
+    def _reconcile(self, name: str) -> None:
+        """A scheduled reconciliation: its result is queued and recorded in the route's status;
+        a failure is logged and the next run tries again (capture never waits on it)."""
+        from .reconcile_run import reconcile_route
+        if not self.may_capture():
+            return          # the passive agent of a pair: the active one reconciles
+        try:
+            reconcile_route(self.config, self.catalog, self.queue, name)
+        except Exception as exc:
+            log.error("route %s: scheduled reconciliation failed: %s: %s", name, type(exc).__name__, exc)
+            self.queue.update_status(name, reconcile={"ran_at": time.time(), "error": str(exc)[:500]})
 
     def _prune(self) -> None:
         try:

@@ -56,20 +56,27 @@ class StallWatch:
     then every ``every`` seconds while the call goes on.
     """
 
-    def __init__(self, after: float, report: Callable[[float, Any], None], every: float = 5.0):
+    def __init__(self, after: float, report: Callable[[float, Any], None], stop: threading.Event,
+                 name: str, every: float = 5.0):
         self.after, self.report, self.every = after, report, every
+        self._stop, self._name = stop, name
         self._current: Optional[tuple[float, Any]] = None
+        self._started = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
 
     @contextmanager
     def watching(self, what: Any):
+        # Started by the first watched call, whoever makes it: the start-up drain runs
+        # before the delivery loop, and a write blocked there must show in status too.
+        with self._started:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, args=(self._stop,), name=self._name, daemon=True)
+                self._thread.start()
         self._current = (time.monotonic(), what)
         try:
             yield
         finally:
             self._current = None
-
-    def start(self, stop: threading.Event, name: str) -> None:
-        threading.Thread(target=self._run, args=(stop,), name=name, daemon=True).start()
 
     def _run(self, stop: threading.Event) -> None:
         reported: Optional[tuple] = None      # (the call, when it was last reported)

@@ -19,6 +19,7 @@ from typing import Optional
 
 from .contracts import SourceRecord, TerminalError
 from .events import envelope
+from .ledger import LEDGER_KEY
 from .mapping import Problem
 
 __all__ = ["Translator", "limit_context", "IF_PUBLISHED"]
@@ -54,8 +55,10 @@ class Translator:
     which include the business key); None keeps the whole row (``queue.exception_context:
     full``). ``filter``: a compiled expression over the source row, or None."""
 
-    def __init__(self, route: str, sink: str, system: str, mapping, keep_columns=None, filter=None):
+    def __init__(self, route: str, sink: str, system: str, mapping, keep_columns=None, filter=None, ledger=None):
+        """``ledger``: an ``agent.ledger.Facts`` when the route reconciles (each row carries its facts)."""
         self.route, self.sink, self.system, self.mapping = route, sink, system, mapping
+        self.ledger = ledger
         self.schema = mapping.schema
         self.keep_columns = keep_columns if keep_columns is None or filter is None else \
             frozenset(keep_columns | filter.columns)
@@ -152,7 +155,25 @@ class Translator:
                "occurred_at": record.occurred_at.timestamp() if record.occurred_at else None}
         if conditional:
             row[IF_PUBLISHED] = True
+        if self.ledger is not None:
+            row[LEDGER_KEY] = self.ledger.of(key, after if record.operation != "delete" else None, row["occurred_at"],
+                                             record.position, captured_at.timestamp())
         return row
+
+    def left_out(self, record: SourceRecord) -> Optional[tuple[str, Optional[float]]]:
+        """(business key, occurred_at) of a record the route's filter keeps off the fabric, else None."""
+        if self.filter is None or record.after is None:      # a delete at the source is no filtering
+            return None
+        try:
+            screened, conditional = self._screened(record)
+        except TerminalError:
+            return None
+        # a conditional delete is a row outside the stream too (published before or not)
+        if screened is not None and not conditional and screened.operation != "delete":
+            return None
+        image, _ = self.mapping.apply(record.after or record.before)
+        key = image.get(self.schema.key_field) if image else None
+        return None if key in (None, "") else (str(key), record.occurred_at.timestamp() if record.occurred_at else None)
 
     def identify(self, record: SourceRecord) -> Optional[tuple[str, str]]:
         """(business key, digest of the canonical after image), or None when the record does

@@ -149,16 +149,15 @@ def lock_table(engine):
     return conn
 
 
-def test_an_apply_blocked_by_a_table_lock_is_shown_in_status_on_every_dialect(tmp_path, server_url, broker,
-                                                                              registry):
-    """A MariaDB LOCK TABLES block was silent in status (only the queue grew) when the agent
-    started with a backlog: the lock wait was unbounded (lock_wait_timeout is a day) and the
-    start-up drain runs before the stall watch. The lock wait is now bounded by the sink."""
-    engine = sa.create_engine(server_url, poolclass=sa.pool.NullPool)
+def restarted_behind_a_lock(tmp_path, url, broker, registry, lock_wait: str, shown: str) -> str:
+    """One event applied, three more queued while another session locks the table, then a
+    SIGKILL and a restart with that backlog: the sink error status shows once it contains
+    ``shown`` (returned); after the lock goes, all four rows are there."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     create_local(engine, with_audit=False)
     topic = new_topic(broker, "lock")
     fabric = FabricProducer(broker.bootstrap, registry.url, topic)
-    agent = agent_for(tmp_path, server_url, broker, registry, topic, sink_extra={"lock_wait": "3s"})
+    agent = agent_for(tmp_path, url, broker, registry, topic, sink_extra={"lock_wait": lock_wait})
     state = tmp_path / "state"
     with agent:
         fabric.send([event(customer("C-0"), operation="CREATE")])
@@ -169,11 +168,28 @@ def test_an_apply_blocked_by_a_table_lock_is_shown_in_status_on_every_dialect(tm
             assert agent.until(lambda: queue_depth(state) == 3), agent.log()[-3000:]
             agent.kill()
             agent.start()                        # restarts with a backlog, the table still locked
-            assert agent.until(lambda: "lock" in (route_status(state, "inbound").get("sink_error") or ""),
+            assert agent.until(lambda: shown in (route_status(state, "inbound").get("sink_error") or ""),
                                timeout=30), (route_status(state, "inbound"), agent.log()[-3000:])
             error = route_status(state, "inbound")["sink_error"]
         finally:
             locker.close()                       # the lock goes with the session
         assert agent.until(lambda: rows(engine, "SELECT count(*) FROM erp_customer") == [(4,)], timeout=60), \
             agent.log()[-3000:]
+    return error
+
+
+def test_an_apply_blocked_by_a_table_lock_is_shown_in_status_on_every_dialect(tmp_path, server_url, broker,
+                                                                              registry):
+    """A MariaDB LOCK TABLES block was silent in status (only the queue grew) when the agent
+    started with a backlog: the lock wait was unbounded (lock_wait_timeout is a day) and the
+    start-up drain runs before the stall watch. The lock wait is now bounded by the sink."""
+    error = restarted_behind_a_lock(tmp_path, server_url, broker, registry, "3s", "lock")
     assert "waited 3s for a lock another session holds" in error, error
+
+
+def test_a_write_blocked_during_the_start_up_drain_is_shown_in_status(tmp_path, pg_url, broker, registry):
+    """The stall watch started with the delivery loop, after the start-up drain: a write that
+    blocked in the drain (a table lock, a sink's long wait) was silent in status however
+    long it lasted. The watch now starts with the first watched call, whoever makes it, and
+    a sink's open (which may read the locked table) is watched as well."""
+    restarted_behind_a_lock(tmp_path, pg_url, broker, registry, "120s", "no acknowledgement")

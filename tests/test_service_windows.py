@@ -177,7 +177,10 @@ def test_service_start_and_stop_drive_the_agent_lifecycle(demo_site):
     with sqlite3.connect(demo_site / "legacy-erp.db") as db:      # a change while it runs
         db.execute("UPDATE cust SET cust_name='Acme Renamed', updated_at=strftime('%Y-%m-%d %H:%M:%f', 'now')"
                    " WHERE cust_no='C-1001'")
-    time.sleep(1.0)
+    captured = lambda: agent.queue.status().get("customers", {}).get("captured_total", 0)  # noqa: E731
+    deadline = time.monotonic() + 30       # a poll, however busy the machine: then the stop must deliver it
+    while captured() < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
     took = scm.stop(timeout=15)
     assert scm.exit_code == 0 and agent.state == State.STOPPED and took < 5 + 3
     assert [kind for kind, _ in log.entries] == ["info", "info"]

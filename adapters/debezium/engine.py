@@ -34,11 +34,19 @@ import weakref
 from pathlib import Path
 from typing import Callable, Optional
 
+from agent.contracts import TransientError
+
 log = logging.getLogger("outpost.debezium")
 
 _lock = threading.Lock()
 _runners: "weakref.WeakSet[EngineRunner]" = weakref.WeakSet()
 _listeners: dict[str, Callable[[int, str], None]] = {}
+# A closed engine whose thread outlived close() (a busy machine; the coordinator waits
+# for its streaming thread): it still holds the replication slot, so a new engine of the
+# same connector waits for it instead of racing it (it would fail and retry, or worse,
+# register its JMX names over the old ones).
+_stopping: dict[str, "EngineRunner"] = {}
+PREVIOUS_STOP_WAIT_S = 90.0
 _java: dict = {}
 _INFO_SHOWN = ("Exported ", "Snapshot completed", "Starting streaming")
 _LEVELS = {"FATAL": logging.CRITICAL, "ERROR": logging.ERROR, "WARN": logging.WARNING, "INFO": logging.INFO,
@@ -257,10 +265,16 @@ class EngineRunner:
         self.started_at = time.monotonic()
         self._engine, self._thread = None, None
         self.position_of = None
-        _listeners[key] = on_log
+        self._listener = on_log
 
     def start(self) -> None:
         from .offsets import OffsetCapture
+        previous = _stopping.get(self.key)
+        if previous is not None and not previous.finished.wait(PREVIOUS_STOP_WAIT_S):
+            raise TransientError(f"debezium engine {self.key}: the previous engine is still stopping "
+                                 "(it holds the replication slot); retrying")
+        _stopping.pop(self.key, None)
+        _listeners[self.key] = self._listener
         java = _java_classes()
         self.position_of = OffsetCapture(self.properties["name"])
         props = java["properties"]()
@@ -334,8 +348,12 @@ class EngineRunner:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.warning("debezium engine %s did not stop within %.0fs", self.key, timeout)
-        _listeners.pop(self.key, None)
+                log.warning("debezium engine %s did not stop within %.0fs; a new engine waits for it",
+                            self.key, timeout)
+                _stopping[self.key] = self
+                return
+        if _listeners.get(self.key) is self._listener:
+            _listeners.pop(self.key)
         _runners.discard(self)
 
 

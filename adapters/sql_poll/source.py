@@ -138,6 +138,11 @@ class SqlPollSource(Source):
         with self._db_errors("sample"), self._engine.connect() as conn:
             return list(conn.execute(sa.select(col).where(col.is_not(None)).limit(limit)).scalars())
 
+    def reconciler(self, rows_per_query: int = 5000):
+        """The source side of reconciliation (``adapters.sql_poll.reconcile``)."""
+        from .reconcile import SqlPollReconciler
+        return SqlPollReconciler(self, rows_per_query)
+
     def _resolve(self, table: sa.Table, dialect: str) -> None:
         s, problems = self.spec, []
         cols = table.c

@@ -30,6 +30,8 @@ PAGE = """<!doctype html>
 <table id="routes"><thead><tr><th>route</th><th>entity</th><th>source &rarr; sink</th><th>capture</th>
  <th>captured</th><th>published</th><th>rejected</th><th>dead-lettered</th><th>queued</th><th>oldest (s)</th>
  <th>success rate</th><th>last latency (s)</th><th>exceptions</th><th>errors</th></tr></thead><tbody></tbody></table>
+<table id="business"><thead><tr><th>route</th><th>objective</th><th>attained</th><th>error budget left</th>
+ <th>confirmed</th><th>last reconciliation</th></tr></thead><tbody></tbody></table>
 <script>
 "use strict";
 const token = new URLSearchParams(location.search).get("token");
@@ -83,6 +85,19 @@ function render(status) {
     cell(row, fmt(o.last_delivery_latency_s, 2), "n", id("latency"));
     cell(row, fmt(r.open_exceptions), "n", id("open_exceptions"));
     cell(row, [r.source_error, r.sink_error].filter(Boolean).join("; ") || "-", "problems", id("errors"));
+  }
+  const business = document.querySelector("#business tbody"); business.textContent = "";
+  for (const [name, o] of Object.entries(status.objectives)) {
+    const b = o.business, rec = o.reconcile, row = business.insertRow(), id = (f) => "business-" + name + "-" + f;
+    const pct = (v, d) => v === null || v === undefined ? "-" : (100 * v).toFixed(d) + " %";
+    cell(row, name);
+    cell(row, b ? b.entity + ": " + pct(b.target, 1) + " within " + b.within_s + " s" : "-", null, id("objective"));
+    cell(row, b ? pct(b.attained, 2) : "-", "n", id("attained"));
+    cell(row, b ? pct(b.error_budget_left, 1) : "-", "n", id("budget"));
+    cell(row, b ? fmt(b.confirmed) : "-", "n", id("confirmed"));
+    cell(row, !rec ? "never" : rec.error ? "error: " + rec.error : (rec.tied_out ? "tied out" : "NOT tied out")
+         + " (" + rec.window + ", " + rec.differing_keys + " differing, " + rec.unexplained + " unexplained, "
+         + new Date(rec.ran_at * 1000).toISOString() + ")", rec && !rec.tied_out ? "problems" : null, id("reconcile"));
   }
 }
 function renderHistory(history) {
