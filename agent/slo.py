@@ -30,6 +30,8 @@ def record(db, events: Iterable, now: float) -> None:
     """Count confirmed events (``QueuedEvent``s) into their latency bucket."""
     bins: dict[tuple, list] = {}
     for e in events:
+        if e.operation == "snapshot":
+            continue    # a snapshot row's age is the row's, not the pipeline's: it would spend the budget
         latency = max(0.0, now - (e.occurred_at or e.enqueued_at))
         slot = bins.setdefault((e.route, e.entity, bisect.bisect_left(BUCKETS, latency)), [0, 0.0])
         slot[0] += 1
