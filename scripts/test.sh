@@ -11,7 +11,7 @@
 #     status-page test. Without the flag nothing is touched (this may be a server next to
 #     a production ERP): an unfit service ends the run with what to set or which flag to
 #     pass. OUTPOST_SKIP_DB_SETUP=1 skips the check too (the log-capture tests then fail);
-#  3. runs pytest with the given arguments and exits with its status.
+#  3. runs pytest with the given arguments (two workers unless -n is given) and exits with its status.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -185,8 +185,15 @@ else
     fi
 fi
 
+# Two workers (pytest-xdist): most tests wait on processes, brokers and databases rather
+# than compute, so two at a time halve the wall time on two cores. Each worker has its own
+# broker; every test has its own databases. OUTPOST_TEST_WORKERS=0 runs them one by one.
+workers=(-n "${OUTPOST_TEST_WORKERS:-2}")
+for arg in "$@"; do
+    case $arg in -n|-n*|--numprocesses*|-p) workers=() ;; esac
+done
 set +e
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "${workers[@]}" "$@"
 status=$?
 set -e
 exit "$status"

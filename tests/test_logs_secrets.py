@@ -198,11 +198,10 @@ def test_no_secret_appears_in_any_channel_of_a_full_run(tmp_path, pg_url, broker
 
 
 def _status(tmp_path) -> str:
-    if not (tmp_path / "state" / "queue.db").exists():
-        return ""
-    with sqlite3.connect(tmp_path / "state" / "queue.db", timeout=10) as db:
-        row = db.execute("SELECT value FROM route_status WHERE route='customers'").fetchone()
-    return row[0] if row else ""
+    """The stored route status as text ("" while the agent has not made its tables yet)."""
+    from tests.support.agent_process import route_status
+    status = route_status(tmp_path / "state", "customers")
+    return json.dumps(status) if status else ""
 
 
 def test_a_secret_quoted_by_an_error_is_redacted_in_status_and_check(tmp_path):
