@@ -45,6 +45,7 @@ _EVENT_COLUMNS = ("event_id", "route", "sink", "entity", "key", "operation", "sc
 # one C call per event instead of a generator over eleven keys (commit_capture builds a
 # row per captured event: the generator was a tenth of the queue's CPU)
 _event_values = operator.itemgetter(*_EVENT_COLUMNS)
+_by_seq = operator.attrgetter("seq")
 
 
 class DurableQueue:
@@ -261,7 +262,7 @@ class DurableQueue:
             keys = {i: dedup_key(i) for i in delivered}
             db.executemany("INSERT OR IGNORE INTO delivered VALUES (?,?)", [(k, now) for k in keys.values()])
             # the reconciliation ledger and the service objectives move with the ack itself
-            ledger.settle(db, [keys[i] for i in sorted(delivered, key=lambda i: by_id[i].seq)], now)
+            ledger.settle(db, [keys[e.event_id] for e in sorted(events, key=_by_seq) if e.event_id in keys], now)
             slo.record(db, [by_id[i] for i in delivered], now)
             for event_id, reason in rejected.items():
                 e = by_id[event_id]
