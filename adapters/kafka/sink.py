@@ -100,6 +100,9 @@ class KafkaSink(contracts.Sink):
         # per event on the hot path, the same few values: built once each
         self._header_tails: dict[tuple[str, str], tuple] = {}
         self._prefixes: dict[int, bytes] = {}
+        # (entity, fingerprint) -> (topic, schema id) once both are known: ids and created
+        # topics are never forgotten, so neither is a resolution (screen and write ask per event)
+        self._resolved: dict[tuple[str, str], tuple[str, int]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -216,6 +219,9 @@ class KafkaSink(contracts.Sink):
         return batch.report
 
     def _resolve(self, event: QueuedEvent, failures: dict[tuple, _Resolution]) -> tuple[str, int]:
+        known = self._resolved.get((event.entity, event.schema_fingerprint))
+        if known is not None:
+            return known
         topic = self.topic_for(event.entity)
         subject = f"{topic}-value"   # TopicNameStrategy, what Confluent consumers expect
         cache_key = (subject, event.schema_fingerprint)
@@ -236,7 +242,8 @@ class KafkaSink(contracts.Sink):
             except _Resolution as why:
                 failures[("topic", topic)] = why
                 raise
-        return topic, self._ids[cache_key]
+        known = self._resolved[(event.entity, event.schema_fingerprint)] = (topic, self._ids[cache_key])
+        return known
 
     def _schema_id(self, subject: str, fingerprint: str) -> int:
         try:
