@@ -174,6 +174,57 @@ def coerce(spec, value, zone: dt.tzinfo):
     return value
 
 
+def _same(value):
+    return value
+
+
+def _to_str(value):
+    return value if isinstance(value, str) else str(value)
+
+
+def _decimal_coercer(scale: int, precision: int) -> Callable[[Any], Decimal]:
+    quantum = Decimal(1).scaleb(-scale)
+
+    def to_decimal(value):
+        # What drivers give is a plain Decimal that fits: one quantize then, the same result
+        # as _to_decimal (it fits exactly when quantising changed nothing and the digits are
+        # within precision). Anything else, and any doubt, takes the full path and its messages.
+        if type(value) is Decimal:
+            try:
+                number = value.quantize(quantum)
+            except InvalidOperation:
+                number = None
+            if number is not None and number == value and len(number.as_tuple().digits) <= precision \
+                    and (value or value.as_tuple().exponent >= -scale):   # _to_decimal refuses 0.00 for scale 0
+                return number
+        return _to_decimal(value, scale, precision)
+    return to_decimal
+
+
+def coercer(spec, zone: dt.tzinfo) -> Callable[[Any], Any]:
+    """``coerce`` for one field, chosen once (``EntityMapping.apply`` runs per row and field)."""
+    kind = spec.avro_type
+    if kind == "decimal":
+        return _decimal_coercer(spec.scale or 0, spec.precision or 38)
+    if kind == "timestamp":
+        utc = dt.timezone.utc
+
+        def to_utc(value):
+            if type(value) is dt.datetime:     # what drivers give; the rest as coerce does
+                return (value if value.tzinfo is not None else value.replace(tzinfo=zone)).astimezone(utc)
+            return _to_utc(value, zone)
+        return to_utc
+    if kind == "date":
+        return _to_date
+    if kind == "boolean":
+        return _to_bool
+    if kind in ("int", "long"):
+        return _to_int
+    if kind == "string":
+        return _to_str
+    return _same
+
+
 class _CodeSets:
     """rule -> the canonical values of the lookup table of that name, as the table is now
     (a SQL lookup's codes are swapped whole when it is re-read)."""
@@ -250,7 +301,8 @@ class EntityMapping:
             expression = self._expressions.get(spec.name)
             missing = frozenset(str(m) for m in rule.missing) if rule and rule.missing else None
             plan.append((spec, rule.column if rule else None, expression, rule.const if rule else None, converters,
-                         missing, lookup, rule.default if rule else None, blank_is_missing))
+                         missing, lookup, rule.default if rule else None, blank_is_missing,
+                         coercer(spec, self.zone)))
         return plan
 
     def apply(self, row: Optional[Mapping[str, Any]]) -> tuple[Optional[dict], list[Problem]]:
@@ -258,7 +310,9 @@ class EntityMapping:
             return None, []
         payload: dict[str, Any] = {}
         problems: list[Problem] = []
-        for spec, column, expression, const, converters, missing, lookup, default, blank_is_missing in self._plan:
+        known_codes = self._known_codes
+        for (spec, column, expression, const, converters, missing, lookup, default, blank_is_missing,
+             coerced) in self._plan:
             if column is not None:
                 value = row.get(column)
             elif expression is None:
@@ -293,18 +347,16 @@ class EntityMapping:
                         problems.append(Problem(spec.name, "required", "is required but missing", column, value))
                     payload[spec.name] = None
                     continue
-                value = coerce(spec, value, self.zone)
+                value = coerced(value)
             except (ValueError, TypeError, OverflowError) as exc:
                 problems.append(Problem(spec.name, "type", f"{exc}", column, value))
                 continue
             if spec.rules:
-                problems.extend(self._gates(spec, value, column))
+                broken = gate_problems(spec, value, known_codes)
+                if broken:
+                    problems.extend(Problem(spec.name, rule, message, column, value) for rule, message in broken)
             payload[spec.name] = value
         return payload, problems
-
-    def _gates(self, spec, value, column) -> list[Problem]:
-        return [Problem(spec.name, rule, message, column, value)
-                for rule, message in gate_problems(spec, value, self._known_codes)]
 
 
 def known_codes(lookups: Mapping[str, Mapping[str, Any]]) -> dict[str, set[str]]:

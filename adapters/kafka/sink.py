@@ -97,6 +97,12 @@ class KafkaSink(contracts.Sink):
         self._last_client_error: Optional[str] = None
         self._txn = Transactions("transactional.id" in self._kafka_conf, self._message_timeout_s, self._scrub)
         self._agent = (context.agent_id or "").encode()
+        # per event on the hot path, the same few values: built once each
+        self._header_tails: dict[tuple[str, str], tuple] = {}
+        self._prefixes: dict[int, bytes] = {}
+        # (entity, fingerprint) -> (topic, schema id) once both are known: ids and created
+        # topics are never forgotten, so neither is a resolution (screen and write ask per event)
+        self._resolved: dict[tuple[str, str], tuple[str, int]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -213,6 +219,9 @@ class KafkaSink(contracts.Sink):
         return batch.report
 
     def _resolve(self, event: QueuedEvent, failures: dict[tuple, _Resolution]) -> tuple[str, int]:
+        known = self._resolved.get((event.entity, event.schema_fingerprint))
+        if known is not None:
+            return known
         topic = self.topic_for(event.entity)
         subject = f"{topic}-value"   # TopicNameStrategy, what Confluent consumers expect
         cache_key = (subject, event.schema_fingerprint)
@@ -233,7 +242,8 @@ class KafkaSink(contracts.Sink):
             except _Resolution as why:
                 failures[("topic", topic)] = why
                 raise
-        return topic, self._ids[cache_key]
+        known = self._resolved[(event.entity, event.schema_fingerprint)] = (topic, self._ids[cache_key])
+        return known
 
     def _schema_id(self, subject: str, fingerprint: str) -> int:
         try:
@@ -276,13 +286,19 @@ class KafkaSink(contracts.Sink):
 
     def _produce(self, batch: _Batch, event: QueuedEvent, topic: str, schema_id: int) -> bool:
         """Hand one message to librdkafka; False when the event stays queued."""
+        tail = self._header_tails.get((event.entity, event.operation))
+        if tail is None:
+            # the metadata's spelling (UPDATE), so a consumer compares one with the other as is
+            tail = (("entity", event.entity.encode()), ("operation", event.operation.upper().encode()))
+            if self._agent:     # which agent published it (an HA pair's members tell apart)
+                tail += (("outpost_agent", self._agent),)
+            self._header_tails[(event.entity, event.operation)] = tail
         headers = [("event_id", event.event_id.encode()),
-                   ("correlation_id", (event.correlation_id or "").encode()),
-                   # the metadata's spelling (UPDATE), so a consumer compares one with the other as is
-                   ("entity", event.entity.encode()), ("operation", event.operation.upper().encode())]
-        if self._agent:     # which agent published it (an HA pair's members tell apart)
-            headers.append(("outpost_agent", self._agent))
-        value = b"\x00" + struct.pack(">I", schema_id) + event.body
+                   ("correlation_id", (event.correlation_id or "").encode()), *tail]
+        prefix = self._prefixes.get(schema_id)
+        if prefix is None:      # Confluent wire format: magic byte, then the registry id
+            prefix = self._prefixes[schema_id] = b"\x00" + struct.pack(">I", schema_id)
+        value = prefix + event.body
 
         def on_delivery(err, _msg, event_id=event.event_id):
             batch.answered += 1
