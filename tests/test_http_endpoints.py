@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -43,24 +44,30 @@ def _until(condition, timeout=40.0, every=0.2):
     return condition()
 
 
-@pytest.fixture
-def running(tmp_path, pg_url, broker, registry):
-    """An agent with delivery threads and the status server; tests drive capture passes."""
-    engine = create_tables(pg_url)
-    document = route_config(tmp_path / "state", pg_url, broker.bootstrap, registry.url, lag=0, delivery_timeout=3)
-    document["http"] = {"enabled": True, "port": 0, "token": "s3cr3t-token"}
+@contextmanager
+def serving(document):
+    """An agent with delivery threads and the status server on ``document``: (agent, base
+    URL, config); the caller drives capture passes."""
     cfg = config_module.parse(document)
     agent = Agent(cfg, drain_timeout=10)
     agent.build()
     server = StatusServer(agent, sample_every=0.3)
     server.start()
     agent.start(capture=False)
-    base = f"http://127.0.0.1:{server.port}"
     try:
-        yield agent, engine, base, cfg
+        yield agent, f"http://127.0.0.1:{server.port}", cfg
     finally:
         agent.stop(timeout=15)
         server.stop()
+
+
+@pytest.fixture
+def running(tmp_path, pg_url, broker, registry):
+    engine = create_tables(pg_url)
+    document = route_config(tmp_path / "state", pg_url, broker.bootstrap, registry.url, lag=0, delivery_timeout=3)
+    document["http"] = {"enabled": True, "port": 0, "token": "s3cr3t-token"}
+    with serving(document) as (agent, base, cfg):
+        yield agent, engine, base, cfg
 
 
 def _metrics(base):

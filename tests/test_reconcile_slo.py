@@ -12,11 +12,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import config as config_module
-from agent.http import StatusServer
 from agent.reconcile_run import reconcile_route
 from agent.runtime import Agent
 from tests.support.route import create_tables, insert_customers, route_config
-from tests.test_http_endpoints import _Cells, _get, _until
+from tests.test_http_endpoints import _Cells, _get, _until, serving
 
 
 def test_objectives_and_reconciliation_show_everywhere(tmp_path, pg_url, broker, registry):
@@ -25,14 +24,7 @@ def test_objectives_and_reconciliation_show_everywhere(tmp_path, pg_url, broker,
     document["http"] = {"enabled": True, "port": 0}
     document["objectives"] = {"Customer": {"within": "60s", "target": 0.99}}
     document["routes"]["customers"]["reconcile"] = {"cron": "0 2 * * *", "window": "all", "deletes": "off"}
-    cfg = config_module.parse(document)
-    agent = Agent(cfg, drain_timeout=10)
-    agent.build()
-    server = StatusServer(agent, sample_every=0.3)
-    server.start()
-    agent.start(capture=False)
-    base = f"http://127.0.0.1:{server.port}"
-    try:
+    with serving(document) as (agent, base, cfg):
         # snapshot rows (the first pass) are old rows, not changes: they stay out of the objective
         insert_customers(engine, range(101, 104))
         agent.run_pass()
@@ -76,10 +68,7 @@ def test_objectives_and_reconciliation_show_everywhere(tmp_path, pg_url, broker,
             assert page.by_id["business-customers-attained"]["text"] == "100.00 %"
             assert page.by_id["business-customers-budget"]["text"] == "100.0 %"
             assert page.by_id["business-customers-reconcile"]["text"].startswith("tied out (all, 0 differing")
-    finally:
-        agent.stop(timeout=15)
-        server.stop()
-        engine.dispose()
+    engine.dispose()
 
 
 def test_a_reconcile_cron_is_scheduled_in_its_zone(tmp_path):
