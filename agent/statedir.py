@@ -152,3 +152,15 @@ class StateLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (POSIX: fsync the directory itself).
+    Windows cannot open a directory; NTFS journals the rename."""
+    if os.name == "nt":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -19,22 +19,13 @@ from typing import Sequence
 import fastavro
 
 from agent.contracts import DeliveryReport, QueuedEvent, Sink, TransientError
+from agent.statedir import fsync_dir
 
 from .spec import SinkOptions
 
 
 def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":   # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _PartFile:
@@ -63,7 +54,7 @@ class _PartFile:
         os.fsync(self.handle.fileno())
         self.handle.close()
         os.replace(self.temp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
 
 
 class AvroFilesSink(Sink):
@@ -113,7 +104,7 @@ class AvroFilesSink(Sink):
                 os.fsync(out.fileno())
             os.replace(final.with_suffix(".salvage"), final)
         temp.unlink()
-        _fsync_dir(temp.parent)
+        fsync_dir(temp.parent)
 
     def write(self, events: Sequence[QueuedEvent]) -> DeliveryReport:
         report = DeliveryReport()

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from agent.contracts import ConfigError
+from agent.statedir import fsync_dir
 
 __all__ = ["FILE_STORE", "RESUME_FROM_SLOT", "StartPlan", "prepare", "plan_start", "encode", "snapshot_complete",
            "StoreUnreadable", "OffsetCapture", "read_store", "write_store", "recovery_hint"]
@@ -217,7 +218,7 @@ def write_store(path: Path, offsets: Mapping[str, str]) -> None:
     """Regenerate the offsets file (crash-safe: temp, fsync, rename, fsync the directory)."""
     if not offsets:
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return
     import jpype
     table = jpype.JClass("java.util.HashMap")()
@@ -234,14 +235,5 @@ def write_store(path: Path, offsets: Mapping[str, str]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name == "nt":   # Windows cannot open a directory; NTFS journals the rename
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
