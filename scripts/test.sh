@@ -187,8 +187,9 @@ fi
 
 # Two workers (pytest-xdist): most tests wait on processes, brokers and databases rather
 # than compute, so two at a time halve the wall time on two cores. Each worker has its own
-# broker; every test has its own databases. OUTPOST_TEST_WORKERS=0 runs them one by one.
-workers=(-n "${OUTPOST_TEST_WORKERS:-2}")
+# broker; every test has its own databases; the Debezium tests share one worker (see
+# tests/conftest.py). OUTPOST_TEST_WORKERS=0 runs them one by one.
+workers=(-n "${OUTPOST_TEST_WORKERS:-2}" --dist loadgroup)
 for arg in "$@"; do
     case $arg in -n|-n*|--numprocesses*|-p) workers=() ;; esac
 done

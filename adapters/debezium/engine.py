@@ -120,6 +120,12 @@ def close_all() -> None:
         runner.close(timeout=10)
 
 
+def still_running() -> list[str]:
+    """Engines whose thread outlived their close: the JVM's own exit would wait for them
+    forever (the host of the engines must leave with ``os._exit`` then)."""
+    return sorted({r.key for r in list(_runners) if r._thread is not None and r._thread.is_alive()})
+
+
 def _tail(path: Path) -> None:
     """Forward engine.log lines into Python logging (and to the route that owns them)."""
     try:   # lines of earlier runs were forwarded by those runs
