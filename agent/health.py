@@ -8,9 +8,12 @@ detected after 5 s of a 45 s broker outage must read "for 45s", not "for 5s".
 """
 from __future__ import annotations
 
+import time
+from typing import Optional
+
 from .exception_view import age_text, describe_summary
 
-__all__ = ["note_outages", "outage_text", "verdict"]
+__all__ = ["note_outages", "outage_text", "route_problems", "verdict"]
 
 _ERRORS = ("sink_error", "source_error")
 
@@ -40,8 +43,23 @@ def outage_text(status: dict, name: str, now: float) -> str:
 def verdict(routes: dict, exceptions: dict, now: float) -> dict:
     """``{"health": "ok" | "degraded", "problems": [...]}`` for ``outpost status`` and the
     page: every route's problem (outages with their length) and the open exceptions."""
-    from .metrics import route_problems
     problems = [f"route {name}: {p}" for name, status in routes.items() for p in route_problems(status, now)]
     line = describe_summary(exceptions)
     problems += [line] if line else []
     return {"health": "degraded" if problems else "ok", "problems": problems}
+
+
+def route_problems(status: dict, now: Optional[float] = None) -> list[str]:
+    """Why a route is not healthy, from its stored status (empty = healthy); an outage
+    says how long it has lasted and what waits behind it."""
+    now = time.time() if now is None else now
+    problems = []
+    if status.get("source_error"):
+        problems.append(f"source: {outage_text(status, 'source_error', now)}")
+    if (status.get("health") or {}).get("problem"):
+        problems.append(f"source: {status['health']['problem']}")
+    if status.get("sink_error"):
+        problems.append(f"sink: {outage_text(status, 'sink_error', now)}")
+    if status.get("backpressure"):
+        problems.append("backpressure: the local queue reached its quota")
+    return problems

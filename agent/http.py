@@ -32,7 +32,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .metrics import objectives, registry_for, route_problems
+from .health import route_problems
+from .metrics import objectives, registry_for
 
 log = logging.getLogger("outpost.http")
 

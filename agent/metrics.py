@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from . import slo
+from .health import route_problems
 from .observe import ERROR_CLASSES, cumulative_buckets
 
 
@@ -248,23 +249,6 @@ def business_families(cfg, per_route: dict):
         if r.get("ran_at"):
             ran.add_metric([name], float(r["ran_at"]))
     yield from (latency, attained, target, budget, tied, ran)
-
-
-def route_problems(status: dict, now: Optional[float] = None) -> list[str]:
-    """Why a route is not healthy, from its stored status (empty = healthy); an outage
-    says how long it has lasted and what waits behind it."""
-    from .health import outage_text
-    now = time.time() if now is None else now
-    problems = []
-    if status.get("source_error"):
-        problems.append(f"source: {outage_text(status, 'source_error', now)}")
-    if (status.get("health") or {}).get("problem"):
-        problems.append(f"source: {status['health']['problem']}")
-    if status.get("sink_error"):
-        problems.append(f"sink: {outage_text(status, 'sink_error', now)}")
-    if status.get("backpressure"):
-        problems.append("backpressure: the local queue reached its quota")
-    return problems
 
 
 def label(observed, cfg) -> None:

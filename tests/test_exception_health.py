@@ -9,7 +9,7 @@ from agent.capture import RouteCapture
 from agent.contracts import SourceBatch, SourceRecord, Source
 from agent.exception_view import Filter, groups, page, summary
 from agent.health import verdict
-from agent.metrics import route_problems
+from agent.health import route_problems
 from agent.queue import DurableQueue
 from agent.translate import Translator
 from tests.test_mapping import ROW, customer_mapping
