@@ -58,6 +58,17 @@ def _active(agents):
     return found[0] if len(found) == 1 else None
 
 
+def _active_and_other(agents):
+    """Once one agent holds the role: (the active one, the other one)."""
+    assert wait_for(lambda: _active(agents) is not None, 30), [a.log()[-2000:] for a in agents]
+    active = _active(agents)
+    return active, next(a for a in agents if a is not active)
+
+
+def _until_topic_has(broker, topic, keys, timeout=90) -> bool:
+    return wait_for(lambda: {m.key().decode() for m in broker.consume(topic, timeout=30)} >= keys, timeout)
+
+
 def _pg_writer(engine, rows: int, done: threading.Event):
     import sqlalchemy as sa
     with engine.connect() as conn:
@@ -107,7 +118,7 @@ def test_sigkilled_actives_hand_over_and_nothing_is_lost_or_split(tmp_path, pg_u
     try:
         handovers = _handovers(agents, 35, rng, done)
         expected = {f"C-{n:05d}" for n in range(1, rows + 1)}
-        assert wait_for(lambda: {m.key().decode() for m in broker.consume(topic, timeout=30)} >= expected, 120), \
+        assert _until_topic_has(broker, topic, expected, 120), \
             [a.log()[-3000:] for a in agents]
     finally:
         for agent in agents:
@@ -124,9 +135,7 @@ def test_a_paused_active_is_fenced_and_publishes_nothing_after_it_thaws(tmp_path
     from tests.support.route import insert_customers
     engine, topic, agents = _pg_pair(tmp_path, pg_url, broker, registry)
     try:
-        assert wait_for(lambda: _active(agents) is not None, 30), [a.log()[-2000:] for a in agents]
-        paused = _active(agents)
-        other = next(a for a in agents if a is not paused)
+        paused, other = _active_and_other(agents)
         insert_customers(engine, range(1, 51))
         assert wait_for(lambda: len(broker.consume(topic, timeout=10)) >= 50, 60), paused.log()[-3000:]
         # a paused VM, with changes captured and not yet published: the delivery process
@@ -148,7 +157,7 @@ def test_a_paused_active_is_fenced_and_publishes_nothing_after_it_thaws(tmp_path
         insert_customers(engine, range(121, 151))
         assert wait_for(lambda: _role(paused) == "passive", 30), paused.log()[-3000:]
         expected = {f"C-{n:05d}" for n in range(1, 151)}
-        assert wait_for(lambda: {m.key().decode() for m in broker.consume(topic, timeout=30)} >= expected, 90)
+        assert _until_topic_has(broker, topic, expected)
         time.sleep(3)
     finally:
         for agent in agents:
@@ -166,9 +175,7 @@ def test_handover_on_request_moves_the_role_and_loses_nothing(tmp_path, pg_url, 
     from tests.support.route import insert_customers
     engine, topic, agents = _pg_pair(tmp_path, pg_url, broker, registry)
     try:
-        assert wait_for(lambda: _active(agents) is not None, 30), [a.log()[-2000:] for a in agents]
-        first = _active(agents)
-        second = next(a for a in agents if a is not first)
+        first, second = _active_and_other(agents)
         insert_customers(engine, range(1, 41))
         request = outpost("ha", "handover", "-c", first.config_path)
         assert request.returncode == 0, request.stderr
@@ -177,7 +184,7 @@ def test_handover_on_request_moves_the_role_and_loses_nothing(tmp_path, pg_url, 
         refused = outpost("ha", "handover", "-c", first.config_path)
         assert refused.returncode != 0 and "not active" in refused.stderr
         expected = {f"C-{n:05d}" for n in range(1, 81)}
-        assert wait_for(lambda: {m.key().decode() for m in broker.consume(topic, timeout=30)} >= expected, 90)
+        assert _until_topic_has(broker, topic, expected)
     finally:
         for agent in agents:
             agent.kill()
@@ -212,7 +219,7 @@ def test_a_binlog_pair_hands_over_from_the_fabric_checkpoint(tmp_path, mariadb_u
     try:
         handovers = _handovers(agents, 15, rng, done)
         expected = {f"C-{n:05d}" for n in range(1, rows + 1)}
-        assert wait_for(lambda: {m.key().decode() for m in broker.consume(topic, timeout=30)} >= expected, 120), \
+        assert _until_topic_has(broker, topic, expected, 120), \
             [a.log()[-3000:] for a in agents]
     finally:
         for agent in agents:
