@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import importlib
 import io
-import hashlib
 import json
 import os
 import site
@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fastavro import schemaless_reader, schemaless_writer
-from fastavro.schema import load_schema_ordered, parse_schema
+from fastavro.schema import parse_schema
 from fastavro.validation import ValidationError, validate
 
+from agent.avro_codegen import GENERATED_MODULE, load_entity_schemas, schema_fingerprint
 from agent.contracts import ConfigError, TerminalError
 
 __all__ = ["find_schema_dir", "FieldSpec", "EntitySchema", "SchemaCatalog", "decimal_misfit"]
@@ -90,6 +91,15 @@ def decimal_misfit(value: Decimal, precision: int, scale: int) -> Optional[str]:
     return f"{value:f} does not fit decimal({precision},{scale}): {' and '.join(problems)}" if problems else None
 
 
+def _generated_encoder(fingerprint: str):
+    """The encoder built for exactly this schema at packaging time, or None (fastavro)."""
+    try:
+        module = importlib.import_module(GENERATED_MODULE)
+    except ImportError:         # a source checkout that was never built: fastavro only
+        return None
+    return module.ENCODERS.get(fingerprint)
+
+
 def _non_null(avro_type: Any) -> tuple[Any, bool]:
     """The real type of a field and whether it is ``[null, T]``."""
     if isinstance(avro_type, list):
@@ -124,10 +134,8 @@ class EntitySchema:
         self.schema_json = json.dumps(schema)
         # fastavro adds private keys to what it parses: parse a copy, keep ``schema`` clean.
         self._parsed = parse_schema(copy.deepcopy(schema))
-        # The Parsing Canonical Form drops logical types, so a decimal's scale change would
-        # keep its fingerprint: hash the whole expanded schema instead.
-        self.fingerprint: str = hashlib.sha256(
-            json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        self.fingerprint: str = schema_fingerprint(schema)
+        self._generated = _generated_encoder(self.fingerprint)
         before = next(f for f in schema["fields"] if f["name"] == "before")
         payload, _ = _non_null(before["type"])
         self.fields: list[FieldSpec] = [_field_spec(f) for f in payload["fields"]]
@@ -140,6 +148,10 @@ class EntitySchema:
 
     def __repr__(self) -> str:
         return f"<EntitySchema {self.event_name} v{self.version} {self.fingerprint[:12]}>"
+
+    @property
+    def has_generated_encoder(self) -> bool:
+        return self._generated is not None
 
     @property
     def parsed(self):
@@ -156,10 +168,16 @@ class EntitySchema:
         """Schemaless Avro binary of ``event``; TerminalError naming the field if it does not fit.
 
         ``prechecked``: the caller guarantees what ``_precheck`` enforces (decimals already
-        quantised to the schema, timestamps aware), as ``agent.mapping`` output does.
+        quantised to the schema, timestamps aware), as ``agent.mapping`` output does; only
+        then may the encoder generated at build time write it (``agent.avro_codegen``).
         """
         if not isinstance(event, dict):
             raise TerminalError(f"{self.entity} event must be a dict, not {type(event).__name__}")
+        if prechecked and self._generated is not None:
+            try:
+                return self._generated(event)
+            except Exception:       # not the exact shape, or a misfit: checked, then fastavro decides
+                prechecked = False
         if not prechecked:
             event = self._precheck(event)
         # Naming the union branch (fastavro's tuple notation) spares fastavro trying each
@@ -254,22 +272,10 @@ class SchemaCatalog:
     @classmethod
     def load(cls, directory: Optional[Path] = None) -> "SchemaCatalog":
         directory = Path(directory) if directory is not None else find_schema_dir()
-        problems: list[str] = []
-        raw: dict[Path, dict] = {}
-        for path in sorted(directory.glob("*.avsc")):
-            try:
-                raw[path] = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                problems.append(f"{path}: {exc}")
-        # Files without "outpost.entity" hold shared named types; load them first.
-        shared = [str(p) for p, s in raw.items() if "outpost.entity" not in s]
-        shared.sort(key=lambda p: not p.endswith("EventMetadata.avsc"))
+        expanded_schemas, problems = load_entity_schemas(directory)
         schemas: dict[str, EntitySchema] = {}
-        for path, doc in raw.items():
-            if "outpost.entity" not in doc:
-                continue
+        for path, expanded in expanded_schemas.items():
             try:
-                expanded = load_schema_ordered(shared + [str(path)], _write_hint=False)
                 entity = EntitySchema(expanded)
             except Exception as exc:
                 problems.append(f"{path}: {type(exc).__name__}: {exc}")

@@ -7,7 +7,8 @@ For A/B work on a shared machine, where the end-to-end CPU per event of
 bench_polling_route.py moves by ±10 % between runs: each stage runs R times over the same
 rows and the best process time (user+sys) is kept, which filters out most interference.
 Stages: fetch (sql_poll batches: SQL, rows, SourceRecord), mapping (EntityMapping.apply),
-translate (mapping, envelope, id, Avro encode), commit (DurableQueue.commit_capture,
+translate (mapping, envelope, id, Avro encode), encode (Avro alone, generated encoder and
+fastavro), commit (DurableQueue.commit_capture,
 2000-event transactions with fsync) and peek+settle (all delivered, no sink). Fresh
 PostgreSQL database and state directory; no broker (the sink is never opened).
 """
@@ -60,6 +61,18 @@ def main() -> None:
         records = timed("fetch", lambda: [r for b in source.batches(cp) for r in b.records])
         timed("mapping", lambda: [tr.mapping.apply(r.after) for r in records])
         rows, _ = timed("translate", lambda: tr.translate(records))
+        # the Avro encoding alone, both encoders, over the events translate built
+        schema, events = tr.schema, []
+        encode = schema.encode
+        schema.encode = lambda event, prechecked=False: events.append(event) or encode(event, prechecked)
+        tr.translate(records)
+        schema.encode = encode
+        generated = schema._generated
+        if generated is not None:
+            timed("encode(generated)", lambda: [encode(e, True) for e in events])
+        schema._generated = None
+        timed("encode(fastavro)", lambda: [encode(e, True) for e in events])
+        schema._generated = generated
         for _ in range(a.repeat):
             commit = settle = 0.0
             for i in range(0, n, batch):

@@ -15,6 +15,8 @@ PYTHON=${PYTHON:-.venv/bin/python}
 DIST=${1:-dist}
 WORK=${OUTPOST_BUILD_DIR:-build/pyinstaller}
 
+# the encoders generated from the schemas (agent/avro_codegen.py), built with the folder
+"$PYTHON" -m agent.avro_codegen
 "$PYTHON" -m PyInstaller --noconfirm --clean --log-level WARN \
     --distpath "$DIST" --workpath "$WORK" packaging/outpost.spec
 # the operations guide beside the executable: the systemd unit's Documentation= names it

@@ -43,6 +43,8 @@ ensure_venv() {
         .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,postgres,mysql,debezium]'
         echo "$want" >"$stamp"
     fi
+    # the install built the Avro encoders; a schema edited since then needs them again
+    .venv/bin/python -m agent.avro_codegen >/dev/null
 }
 
 # ---------------------------------------------------------------- 2a. PostgreSQL

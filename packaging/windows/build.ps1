@@ -8,6 +8,8 @@
 $ErrorActionPreference = "Stop"
 Set-Location (Join-Path $PSScriptRoot "..\..")
 $python = if ($env:PYTHON) { $env:PYTHON } else { ".venv\Scripts\python.exe" }
+& $python -m agent.avro_codegen   # the encoders generated from the schemas
+if ($LASTEXITCODE -ne 0) { throw "generating the Avro encoders failed" }
 & $python -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build\pyinstaller packaging\outpost.spec
 if ($LASTEXITCODE -ne 0) { throw "PyInstaller failed" }
 New-Item -ItemType Directory -Force dist\outpost\docs | Out-Null
