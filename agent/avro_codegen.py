@@ -118,9 +118,15 @@ class _Writer:
     def length(self, depth: int, size: str) -> None:
         self.emit(depth, f"buf += _LENGTHS[{size}] if {size} < {_SMALL_LIMIT // 2} else _varint({size} << 1)")
 
-    def long(self, depth: int, value: str) -> None:
+    def long(self, depth: int, value: str, eight_bytes_likely: bool = False) -> None:
         z = self.local()
         self.emit(depth, f"{z} = ({value} << 1) ^ ({value} >> 63)")
+        if eight_bytes_likely:      # a timestamp of this century: eight 7-bit groups, unrolled
+            groups = ", ".join(f"{z} >> {shift} & 127 | 128" for shift in range(7, 49, 7))
+            self.emit(depth, f"if {1 << 49} <= {z} < {1 << 56}:")
+            self.emit(depth + 1, f"buf += bytes(({z} & 127 | 128, {groups}, {z} >> 49))")
+            self.emit(depth, "else:")
+            depth += 1
         self.emit(depth, f"buf += _SMALL[{z}] if {z} < {_SMALL_LIMIT} else _varint({z})")
 
     def value(self, depth: int, avro_type: Any, value: str) -> None:
@@ -165,7 +171,7 @@ class _Writer:
             # an aware datetime only: a naive one cannot be subtracted from _EPOCH and raises
             self.emit(depth + 1, f"{since} = {value} - _EPOCH")
             self.emit(depth + 1, f"{ticks} = ({since}.days * 86400 + {since}.seconds) * {per_second} + {micros}")
-            return self.long(depth, ticks)
+            return self.long(depth, ticks, eight_bytes_likely=logical == "timestamp-micros")
         if logical is None or kind in ("string", "int", "long"):   # a logical type fastavro ignores
             if logical is not None:
                 raise _Unsupported(f"logical type {logical} on {kind}")
