@@ -149,19 +149,24 @@ def in_key_order(sink, events) -> DeliveryReport:
     delivered while an earlier one stays queued broke the order: said loudly."""
     verdicts = sink.screen(events)
     hold, send, rejected, held_because = KeyHold(), [], {}, None
-    for event in events:
-        verdict = verdicts.get(event.event_id)
-        if verdict is not None and verdict[0]:
-            rejected[event.event_id] = verdict[1]        # leaves the order: invariant 5
-        elif verdict is not None or hold.blocked(event):
-            hold.hold(event)
-            held_because = held_because or (verdict[1] if verdict else None)
-        else:
-            send.append(event)
+    if not verdicts:            # nothing refused or held: the whole batch goes, in order
+        send = list(events)
+    else:
+        for event in events:
+            verdict = verdicts.get(event.event_id)
+            if verdict is not None and verdict[0]:
+                rejected[event.event_id] = verdict[1]        # leaves the order: invariant 5
+            elif verdict is not None or hold.blocked(event):
+                hold.hold(event)
+                held_because = held_because or (verdict[1] if verdict else None)
+            else:
+                send.append(event)
     report = sink.write(send) if send else DeliveryReport()
     report.rejected.update(rejected)
     if held_because and not report.transient_error:
         report.transient_error = f"held in the queue: {held_because}"
+    if report.delivered.issuperset(e.event_id for e in events):
+        return report           # all delivered: no order to check
     waiting = KeyHold()
     for event in events:
         if event.event_id in report.delivered and waiting.blocked(event):
