@@ -251,13 +251,6 @@ def business_families(cfg, per_route: dict):
     yield from (latency, attained, target, budget, tied, ran)
 
 
-def label(observed, cfg) -> None:
-    """What the counters are labelled with: each sink's type and each route's entity."""
-    observed.sink_types.update({name: str(options.get("type", "")) for name, options in cfg.sinks.items()})
-    observed.entities.update({name: cfg.mappings[r.mapping].entity for name, r in cfg.routes.items()
-                              if r.mapping in cfg.mappings})
-
-
 def registry_for(agent) -> CollectorRegistry:
     """The registry ``/metrics`` serves: one collector reading status and observations."""
     registry = CollectorRegistry(auto_describe=True)

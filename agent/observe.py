@@ -20,11 +20,20 @@ from typing import Optional
 
 from .queue import DurableQueue
 
-__all__ = ["Observations", "ObservedQueue", "LATENCY_BUCKETS", "ERROR_CLASSES"]
+__all__ = ["Observations", "ObservedQueue", "LATENCY_BUCKETS", "ERROR_CLASSES", "label"]
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
 ERROR_CLASSES = ("mapping_rejected", "publish_rejected", "source_unavailable", "sink_unavailable")
 _SUM = len(LATENCY_BUCKETS) + 1      # bins: one per bucket, +Inf, then the sum of seconds
+
+
+def label(observed: "Observations", cfg) -> None:
+    """What the counters are labelled with: each sink's type and each route's entity.
+    (Here, not in ``agent.metrics``: the delivery process labels what it observes but
+    serves no ``/metrics``, so it need not import prometheus_client.)"""
+    observed.sink_types.update({name: str(options.get("type", "")) for name, options in cfg.sinks.items()})
+    observed.entities.update({name: cfg.mappings[r.mapping].entity for name, r in cfg.routes.items()
+                              if r.mapping in cfg.mappings})
 
 
 class Observations:

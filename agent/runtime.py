@@ -35,8 +35,7 @@ from .config import Config
 from .contracts import OutpostError
 from .delivery import DeliveryGroup
 from .logs import RedactingFilter
-from .metrics import label
-from .observe import ObservedQueue
+from .observe import ObservedQueue, label
 from .reload import LiveTranslator, Reloader
 from .schemas import SchemaCatalog
 from .statedir import StateLock

@@ -288,8 +288,7 @@ class _DeliveryChild:
     def run(self) -> bool:
         from .delivery import DeliveryGroup
         from .logs import RedactingFilter
-        from .metrics import label
-        from .observe import ObservedQueue
+        from .observe import ObservedQueue, label
         from .schemas import SchemaCatalog
         from .statedir import StateDirInUse, StateLock
 
