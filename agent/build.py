@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .config import Config
 from .ha import agent_identity, transactional_id
 from .contracts import AdapterContext
-from .expressions import compile_expression
 from .lookups import Lookups
-from .mapping import EntityMapping
 from .registry import spec_of
 from .schemas import SchemaCatalog
-from .translate import Translator
+
+if TYPE_CHECKING:
+    from .translate import Translator
 
 __all__ = ["adapter_context", "delivery_bound", "make_lookups", "make_sink", "make_source", "make_translator",
            "streams", "used_sinks"]
@@ -78,6 +78,11 @@ def make_lookups(config: Config) -> Lookups:
 
 def make_translator(config: Config, catalog: SchemaCatalog, route_name: str,
                     lookups: Optional[Lookups] = None) -> Translator:
+    # imported here, not above: the delivery process builds sinks only, and translating
+    # (mapping, expressions, simpleeval) is capture's job
+    from .expressions import compile_expression
+    from .mapping import EntityMapping
+    from .translate import Translator
     route = config.routes[route_name]
     if route.mapping is None:   # the source yields canonical events (inbound): keep them as they are
         from .passthrough import PassThroughTranslator
