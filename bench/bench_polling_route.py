@@ -42,7 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import sqlalchemy as sa  # noqa: E402
+# The delivery process (multiprocessing "spawn") runs this file again as __mp_main__:
+# it must not pay for the harness's SQLAlchemy, which `outpost run`'s delivery never loads.
+if __name__ != "__mp_main__":
+    import sqlalchemy as sa  # noqa: E402
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 FILL_SQL = """INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim)
