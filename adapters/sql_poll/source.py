@@ -33,8 +33,10 @@ from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, S
                              TransientError, approximate)
 
 from . import inspection, rollups
-from .keyset import (ROW_VALUE_DIALECTS, plain, align_clock, decode_value, encode_value, keyset_after,
-                     row_position, to_utc)
+from .driver import PageReader
+from .keyset import (ROW_VALUE_DIALECTS, plain, align_clock, decode_value, encode_value,  # noqa: F401
+                     keyset_after, row_position, to_utc)   # keyset_after, align_clock: re-exported
+from .pages import PageQueries
 from .spec import SourceOptions
 
 __all__ = ["SqlPollSource", "Source", "encode_value", "decode_value", "row_position"]
@@ -89,6 +91,9 @@ class SqlPollSource(Source):
         except BaseException:
             engine.dispose()
             raise
+        self._reader = PageReader(engine)
+        self._pages = PageQueries(self._selected, self._pk, self._ck, row_values=self._row_values,
+                                  batch_size=self.spec.batch_size, snapshot_chunk=self.spec.snapshot_chunk)
         self._engine = engine
 
     def close(self) -> None:
@@ -241,10 +246,7 @@ class SqlPollSource(Source):
         last = [decode_value(v) for v in cp["pk"]] if cp["pk"] is not None else None
         rows_read, chunk = cp["rows"], self.spec.snapshot_chunk
         while True:
-            stmt = sa.select(*self._selected).order_by(*self._pk).limit(chunk)
-            if last is not None:
-                stmt = stmt.where(keyset_after(list(zip(self._pk, last)), self._row_values))
-            rows = self._fetch(stmt)
+            rows = self._fetch(*self._pages.snapshot(last), cache=True)
             rows_read += len(rows)
             if rows:
                 last = [rows[-1][n] for n in self._pk_names]
@@ -267,15 +269,7 @@ class SqlPollSource(Source):
         # child tables of roll-ups are polled from where the parent's polling started
         children = cp.get("children") or {name: {"cursor": cp["cursor"], "pk": None} for name in self._children}
         while True:
-            conds = [self._ck <= self._bind(signpost)]
-            if cursor is not None and pk is None:
-                conds.append(self._ck >= self._bind(cursor))
-            elif cursor is not None:
-                conds.append(keyset_after([(self._ck, self._bind(cursor))] + list(zip(self._pk, pk)),
-                                          self._row_values))
-            stmt = (sa.select(*self._selected).where(*conds)
-                    .order_by(self._ck, *self._pk).limit(self.spec.batch_size))
-            rows = self._fetch(stmt)
+            rows = self._fetch(*self._pages.incremental(self._bind(signpost), self._bind(cursor), pk), cache=True)
             if not rows:
                 break
             cursor, pk = rows[-1][self.spec.cursor], [rows[-1][n] for n in self._pk_names]
@@ -292,10 +286,9 @@ class SqlPollSource(Source):
         """Parents whose children changed, read again with their roll-ups (see ``rollups``)."""
         child = self._children[name]
         while True:
-            position = {"cursor": decode_value(children[name]["cursor"]),
-                        "pk": [decode_value(v) for v in children[name]["pk"]] if children[name]["pk"] else None}
-            changed = self._fetch(rollups.changed_children(child, position, self._bind(signpost), self.spec.batch_size,
-                                                           keyset_after, self._row_values))
+            pk = [decode_value(v) for v in children[name]["pk"]] if children[name]["pk"] else None
+            changed = self._fetch(*self._pages.changed_children(
+                child, self._bind(signpost), decode_value(children[name]["cursor"]), pk), cache=True)
             if not changed:
                 return cp
             newest: dict = {}
@@ -372,13 +365,13 @@ class SqlPollSource(Source):
             return v.strftime("%Y-%m-%d %H:%M:%S.") + f"{v.microsecond // 1000:03d}"
         return v
 
-    def _fetch(self, stmt) -> list[dict]:
+    def _fetch(self, stmt, params: Optional[dict] = None, *, cache: bool = False) -> list[dict]:
+        """Rows as dicts, on the driver's cursor where the dialect allows (``driver``);
+        ``cache``: ``stmt`` is one of ``self._pages``' shapes."""
         with self._db_errors("poll"), self._engine.connect() as conn:
-            # One short transaction per query: nothing stays open while the caller commits.
-            result = conn.execute(stmt)
-            names = tuple(result.keys())   # tuples + zip: a third of the cost of .mappings()
-            # fetchall: one driver call per page; iterating the result fetched row by row
-            return [dict(zip(names, r)) for r in result.fetchall()]
+            # One short transaction per query: nothing stays open while the caller commits
+            # (the pool rolls the driver's transaction back when the connection returns).
+            return self._reader.rows(conn, stmt, params, cache=cache)
 
     def _estimated_rows(self) -> Optional[int]:
         """How many rows a snapshot will read, for its progress (None: unknown)."""
