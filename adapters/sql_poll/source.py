@@ -21,18 +21,15 @@ from __future__ import annotations
 import dataclasses
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from typing import Any, Iterator, Mapping, Optional
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 
-from agent.config_checks import close_matches
 from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, SourceRecord,
-                             TransientError, approximate)
+                             TransientError)
 
-from . import inspection, rollups
+from . import columns, inspection, rollups
 from .driver import PageReader
 from .keyset import (ROW_VALUE_DIALECTS, plain, align_clock, decode_value, encode_value,  # noqa: F401
                      keyset_after, row_position, to_utc)   # keyset_after, align_clock: re-exported
@@ -42,8 +39,6 @@ from .spec import SourceOptions
 __all__ = ["SqlPollSource", "Source", "encode_value", "decode_value", "row_position"]
 
 CHECKPOINT_VERSION = 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_SQLITE_TS = "%Y-%m-%d %H:%M:%f"   # SQLite's own canonical text form, millisecond precision
 
 
 # ---- the adapter --------------------------------------------------------------------
@@ -149,75 +144,12 @@ class SqlPollSource(Source):
         return SqlPollReconciler(self, rows_per_query)
 
     def _resolve(self, table: sa.Table, dialect: str) -> None:
-        s, problems = self.spec, []
-        cols = table.c
-        pk = s.primary_key or [c.name for c in table.primary_key.columns]
-        if not pk:
-            problems.append(f"{self._where('primary_key')}: sql_poll table {self.object!r} has no primary key: "
-                            "set 'primary_key' to the column(s) that identify a row")
-        wanted = {"primary_key": pk, "columns": s.columns or [],
-                  "cursor": [s.cursor] if s.cursor else [],
-                  "soft_delete.column": [s.soft_delete.column] if s.soft_delete else []}
-        for what, names in wanted.items():
-            problems += [f"{self._where(what)}: sql_poll {what}: column {n!r} not found in {self.object}"
-                         f"{close_matches(n, cols.keys())} (its columns: {', '.join(sorted(cols.keys()))})"
-                         for n in names if n not in cols]
-        self.kind = None
-        if s.cursor and s.cursor in cols:
-            typ = cols[s.cursor].type
-            if isinstance(typ, sa.DateTime):
-                self.kind = "timestamp"
-            elif isinstance(typ, (sa.Integer, sa.Numeric)):
-                self.kind = "number"
-            else:
-                problems.append(f"{self._where('cursor')}: found {s.cursor!r}, a column of type {typ}; the cursor "
-                                "must be a timestamp or an integer column that grows on every change "
-                                "(e.g. updated_at, a row version)")
-        if problems:
-            raise ConfigError(problems)
-        names = list(s.columns or [c.name for c in table.columns])
-        names += [n for n in pk + [s.cursor, s.soft_delete and s.soft_delete.column]
-                  if n and n not in names]
-        self._cols = [cols[n] for n in names]
-        self._declared_values(dialect)
-        self._pk_names, self._pk = pk, [cols[n] for n in pk]
-        self._table = table
+        c = self._columns = columns.resolve(self.spec, table, dialect, self._where, self.object)
+        self.kind, self._table, self._pk, self._pk_names = c.kind, table, c.pk, c.pk_names
+        self._selected, self._ck, self._aware, self._sqlite_ts = c.selected, c.ck, c.aware, c.sqlite_ts
+        self._values = c.values
         self._clock_is_utc = dialect == "sqlite"
         self._row_values = dialect in ROW_VALUE_DIALECTS
-        cur = cols[s.cursor] if s.cursor else None
-        self._aware = bool(cur is not None and getattr(cur.type, "timezone", False))
-        # SQLite keeps timestamps as text in whatever format the writer chose; compare and
-        # order on SQLite's normalised form so '10:00:00' and '10:00:00.000000' tie.
-        self._sqlite_ts = self.kind == "timestamp" and dialect == "sqlite"
-        self._ck = sa.func.strftime(_SQLITE_TS, cur) if self._sqlite_ts else cur
-
-    def _declared_values(self, dialect: str) -> None:
-        """Values are read by the column's declared type, not by what the driver hands over.
-
-        A binary floating-point column (DOUBLE, REAL, FLOAT) becomes ``Approximate``, rounded
-        to its declared scale (SQLAlchemy gives a MariaDB ``double(24,8)`` as a Decimal, which
-        the mapping would refuse for its places; the binlog gives the same value as a float).
-        A MariaDB/MySQL TIMESTAMP is an instant, but the driver shows it as naive wall time
-        of the session's zone: it is read as ``UNIX_TIMESTAMP(col)`` and made aware UTC, so
-        that no ``source_timezone`` is ever applied to it (DATETIME stays naive)."""
-        self._approximate = {c.name: getattr(c.type, "scale", None) for c in self._cols if isinstance(c.type, sa.Float)}
-        instants = [(c, f"outpost_utc_{i}") for i, c in enumerate(self._cols)
-                    if dialect in ("mysql", "mariadb") and isinstance(c.type, mysql.TIMESTAMP)]
-        self._instants = {c.name: label for c, label in instants}
-        self._selected = self._cols + [sa.func.unix_timestamp(c).label(label) for c, label in instants]
-
-    def _values(self, row: dict) -> dict:
-        """The row as the mapping sees it (positions are taken from the row as read)."""
-        if not self._approximate and not self._instants:
-            return row
-        values = dict(row)
-        for name, scale in self._approximate.items():
-            values[name] = approximate(values[name], scale)
-        for name, label in self._instants.items():
-            seconds = values.pop(label)
-            values[name] = None if values[name] is None or not seconds else \
-                _EPOCH + timedelta(seconds=int(seconds), microseconds=int((Decimal(seconds) % 1) * 1_000_000))
-        return values
 
     # -- capture --
 
