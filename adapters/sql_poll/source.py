@@ -32,7 +32,7 @@ from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, S
 from . import columns, inspection, rollups
 from .driver import PageReader
 from .keyset import (ROW_VALUE_DIALECTS, plain, align_clock, decode_value, encode_value,  # noqa: F401
-                     keyset_after, row_position, to_utc)   # keyset_after, align_clock: re-exported
+                     keyset_after, row_position, row_position_utc, to_utc)   # keyset_after, align_clock: re-exported
 from .pages import PageQueries
 from .spec import SourceOptions
 
@@ -241,11 +241,15 @@ class SqlPollSource(Source):
                 return cp
 
     def _record(self, row: dict, *, snapshot: bool) -> SourceRecord:
-        cv = row[self.spec.cursor] if self.spec.cursor else None
-        pos = row_position([row[n] for n in self._pk_names], cv)
+        cursor = self.spec.cursor
+        cv = row[cursor] if cursor else None
+        pos, utc = row_position_utc([row[n] for n in self._pk_names], cv)
         values = self._values(row)
-        stamp = values[self.spec.cursor] if self.spec.cursor else None
-        occurred = to_utc(stamp, self.zone) if isinstance(stamp, datetime) else None
+        stamp = values[cursor] if cursor else None
+        if utc is not None and stamp is cv:
+            occurred = utc
+        else:
+            occurred = to_utc(stamp, self.zone) if isinstance(stamp, datetime) else None
         if self.spec.soft_delete and self.spec.soft_delete.matches(row):
             return SourceRecord(self.object, "delete", pos, after=None, before=values, occurred_at=occurred)
         # Polling cannot tell an insert from an update, so every incremental row is "update".

@@ -1,16 +1,21 @@
-"""sql_poll pages read on the driver's own cursor (adapters/sql_poll/driver.py), on real engines:
-the same values as SQLAlchemy's execute path gives, errors still transient, no transaction
-left open, a lost connection replaced."""
+"""The sql_poll page fetch. Pages read on the driver's own cursor (adapters/sql_poll/driver.py),
+on real engines: the same values as SQLAlchemy's execute path gives, errors still transient,
+no transaction left open, a lost connection replaced. Records: positions and instants from
+one conversion of the cursor value."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+from adapters.sql_poll.keyset import row_position, row_position_utc, to_utc
 from adapters.sql_poll.source import SqlPollSource
 from agent.contracts import AdapterContext, TransientError
 
@@ -130,3 +135,19 @@ def test_a_lost_connection_is_replaced(pg_url, tmp_path):
     finally:
         src.close()
         engine.dispose()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(), st.text(), st.decimals(allow_nan=False), st.uuids(),
+                          st.datetimes(timezones=st.none() | st.just(timezone.utc))), min_size=1, max_size=3),
+       st.none() | st.integers() | st.datetimes(),
+       st.sampled_from([None, timezone.utc, ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata")]))
+def test_one_conversion_gives_the_released_position_and_the_instant(key, cursor, zone):
+    """Event ids derive from positions: the capture's form must give row_position's text
+    exactly, and the instant to_utc gives for an aware cursor (None otherwise)."""
+    if isinstance(cursor, datetime) and zone is not None:
+        cursor = cursor.replace(tzinfo=zone)
+    position, instant = row_position_utc(key, cursor)
+    assert position == row_position(key, cursor)
+    aware = isinstance(cursor, datetime) and cursor.tzinfo is not None
+    assert instant == (to_utc(cursor, ZoneInfo("Europe/Berlin")) if aware else None)
