@@ -13,7 +13,8 @@ e2e events/s       N rows committed in PG before the timer; Agent.start(capture=
                    delivery thread, the main thread calls run_pass() (incremental poll, lag 0);
                    timer = first capture query .. queue empty (every delivery report succeeded
                    and the rows were settled). Capture and delivery overlap, as in production.
-PostgreSQL CPU     user+sys of the backends serving the e2e child's database, over the same span.
+PostgreSQL CPU     user+sys of the backends serving the e2e child's database, over the same span
+                   (parallel query off for the bench database, so no worker process escapes it).
                    The table is ANALYZEd after the fill (--no-analyze: not); --cursor-index adds
                    the index on (updated_at, cust_no) that `outpost check` asks for. The report
                    shows the EXPLAIN ANALYZE of one page read after a position, mid-run: with the
@@ -220,6 +221,9 @@ def fresh_db(index=False):
     admin = sa.create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        # Serial plans: a parallel worker is a process of its own, not among the backends whose
+        # CPU is measured (without the index a page's Parallel Seq Scan left half the scan out).
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET max_parallel_workers_per_gather = 0')
     admin.dispose()
     url = sa.engine.make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
     engine = sa.create_engine(url)
