@@ -46,10 +46,10 @@ def server_ms_per_page(url: str, checkpoint: dict, pages: int, row_values: bool,
     source = SqlPollSource({"url": url, "table": "erp_customer", "cursor": "updated_at", "lag_seconds": 0,
                             "batch_size": 2000}, AdapterContext("erp", Path("."), None))
     source.open()
-    source._row_values = row_values       # the form released before, for comparison
+    source._row_values = source._pages.row_values = row_values    # the form released before, for comparison
     with source._engine.connect() as conn:    # the pool's one connection: the pages' backend
         backend = psutil.Process(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar())
-    import adapters.sql_poll.source as module
+    import adapters.sql_poll.keyset as module    # the page shapes (adapters/sql_poll/pages.py) call it there
     current = module.keyset_after
     module.keyset_after = released_keyset if released else current
     try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of the core polling route: PostgreSQL -> sql_poll -> SQLite queue -> kafka sink -> tansu.
 
-Run:  .venv/bin/python bench/bench_polling_route.py [--rows 100000] [--profile DIR]
+Run:  .venv/bin/python bench/bench_polling_route.py [--rows 100000] [--cursor-index] [--profile DIR]
 
 Everything is real (PostgreSQL 15 on 127.0.0.1:5432, tansu with memory storage, SQLite WAL
 queue with synchronous=FULL, confluent-kafka idempotent producer, acks=all) except the schema
@@ -13,6 +13,13 @@ e2e events/s       N rows committed in PG before the timer; Agent.start(capture=
                    delivery thread, the main thread calls run_pass() (incremental poll, lag 0);
                    timer = first capture query .. queue empty (every delivery report succeeded
                    and the rows were settled). Capture and delivery overlap, as in production.
+PostgreSQL CPU     user+sys of the backends serving the e2e child's database, over the same span
+                   (parallel query off for the bench database, so no worker process escapes it).
+                   The table is ANALYZEd after the fill (--no-analyze: not); --cursor-index adds
+                   the index on (updated_at, cust_no) that `outpost check` asks for. The report
+                   shows the EXPLAIN ANALYZE of one page read after a position, mid-run: with the
+                   index and statistics an Index Scan under the Limit; without the index (or
+                   without statistics) a Sort over every row left up to the signpost, per page.
 capture-only /s    second child, no delivery thread: run_pass() alone (poll, map, encode, insert
                    into the queue + checkpoint commits). Then delivery-only /s: deliver_all()
                    drains that queue (peek, produce, wait for acks, settle) with nothing else running.
@@ -156,6 +163,9 @@ def child(a) -> dict:
     engine = sa.create_engine(a.pg)
     with engine.begin() as conn:
         conn.exec_driver_sql(FILL_SQL.format(n=a.rows))
+    if a.analyze:   # as autovacuum soon would: without statistics the planner takes an indexed
+        with engine.begin() as conn:    # page for a few hundred rows and sorts the whole rest instead
+            conn.exec_driver_sql("ANALYZE erp_customer")
     if a.child == "e2e":
         import psutil
         agent.start(capture=False)         # the delivery process starts; capture stays here
@@ -163,10 +173,14 @@ def child(a) -> dict:
         backends = pg_backends(engine)
         while not agent.deliveries["fabric"].is_alive():
             time.sleep(0.05)
+        pages = []      # (sql, params) of the pages after a position, for the plan below
+        spy = lambda _c, _cur, sql, params, *_: pages.append((sql, params)) if "k0" in str(params) else None  # noqa
+        sa.event.listen(sa.Engine, "before_cursor_execute", spy)
         cpu0, dcpu0, pg0 = os.times(), cpu_of([delivery]), cpu_of(backends)
         t0 = time.perf_counter()
         captured = agent.run_pass()
         t1 = time.perf_counter()
+        sa.event.remove(sa.Engine, "before_cursor_execute", spy)
         while agent.queue.depth():
             time.sleep(0.002)
         t2 = time.perf_counter()
@@ -176,6 +190,8 @@ def child(a) -> dict:
                    delivery_peak_rss_mb=peak_rss_mb(delivery.pid), captured=captured,
                    exceptions=agent.queue.count_exceptions(), left=agent.queue.depth(), peak_rss_mb=rss_mb())
         out["cpu_s"] = out["capture_cpu_s"] + out["delivery_cpu_s"]
+        if pages:
+            out["page_plan"] = page_plan(engine, *pages[len(pages) // 2])
         engine.dispose()
         agent.stop()
         return out
@@ -193,6 +209,13 @@ def child(a) -> dict:
     return out
 
 
+def page_plan(engine, sql, params) -> list[str]:
+    """EXPLAIN ANALYZE of one page the source read after a position (mid-run): does the
+    keyset bound an index scan, or does PostgreSQL sort the table for every page?"""
+    with engine.connect() as conn:
+        return [r[0] for r in conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)]
+
+
 # ---------------------------------------------------------------- parent
 
 def fresh_db(index=False):
@@ -201,6 +224,9 @@ def fresh_db(index=False):
     admin = sa.create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        # Serial plans: a parallel worker is a process of its own, not among the backends whose
+        # CPU is measured (without the index a page's Parallel Seq Scan left half the scan out).
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET max_parallel_workers_per_gather = 0')
     admin.dispose()
     url = sa.engine.make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
     engine = sa.create_engine(url)
@@ -226,6 +252,7 @@ def run_child(a, mode, pg_url, work, **extra):
     cmd = [sys.executable, __file__, "--child", mode, "--pg", pg_url, "--bootstrap", a.bootstrap,
            "--registry", a.registry, "--rows", str(a.rows), "--state", state, "--out", out,
            "--poll-batch", str(a.poll_batch), "--delivery-batch", str(a.delivery_batch)]
+    cmd += [] if a.analyze else ["--no-analyze"]
     cmd += [x for k, v in extra.items() if v is not None for x in (f"--{k}", str(v))]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True), out
 
@@ -340,6 +367,8 @@ def main() -> None:
     ap.add_argument("--poll-batch", type=int, default=2000, help="sql_poll batch_size (default 2000)")
     ap.add_argument("--delivery-batch", type=int, default=2000, help="queue.delivery_batch (default 2000)")
     ap.add_argument("--cursor-index", action="store_true", help="index erp_customer(updated_at, cust_no)")
+    ap.add_argument("--no-analyze", dest="analyze", action="store_false",
+                    help="leave the filled table without planner statistics (no ANALYZE)")
     ap.add_argument("--profile", help="directory: cProfile the split run (capture.prof, delivery.prof)")
     ap.add_argument("--skip", default="", help="comma list of: split,ceilings,latency")
     for hidden in ("child", "pg", "bootstrap", "registry", "state", "out", "expect"):
@@ -384,6 +413,14 @@ def main() -> None:
     report(a, R, work)
 
 
+def plan_summary(plan: list[str]) -> str:
+    """'Limit > Sort > Seq Scan on erp_customer, 1.2 ms' from EXPLAIN ANALYZE's lines."""
+    nodes = [line.strip().lstrip("-> ").split("  (")[0] for line in plan
+             if line.strip().startswith("->") or line is plan[0]]
+    took = next((line.split(":")[1].strip() for line in plan if line.startswith("Execution Time")), "?")
+    return f"{' > '.join(nodes)}, {took}" if plan else "not captured"
+
+
 def report(a, R, work) -> None:
     n, rows = a.rows, []
     met = lambda ok: "MET" if ok else "NOT met"  # noqa: E731
@@ -399,6 +436,7 @@ def report(a, R, work) -> None:
                   f"delivery {us(e['delivery_cpu_s']):.1f})"),
                  ("  PostgreSQL CPU us/event (its backends)", f"{us(e['pg_cpu_s']):.2f}",
                   f"target <= 3: {met(us(e['pg_cpu_s']) <= 3)}"),
+                 ("  a page's plan (EXPLAIN ANALYZE, mid-run)", "", plan_summary(e.get("page_plan", []))),
                  ("  tansu CPU s", f"{e['tansu_cpu_s']:.1f}", ""),
                  ("  peak RSS, both processes (MB)", f"{rss:.0f}", f"target <= 150: {met(rss <= 150)} "
                   f"(capture {e['peak_rss_mb']:.0f}, delivery {e['delivery_peak_rss_mb']:.0f})"),
@@ -424,7 +462,8 @@ def report(a, R, work) -> None:
         rows += [(f"  commit -> {w} p50 / p99 / max (ms)", " / ".join(f"{L[f'{w}_{q}'] * 1e3:.0f}" for q in
                   ("p50", "p99", "max")), f"({L[w]} of {L['rows']} seen)") for w in ("acked", "settled") if L[w]]
     print(f"\nOutpost polling-route benchmark: {n} rows, poll batch {a.poll_batch}, delivery batch "
-          f"{a.delivery_batch}, cursor index {'yes' if a.cursor_index else 'no'} (raw: {work}/results.json)\n")
+          f"{a.delivery_batch}, cursor index {'yes' if a.cursor_index else 'no'}, "
+          f"{'ANALYZEd' if a.analyze else 'no statistics'} (raw: {work}/results.json)\n")
     for k, v, tgt in rows:
         print(f"{k:<50}{v:>16}  {tgt}")
 

@@ -63,6 +63,15 @@ def row_position(pk_values: Sequence[Any], cursor_value: Any) -> str:
     return pos if cursor_value is None else f"{pos}@{plain(cursor_value)}"
 
 
+def row_position_utc(pk_values: Sequence[Any], cursor_value: Any) -> tuple[str, Any]:
+    """``row_position``, and the cursor's UTC instant when it is an aware timestamp (else
+    None): the capture needs both, and converting once is a tenth of the fetch per row."""
+    if isinstance(cursor_value, datetime) and cursor_value.tzinfo is not None:
+        utc = cursor_value.astimezone(timezone.utc)
+        return "[" + ", ".join(map(_json_text, pk_values)) + "]@" + utc.isoformat(), utc
+    return row_position(pk_values, cursor_value), None
+
+
 def _json_text(value: Any) -> str:
     value = plain(value)
     if type(value) is int:

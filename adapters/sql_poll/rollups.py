@@ -64,15 +64,3 @@ def reflect(conn, rollups: dict, schema: Optional[str], parent_pk: list) -> tupl
         raise ConfigError(problems)
     return columns, children
 
-
-def changed_children(child: ChildTable, position: dict, signpost: Any, limit: int, keyset_after, row_values: bool):
-    """The next ``limit`` changed child rows after ``position`` ({"cursor", "pk"}, decoded;
-    pk None: from the cursor on, inclusive), as (parent key, cursor, child pk...)."""
-    stmt = sa.select(child.key, child.cursor, *child.pk).where(child.cursor <= signpost)
-    if position["pk"] is None:
-        if position["cursor"] is not None:
-            stmt = stmt.where(child.cursor >= position["cursor"])
-    else:
-        stmt = stmt.where(keyset_after([(child.cursor, position["cursor"])] + list(zip(child.pk, position["pk"])),
-                                       row_values))
-    return stmt.order_by(child.cursor, *child.pk).limit(limit)

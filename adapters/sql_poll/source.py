@@ -21,27 +21,24 @@ from __future__ import annotations
 import dataclasses
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from typing import Any, Iterator, Mapping, Optional
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 
-from agent.config_checks import close_matches
 from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, SourceRecord,
-                             TransientError, approximate)
+                             TransientError)
 
-from . import inspection, rollups
-from .keyset import (ROW_VALUE_DIALECTS, plain, align_clock, decode_value, encode_value, keyset_after,
-                     row_position, to_utc)
+from . import columns, inspection, rollups
+from .driver import PageReader
+from .keyset import (ROW_VALUE_DIALECTS, plain, align_clock, decode_value, encode_value,  # noqa: F401
+                     keyset_after, row_position, row_position_utc, to_utc)   # keyset_after, align_clock: re-exported
+from .pages import PageQueries
 from .spec import SourceOptions
 
 __all__ = ["SqlPollSource", "Source", "encode_value", "decode_value", "row_position"]
 
 CHECKPOINT_VERSION = 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_SQLITE_TS = "%Y-%m-%d %H:%M:%f"   # SQLite's own canonical text form, millisecond precision
 
 
 # ---- the adapter --------------------------------------------------------------------
@@ -89,6 +86,9 @@ class SqlPollSource(Source):
         except BaseException:
             engine.dispose()
             raise
+        self._reader = PageReader(engine)
+        self._pages = PageQueries(self._selected, self._pk, self._ck, row_values=self._row_values,
+                                  batch_size=self.spec.batch_size, snapshot_chunk=self.spec.snapshot_chunk)
         self._engine = engine
 
     def close(self) -> None:
@@ -144,75 +144,12 @@ class SqlPollSource(Source):
         return SqlPollReconciler(self, rows_per_query)
 
     def _resolve(self, table: sa.Table, dialect: str) -> None:
-        s, problems = self.spec, []
-        cols = table.c
-        pk = s.primary_key or [c.name for c in table.primary_key.columns]
-        if not pk:
-            problems.append(f"{self._where('primary_key')}: sql_poll table {self.object!r} has no primary key: "
-                            "set 'primary_key' to the column(s) that identify a row")
-        wanted = {"primary_key": pk, "columns": s.columns or [],
-                  "cursor": [s.cursor] if s.cursor else [],
-                  "soft_delete.column": [s.soft_delete.column] if s.soft_delete else []}
-        for what, names in wanted.items():
-            problems += [f"{self._where(what)}: sql_poll {what}: column {n!r} not found in {self.object}"
-                         f"{close_matches(n, cols.keys())} (its columns: {', '.join(sorted(cols.keys()))})"
-                         for n in names if n not in cols]
-        self.kind = None
-        if s.cursor and s.cursor in cols:
-            typ = cols[s.cursor].type
-            if isinstance(typ, sa.DateTime):
-                self.kind = "timestamp"
-            elif isinstance(typ, (sa.Integer, sa.Numeric)):
-                self.kind = "number"
-            else:
-                problems.append(f"{self._where('cursor')}: found {s.cursor!r}, a column of type {typ}; the cursor "
-                                "must be a timestamp or an integer column that grows on every change "
-                                "(e.g. updated_at, a row version)")
-        if problems:
-            raise ConfigError(problems)
-        names = list(s.columns or [c.name for c in table.columns])
-        names += [n for n in pk + [s.cursor, s.soft_delete and s.soft_delete.column]
-                  if n and n not in names]
-        self._cols = [cols[n] for n in names]
-        self._declared_values(dialect)
-        self._pk_names, self._pk = pk, [cols[n] for n in pk]
-        self._table = table
+        c = self._columns = columns.resolve(self.spec, table, dialect, self._where, self.object)
+        self.kind, self._table, self._pk, self._pk_names = c.kind, table, c.pk, c.pk_names
+        self._selected, self._ck, self._aware, self._sqlite_ts = c.selected, c.ck, c.aware, c.sqlite_ts
+        self._values = c.values
         self._clock_is_utc = dialect == "sqlite"
         self._row_values = dialect in ROW_VALUE_DIALECTS
-        cur = cols[s.cursor] if s.cursor else None
-        self._aware = bool(cur is not None and getattr(cur.type, "timezone", False))
-        # SQLite keeps timestamps as text in whatever format the writer chose; compare and
-        # order on SQLite's normalised form so '10:00:00' and '10:00:00.000000' tie.
-        self._sqlite_ts = self.kind == "timestamp" and dialect == "sqlite"
-        self._ck = sa.func.strftime(_SQLITE_TS, cur) if self._sqlite_ts else cur
-
-    def _declared_values(self, dialect: str) -> None:
-        """Values are read by the column's declared type, not by what the driver hands over.
-
-        A binary floating-point column (DOUBLE, REAL, FLOAT) becomes ``Approximate``, rounded
-        to its declared scale (SQLAlchemy gives a MariaDB ``double(24,8)`` as a Decimal, which
-        the mapping would refuse for its places; the binlog gives the same value as a float).
-        A MariaDB/MySQL TIMESTAMP is an instant, but the driver shows it as naive wall time
-        of the session's zone: it is read as ``UNIX_TIMESTAMP(col)`` and made aware UTC, so
-        that no ``source_timezone`` is ever applied to it (DATETIME stays naive)."""
-        self._approximate = {c.name: getattr(c.type, "scale", None) for c in self._cols if isinstance(c.type, sa.Float)}
-        instants = [(c, f"outpost_utc_{i}") for i, c in enumerate(self._cols)
-                    if dialect in ("mysql", "mariadb") and isinstance(c.type, mysql.TIMESTAMP)]
-        self._instants = {c.name: label for c, label in instants}
-        self._selected = self._cols + [sa.func.unix_timestamp(c).label(label) for c, label in instants]
-
-    def _values(self, row: dict) -> dict:
-        """The row as the mapping sees it (positions are taken from the row as read)."""
-        if not self._approximate and not self._instants:
-            return row
-        values = dict(row)
-        for name, scale in self._approximate.items():
-            values[name] = approximate(values[name], scale)
-        for name, label in self._instants.items():
-            seconds = values.pop(label)
-            values[name] = None if values[name] is None or not seconds else \
-                _EPOCH + timedelta(seconds=int(seconds), microseconds=int((Decimal(seconds) % 1) * 1_000_000))
-        return values
 
     # -- capture --
 
@@ -241,10 +178,7 @@ class SqlPollSource(Source):
         last = [decode_value(v) for v in cp["pk"]] if cp["pk"] is not None else None
         rows_read, chunk = cp["rows"], self.spec.snapshot_chunk
         while True:
-            stmt = sa.select(*self._selected).order_by(*self._pk).limit(chunk)
-            if last is not None:
-                stmt = stmt.where(keyset_after(list(zip(self._pk, last)), self._row_values))
-            rows = self._fetch(stmt)
+            rows = self._fetch(*self._pages.snapshot(last), cache=True)
             rows_read += len(rows)
             if rows:
                 last = [rows[-1][n] for n in self._pk_names]
@@ -267,15 +201,7 @@ class SqlPollSource(Source):
         # child tables of roll-ups are polled from where the parent's polling started
         children = cp.get("children") or {name: {"cursor": cp["cursor"], "pk": None} for name in self._children}
         while True:
-            conds = [self._ck <= self._bind(signpost)]
-            if cursor is not None and pk is None:
-                conds.append(self._ck >= self._bind(cursor))
-            elif cursor is not None:
-                conds.append(keyset_after([(self._ck, self._bind(cursor))] + list(zip(self._pk, pk)),
-                                          self._row_values))
-            stmt = (sa.select(*self._selected).where(*conds)
-                    .order_by(self._ck, *self._pk).limit(self.spec.batch_size))
-            rows = self._fetch(stmt)
+            rows = self._fetch(*self._pages.incremental(self._bind(signpost), self._bind(cursor), pk), cache=True)
             if not rows:
                 break
             cursor, pk = rows[-1][self.spec.cursor], [rows[-1][n] for n in self._pk_names]
@@ -292,10 +218,9 @@ class SqlPollSource(Source):
         """Parents whose children changed, read again with their roll-ups (see ``rollups``)."""
         child = self._children[name]
         while True:
-            position = {"cursor": decode_value(children[name]["cursor"]),
-                        "pk": [decode_value(v) for v in children[name]["pk"]] if children[name]["pk"] else None}
-            changed = self._fetch(rollups.changed_children(child, position, self._bind(signpost), self.spec.batch_size,
-                                                           keyset_after, self._row_values))
+            pk = [decode_value(v) for v in children[name]["pk"]] if children[name]["pk"] else None
+            changed = self._fetch(*self._pages.changed_children(
+                child, self._bind(signpost), decode_value(children[name]["cursor"]), pk), cache=True)
             if not changed:
                 return cp
             newest: dict = {}
@@ -316,11 +241,15 @@ class SqlPollSource(Source):
                 return cp
 
     def _record(self, row: dict, *, snapshot: bool) -> SourceRecord:
-        cv = row[self.spec.cursor] if self.spec.cursor else None
-        pos = row_position([row[n] for n in self._pk_names], cv)
+        cursor = self.spec.cursor
+        cv = row[cursor] if cursor else None
+        pos, utc = row_position_utc([row[n] for n in self._pk_names], cv)
         values = self._values(row)
-        stamp = values[self.spec.cursor] if self.spec.cursor else None
-        occurred = to_utc(stamp, self.zone) if isinstance(stamp, datetime) else None
+        stamp = values[cursor] if cursor else None
+        if utc is not None and stamp is cv:
+            occurred = utc
+        else:
+            occurred = to_utc(stamp, self.zone) if isinstance(stamp, datetime) else None
         if self.spec.soft_delete and self.spec.soft_delete.matches(row):
             return SourceRecord(self.object, "delete", pos, after=None, before=values, occurred_at=occurred)
         # Polling cannot tell an insert from an update, so every incremental row is "update".
@@ -372,13 +301,13 @@ class SqlPollSource(Source):
             return v.strftime("%Y-%m-%d %H:%M:%S.") + f"{v.microsecond // 1000:03d}"
         return v
 
-    def _fetch(self, stmt) -> list[dict]:
+    def _fetch(self, stmt, params: Optional[dict] = None, *, cache: bool = False) -> list[dict]:
+        """Rows as dicts, on the driver's cursor where the dialect allows (``driver``);
+        ``cache``: ``stmt`` is one of ``self._pages``' shapes."""
         with self._db_errors("poll"), self._engine.connect() as conn:
-            # One short transaction per query: nothing stays open while the caller commits.
-            result = conn.execute(stmt)
-            names = tuple(result.keys())   # tuples + zip: a third of the cost of .mappings()
-            # fetchall: one driver call per page; iterating the result fetched row by row
-            return [dict(zip(names, r)) for r in result.fetchall()]
+            # One short transaction per query: nothing stays open while the caller commits
+            # (the pool rolls the driver's transaction back when the connection returns).
+            return self._reader.rows(conn, stmt, params, cache=cache)
 
     def _estimated_rows(self) -> Optional[int]:
         """How many rows a snapshot will read, for its progress (None: unknown)."""
