@@ -315,6 +315,8 @@ def write_module(schema_dirs: list[Path], target: Path) -> int:
         expanded, problems = load_entity_schemas(directory)
         if problems:
             raise SystemExit("cannot generate Avro encoders:\n  " + "\n  ".join(problems))
+        if not expanded:
+            raise SystemExit(f"cannot generate Avro encoders: no entity schemas in {directory}")
         for schema in expanded.values():
             schemas[schema_fingerprint(schema)] = schema
     source = generate_source(list(schemas.values()))
