@@ -27,6 +27,7 @@ from .records import RecordLedger
 from .spec import SourceOptions
 
 VERSION = 1
+LOOKAHEAD = 500      # pass 2 reads this many rows ahead, to look their keys up together
 
 
 class Stopped(Exception):
@@ -113,18 +114,16 @@ class FilePasses:
         after, size = state["record"], state["size"]
         progress = self._progress(claimed, "publishing", size)
         records, exceptions, last, unchanged = [], [], after, state.get("unchanged", 0)
-        for row in self.rows(claimed, progress, push=False):
-            if row.kind != "detail":
-                continue
+        for row, record, identity in self._identified(self.rows(claimed, progress, push=False), state):
             if row.number <= after:      # committed before a restart: make sure it is remembered
-                if not row.problems:
-                    self._changed(row, state)
+                if record is not None:
+                    self._changed(record, identity)
                 continue
             last = row.number
-            if row.problems:
+            if record is None:
                 exceptions.append(row_exception(state, row, self.spec.operation))
             else:
-                record = self._changed(row, state)
+                record = self._changed(record, identity)
                 if record is None:
                     unchanged += 1
                 else:
@@ -148,21 +147,47 @@ class FilePasses:
         if not claimed.path.exists():
             return
         progress = self._progress(claimed, "publishing", state["size"])
-        for row in self.rows(claimed, progress, push=False):
-            if row.kind == "detail" and not row.problems:
-                self._changed(row, state)
+        for _, record, identity in self._identified(self.rows(claimed, progress, push=False), state):
+            if record is not None:
+                self._changed(record, identity)
         self.ledger.settle()
 
-    def _changed(self, row: Row, state: dict) -> Optional[SourceRecord]:
+    def _identified(self, rows: Iterator[Row], state: dict) -> Iterator[tuple]:
+        """(row, record, identity) of every detail row (record None: the row did not parse),
+        read ``LOOKAHEAD`` rows at a time so that the record ledger is asked for all their
+        keys in one query. What identify() raises is raised at its row, as before."""
+        window: list = []
+        for row in rows:
+            if row.kind != "detail":
+                continue
+            if row.problems:
+                window.append((row, None, None))
+            else:
+                record = self._record(row, state)
+                try:
+                    identity = self.context.identify(record)
+                except Exception as exc:      # raised when its row is reached
+                    identity = _Raise(exc)
+                window.append((row, record, identity))
+            if len(window) >= LOOKAHEAD:
+                yield from self._prefetched(window)
+                window = []
+        yield from self._prefetched(window)
+
+    def _prefetched(self, window: list) -> list:
+        self.ledger.prefetch(identity[0] for _, _, identity in window if type(identity) is tuple)
+        return window
+
+    def _changed(self, record: SourceRecord, identity) -> Optional[SourceRecord]:
         """The record to publish, or None when the route already published this key with
         this content. A record the mapping can key is identified by route, business key and
         content (a re-dropped corrected file repeats the ids of its unchanged rows and
         publishes a changed row as an update of the earlier one); any other keeps its
         place in the file as identity, and the route parks it as usual."""
-        record = self._record(row, state)
-        identity = self.context.identify(record)
         if identity is None:
             return record
+        if type(identity) is _Raise:
+            raise identity.exc
         key, digest = identity
         prior = self.ledger.last(key)
         if prior is not None and prior[0] == digest:
@@ -189,3 +214,12 @@ class FilePasses:
         return SourceRecord(object=self.spec.pattern, operation=self.spec.operation,
                             position=f"sha256:{state['sha']}:{row.number}",
                             after={**row.values, "_file": state["name"], "_line": row.line}, occurred_at=occurred)
+
+
+class _Raise:
+    """What identify() raised for a row read ahead, raised when that row is reached."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
