@@ -16,6 +16,8 @@ import datetime as dt
 import hashlib
 import json
 from collections import OrderedDict
+from decimal import Decimal
+from json.encoder import encode_basestring_ascii as _json_text
 from typing import Optional
 
 from .contracts import SourceRecord, TerminalError
@@ -39,6 +41,44 @@ def _row_context(record: SourceRecord, columns=None) -> dict:
     return {"object": record.object, "position": record.position, "operation": record.operation,
             "before": _only(record.before, columns), "after": _only(record.after, columns),
             "occurred_at": record.occurred_at.isoformat() if record.occurred_at else None}
+
+
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
+_ORDERS: dict = {}     # a payload's keys -> (key, its JSON text and ':'), sorted as json sorts them
+
+
+def canonical_json(payload: dict) -> str:
+    """Exactly ``json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))``,
+    the text whose sha256 is a record's content identity (``identify``): published digests
+    live in sources' ledgers, so the text must never change. Built here without the
+    encoder's per-value ``default`` callbacks for the values a mapping gives (text, None,
+    Decimal, date, datetime, int); anything else goes through json.dumps itself."""
+    keys = tuple(payload)
+    order = _ORDERS.get(keys)
+    if order is None:
+        if not all(type(k) is str for k in keys):
+            return _json(payload)
+        if len(_ORDERS) > 256:
+            _ORDERS.clear()
+        order = _ORDERS[keys] = tuple((k, _json_text(k) + ":") for k in sorted(keys))
+    parts = []
+    for key, head in order:
+        value = payload[key]
+        kind = type(value)
+        if kind is str:
+            parts.append(head + _json_text(value))
+        elif value is None:
+            parts.append(head + "null")
+        elif kind is Decimal or kind is dt.date or kind is dt.datetime:
+            parts.append(head + _json_text(str(value)))
+        elif kind is int:
+            parts.append(head + int.__repr__(value))
+        else:
+            parts.append(head + _json(value))
+    return "{" + ",".join(parts) + "}"
 
 
 def limit_context(entry: dict, columns) -> dict:
@@ -237,8 +277,7 @@ class Translator:
         key = after.get(self.schema.key_field) if after else None
         if problems or key in (None, ""):
             return None
-        image = json.dumps(after, sort_keys=True, default=str, separators=(",", ":"))
-        return str(key), hashlib.sha256(image.encode()).hexdigest()
+        return str(key), hashlib.sha256(canonical_json(after).encode()).hexdigest()
 
     def problems(self, record: SourceRecord) -> list[dict]:
         """What would stop this record from being published (for whole-file checks).
