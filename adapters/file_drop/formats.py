@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, BinaryIO, Iterator, Optional
 
 from .spec import CsvOptions, FixedField, FixedWidthOptions, SourceOptions, Typing
-from .values import convert, implied_decimal, signed_amount
+from .values import convert, implied_decimal, plain_decimals, signed_amount
 
 BOM = b"\xef\xbb\xbf"
 # Control characters other than tab/CR/LF never appear in a text export.
@@ -93,10 +93,15 @@ class LineReader:
 # ---- parsers ------------------------------------------------------------------------
 
 def apply_types(row: Row, typing: Typing) -> None:
+    plain = plain_decimals(typing)
+    values = row.values
     for column, kind in typing.types.items():
-        if column not in row.values:
+        if column not in values:
             continue
-        value = row.values[column]
+        value = values[column]
+        if plain is not None and kind == "decimal" and type(value) is str and plain(value):
+            values[column] = Decimal(value)     # what parse_amount makes of these (below)
+            continue
         try:
             row.values[column], mark = convert(value, kind, typing)
         except ValueError as exc:
