@@ -14,12 +14,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 from collections import OrderedDict
-from decimal import Decimal
-from json.encoder import encode_basestring_ascii as _json_text
 from typing import Optional
 
+from . import jsontext
 from .contracts import SourceRecord, TerminalError
 from .events import envelope
 from .ledger import LEDGER_KEY
@@ -43,42 +41,11 @@ def _row_context(record: SourceRecord, columns=None) -> dict:
             "occurred_at": record.occurred_at.isoformat() if record.occurred_at else None}
 
 
-def _json(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-
-
-_ORDERS: dict = {}     # a payload's keys -> (key, its JSON text and ':'), sorted as json sorts them
-
-
 def canonical_json(payload: dict) -> str:
-    """Exactly ``json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))``,
-    the text whose sha256 is a record's content identity (``identify``): published digests
-    live in sources' ledgers, so the text must never change. Built here without the
-    encoder's per-value ``default`` callbacks for the values a mapping gives (text, None,
-    Decimal, date, datetime, int); anything else goes through json.dumps itself."""
-    keys = tuple(payload)
-    order = _ORDERS.get(keys)
-    if order is None:
-        if not all(type(k) is str for k in keys):
-            return _json(payload)
-        if len(_ORDERS) > 256:
-            _ORDERS.clear()
-        order = _ORDERS[keys] = tuple((k, _json_text(k) + ":") for k in sorted(keys))
-    parts = []
-    for key, head in order:
-        value = payload[key]
-        kind = type(value)
-        if kind is str:
-            parts.append(head + _json_text(value))
-        elif value is None:
-            parts.append(head + "null")
-        elif kind is Decimal or kind is dt.date or kind is dt.datetime:
-            parts.append(head + _json_text(str(value)))
-        elif kind is int:
-            parts.append(head + int.__repr__(value))
-        else:
-            parts.append(head + _json(value))
-    return "{" + ",".join(parts) + "}"
+    """The text whose sha256 is a record's content identity (``identify``): exactly
+    ``json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))``, as it
+    always was. Published digests live in sources' ledgers: it must never change."""
+    return jsontext.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
 def limit_context(entry: dict, columns) -> dict:

@@ -16,6 +16,8 @@ import sqlite3
 from pathlib import Path
 from typing import Optional
 
+from agent.jsontext import dumps
+
 _DDL = "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, digest TEXT NOT NULL, row TEXT NOT NULL)"
 _CHUNK = 500     # bound parameters per look-up (SQLite's limit is 999 in old builds)
 
@@ -69,7 +71,7 @@ class RecordLedger:
         if not self.pending:
             return
         db = self._db()
-        rows = [(k, d, json.dumps(r, default=str)) for k, (d, r) in self.pending.items()]
+        rows = [(k, d, dumps(r)) for k, (d, r) in self.pending.items()]      # = json.dumps(r, default=str)
         db.execute("BEGIN IMMEDIATE")
         db.executemany("INSERT INTO records VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET digest=excluded.digest,"
                        " row=excluded.row", rows)
