@@ -92,8 +92,13 @@ class LineReader:
 
 # ---- parsers ------------------------------------------------------------------------
 
-def apply_types(row: Row, typing: Typing) -> None:
-    plain = plain_decimals(typing)
+_UNSET: Any = object()
+
+
+def apply_types(row: Row, typing: Typing, plain=_UNSET) -> None:
+    """``plain``: ``plain_decimals(typing)``, when the caller looked it up once per file."""
+    if plain is _UNSET:
+        plain = plain_decimals(typing)
     values = row.values
     for column, kind in typing.types.items():
         if column not in values:
@@ -132,6 +137,7 @@ def read_rows(stream: BinaryIO, spec: SourceOptions, lines: Optional[LineReader]
         rows = {"fixed_width": _fixed_rows, "jsonl": _json_rows}[spec.format](lines, opts)
     number = 0
     trailer_seen = None
+    plain = plain_decimals(opts)
     for row in rows:
         if trailer_seen is not None and row.kind != "trailer":
             row.problems.append(problem(row.line, "structure", f"{row.kind} record after the trailer "
@@ -143,7 +149,7 @@ def read_rows(stream: BinaryIO, spec: SourceOptions, lines: Optional[LineReader]
             row.number = number
             for p in row.problems:
                 p["record"] = number
-            apply_types(row, opts)
+            apply_types(row, opts, plain)
         yield row
 
 

@@ -211,9 +211,11 @@ class FilePasses:
         # The object is the file spec, not the file name: ids then depend on the content
         # alone, so the same record dropped under two names is one event. The name and line
         # ride along as pseudo-columns (mappable, and shown in the exception queue).
+        # The row's own dict becomes the record's (a row is read for one record only).
+        after = row.values
+        after["_file"], after["_line"] = state["name"], row.line
         return SourceRecord(object=self.spec.pattern, operation=self.spec.operation,
-                            position=f"sha256:{state['sha']}:{row.number}",
-                            after={**row.values, "_file": state["name"], "_line": row.line}, occurred_at=occurred)
+                            position=f"sha256:{state['sha']}:{row.number}", after=after, occurred_at=occurred)
 
 
 class _Raise:
