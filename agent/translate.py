@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import json
+from collections import OrderedDict
 from typing import Optional
 
+from . import jsontext
 from .contracts import SourceRecord, TerminalError
 from .events import envelope
 from .ledger import LEDGER_KEY
@@ -25,6 +26,7 @@ from .mapping import Problem
 __all__ = ["Translator", "limit_context", "IF_PUBLISHED"]
 
 IF_PUBLISHED = "if_published"     # a queue row key: keep this delete only if the key was published
+_PREMAPPED_MIN = 4096             # payloads identify() keeps for translate() at least
 
 
 def _only(image, columns):
@@ -37,6 +39,13 @@ def _row_context(record: SourceRecord, columns=None) -> dict:
     return {"object": record.object, "position": record.position, "operation": record.operation,
             "before": _only(record.before, columns), "after": _only(record.after, columns),
             "occurred_at": record.occurred_at.isoformat() if record.occurred_at else None}
+
+
+def canonical_json(payload: dict) -> str:
+    """The text whose sha256 is a record's content identity (``identify``): exactly
+    ``json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))``, as it
+    always was. Published digests live in sources' ledgers: it must never change."""
+    return jsontext.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
 def limit_context(entry: dict, columns) -> dict:
@@ -63,9 +72,56 @@ class Translator:
         self.keep_columns = keep_columns if keep_columns is None or filter is None else \
             frozenset(keep_columns | filter.columns)
         self.filter = filter
+        # What identify() made of an after image, for the translate() that follows it:
+        # id(image) -> (the image itself, lookup tables then, sequence, (payload, problems)).
+        self._premapped: OrderedDict = OrderedDict()
+        self._premapped_seq = 0
+        self._premapped_cap = _PREMAPPED_MIN
+        self._tables = None
 
     def refresh_lookups(self) -> None:
         self.mapping.refresh_lookups()
+
+    # -- one mapping per after image between identify() and translate() -----------------
+    #
+    # A source that publishes only what changed (file_drop) asks identify() for a record's
+    # key and digest and then hands the same record, with its new position, to translate():
+    # the same after image, the same mapping, so the same payload. It is mapped once: the
+    # payload identify() computed is kept for that exact object (held, so its id cannot be
+    # reused) and taken by the first _mapped() of that object, as long as every lookup table
+    # still holds the codes it held then (a refresh swaps them whole; a table shared with
+    # another route may be refreshed by that route). Anything else is mapped afresh.
+
+    def _lookup_state(self) -> tuple:
+        tables = self._tables
+        if tables is None:
+            tables = self._tables = tuple(getattr(self.mapping, "lookups", {}).values())
+        return tuple([getattr(table, "codes", table) for table in tables])
+
+    def _map_after(self, image) -> tuple:
+        """mapping.apply(image), kept for the _mapped() of the same object."""
+        mapped = self.mapping.apply(image)
+        cache = self._premapped
+        self._premapped_seq += 1
+        cache.pop(id(image), None)
+        cache[id(image)] = (image, self._lookup_state(), self._premapped_seq, mapped)
+        while len(cache) > self._premapped_cap:
+            cache.popitem(last=False)
+        return mapped
+
+    def _apply_after(self, image) -> tuple:
+        """mapping.apply(image), or what _map_after() computed for this very object."""
+        cache = self._premapped
+        entry = cache.pop(id(image), None) if cache else None
+        if entry is None or entry[0] is not image:
+            return self.mapping.apply(image)
+        # older images were never translated (unchanged rows): they never will be
+        seq = entry[2]
+        while cache and next(iter(cache.values()))[2] < seq:
+            cache.popitem(last=False)
+        if entry[1] != self._lookup_state():
+            return self.mapping.apply(image)
+        return entry[3]
 
     @property
     def columns(self) -> frozenset:
@@ -74,6 +130,8 @@ class Translator:
 
     def translate(self, records, captured_at: Optional[dt.datetime] = None) -> tuple[list[dict], list[dict]]:
         captured_at = captured_at or dt.datetime.now(dt.timezone.utc)
+        if isinstance(records, list):    # identify() keeps up to two batches' payloads
+            self._premapped_cap = max(_PREMAPPED_MIN, 2 * len(records))
         events, failures = [], []
         for record in records:
             try:
@@ -121,7 +179,7 @@ class Translator:
 
     def _mapped(self, record: SourceRecord) -> tuple[str, Optional[dict], Optional[dict]]:
         """(business key, before, after) of a record, or TerminalError with every problem."""
-        after, after_problems = self.mapping.apply(record.after)
+        after, after_problems = self._apply_after(record.after) if record.after is not None else (None, [])
         before, before_problems = self.mapping.apply(record.before)
         image = after if after is not None else before
         key = image.get(self.schema.key_field) if image else None
@@ -182,12 +240,11 @@ class Translator:
         screened, conditional = self._screened(record)
         if screened is None or conditional or screened.after is None:
             return None
-        after, problems = self.mapping.apply(screened.after)
+        after, problems = self._map_after(screened.after)
         key = after.get(self.schema.key_field) if after else None
         if problems or key in (None, ""):
             return None
-        image = json.dumps(after, sort_keys=True, default=str, separators=(",", ":"))
-        return str(key), hashlib.sha256(image.encode()).hexdigest()
+        return str(key), hashlib.sha256(canonical_json(after).encode()).hexdigest()
 
     def problems(self, record: SourceRecord) -> list[dict]:
         """What would stop this record from being published (for whole-file checks).

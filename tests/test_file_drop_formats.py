@@ -244,3 +244,28 @@ def test_typed_columns_take_only_plain_ascii_digits(net, date):
     (row,) = rows(f"net;day\n{net};{date}\n".encode(), options)
     bad = (net, "net") if net != "12,50" else (date, "day")
     assert [(p["line"], p["column"], p["value"]) for p in row.problems] == [(2, bad[1], bad[0])]
+
+
+_TYPINGS = [{}, {"thousands_separator": ","}, {"thousands_separator": " "}, {"negative_parentheses": True},
+            {"decimal_separator": ",", "thousands_separator": "."}, {"currency_marks": ["€", "1"]}]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(_TYPINGS), st.one_of(
+    st.from_regex(r"\A[-+ (]?[0-9.,]{0,8}[-+ )]?\Z"), st.text(alphabet="0123456789.-+,() €", max_size=8), st.text()))
+def test_plain_amounts_take_a_shortcut_to_the_same_value_and_problems(options, text):
+    """apply_types reads '-1234.50' without parse_amount: same Decimal (sign, exponent) and,
+    for anything else, the same problem as before."""
+    from adapters.file_drop.formats import Row, apply_types
+    from adapters.file_drop.spec import Typing
+    from adapters.file_drop.values import convert
+    typing = Typing(types={"net": "decimal"}, **options)
+    row = Row("detail", 2, {"net": text}, number=1)
+    apply_types(row, typing)
+    try:
+        expected, mark = convert(text, "decimal", typing)
+    except ValueError:
+        assert len(row.problems) == 1 and row.problems[0]["rule"] == "decimal"
+        return
+    assert row.problems == [] and repr(row.values["net"]) == repr(expected)
+    assert row.values.get("net_currency") == (mark if typing.currency_marks else None)

@@ -4,6 +4,7 @@ of the earlier rows; what a route has published is its own, not its inbox's."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 from tests.test_file_drop_agent import HEADER, archive_day, config, files, invoice_line, published, run  # noqa: F401
 
@@ -83,3 +84,36 @@ def test_junk_a_lenient_route_accepted_is_not_already_published_for_a_strict_one
     r.stop()
     assert [e["key"] for e in published(tmp_path / "second_out")] == ["I-00001"], "lenient: the good row"
     assert published(r.out) == [] and files(r.inbox / "error") == ["strict_inv.csv", "strict_inv.csv.error.json"]
+
+
+def test_a_key_repeated_after_a_batch_boundary_inside_the_lookahead_is_an_update_of_the_settled_row(tmp_path, run):
+    """Pass 2 looks the keys of many rows up at once (ahead of the batches): a key published
+    in one batch and repeated after it must still see that batch's row, once settled."""
+    r = run(config(tmp_path, {"format": "csv", "batch_size": 3}))
+    lines = [invoice_line(n) for n in range(1, 8)] + [invoice_line(2, net="2.50"), invoice_line(2, net="2.50"),
+                                                      invoice_line(5)]
+    (r.inbox / "inv.csv").write_text(HEADER + "".join(lines))
+    r.passes()
+    r.stop()
+    events = published(r.out)
+    assert [(e["key"], e["metadata"]["operation"]) for e in events] == \
+        [(f"I-0000{n}", "CREATE") for n in range(1, 8)] + [("I-00002", "UPDATE")], "then unchanged twice"
+    assert str(events[-1]["before"]["net_amount"]) == "100.00" and str(events[-1]["after"]["net_amount"]) == "2.50"
+
+
+def test_the_record_ledger_answers_a_prefetch_as_the_table_does(tmp_path):
+    from adapters.file_drop.records import RecordLedger
+    ledger = RecordLedger(tmp_path / "records.db")
+    ledger.note("a", "d1", {"n": Decimal("1.50")})
+    ledger.settle()
+    keys = ["a", "b"] + [f"k{n}" for n in range(1200)]     # more keys than one query binds
+    ledger.prefetch(keys)
+    assert ledger.last("a") == ("d1", {"n": "1.50"}) and ledger.last("b") is None
+    ledger.note("b", "d2", {"n": 2})
+    assert ledger.last("b") == ("d2", {"n": 2}), "the batch in flight first"
+    ledger.settle()
+    assert ledger.last("b") == ("d2", {"n": 2})
+    ledger.close()
+    again = RecordLedger(tmp_path / "records.db")
+    assert [again.last(k) for k in ("a", "b", "k7")] == [("d1", {"n": "1.50"}), ("d2", {"n": 2}), None]
+    again.close()

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, BinaryIO, Iterator, Optional
 
 from .spec import CsvOptions, FixedField, FixedWidthOptions, SourceOptions, Typing
-from .values import convert, implied_decimal, signed_amount
+from .values import convert, implied_decimal, plain_decimals, signed_amount
 
 BOM = b"\xef\xbb\xbf"
 # Control characters other than tab/CR/LF never appear in a text export.
@@ -92,11 +92,21 @@ class LineReader:
 
 # ---- parsers ------------------------------------------------------------------------
 
-def apply_types(row: Row, typing: Typing) -> None:
+_UNSET: Any = object()
+
+
+def apply_types(row: Row, typing: Typing, plain=_UNSET) -> None:
+    """``plain``: ``plain_decimals(typing)``, when the caller looked it up once per file."""
+    if plain is _UNSET:
+        plain = plain_decimals(typing)
+    values = row.values
     for column, kind in typing.types.items():
-        if column not in row.values:
+        if column not in values:
             continue
-        value = row.values[column]
+        value = values[column]
+        if plain is not None and kind == "decimal" and type(value) is str and plain(value):
+            values[column] = Decimal(value)     # what parse_amount makes of these (below)
+            continue
         try:
             row.values[column], mark = convert(value, kind, typing)
         except ValueError as exc:
@@ -127,6 +137,7 @@ def read_rows(stream: BinaryIO, spec: SourceOptions, lines: Optional[LineReader]
         rows = {"fixed_width": _fixed_rows, "jsonl": _json_rows}[spec.format](lines, opts)
     number = 0
     trailer_seen = None
+    plain = plain_decimals(opts)
     for row in rows:
         if trailer_seen is not None and row.kind != "trailer":
             row.problems.append(problem(row.line, "structure", f"{row.kind} record after the trailer "
@@ -138,7 +149,7 @@ def read_rows(stream: BinaryIO, spec: SourceOptions, lines: Optional[LineReader]
             row.number = number
             for p in row.problems:
                 p["record"] = number
-            apply_types(row, opts)
+            apply_types(row, opts, plain)
         yield row
 
 

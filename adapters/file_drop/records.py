@@ -16,7 +16,10 @@ import sqlite3
 from pathlib import Path
 from typing import Optional
 
+from agent.jsontext import dumps
+
 _DDL = "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, digest TEXT NOT NULL, row TEXT NOT NULL)"
+_CHUNK = 500     # bound parameters per look-up (SQLite's limit is 999 in old builds)
 
 
 class RecordLedger:
@@ -24,6 +27,8 @@ class RecordLedger:
         self.path = Path(path)
         self._conn: Optional[sqlite3.Connection] = None
         self.pending: dict[str, tuple[str, dict]] = {}     # published in the batch in flight
+        # what the table held for the keys of the last prefetch(): key -> (digest, row text) or None
+        self._known: dict[str, Optional[tuple[str, str]]] = {}
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -34,11 +39,28 @@ class RecordLedger:
             self._conn.execute(_DDL)
         return self._conn
 
+    def prefetch(self, keys) -> None:
+        """Read what the table holds for these keys in a few queries instead of one per key
+        (``last`` then answers from it); forgets the previous prefetch. Kept exact by
+        ``settle``, the only writer of the table."""
+        wanted = list(dict.fromkeys(k for k in keys if k not in self.pending))
+        known: dict[str, Optional[tuple[str, str]]] = dict.fromkeys(wanted)
+        db = self._db()
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            query = f"SELECT key, digest, row FROM records WHERE key IN ({','.join('?' * len(chunk))})"
+            for key, digest, row in db.execute(query, chunk):
+                known[key] = (digest, row)
+        self._known = known
+
     def last(self, key: str) -> Optional[tuple[str, dict]]:
         """(digest, row) last published for ``key`` (this batch included), or None."""
         if key in self.pending:
             return self.pending[key]
-        found = self._db().execute("SELECT digest, row FROM records WHERE key=?", (key,)).fetchone()
+        if key in self._known:
+            found = self._known[key]
+        else:
+            found = self._db().execute("SELECT digest, row FROM records WHERE key=?", (key,)).fetchone()
         return (found[0], json.loads(found[1])) if found else None
 
     def note(self, key: str, digest: str, row: dict) -> None:
@@ -49,14 +71,20 @@ class RecordLedger:
         if not self.pending:
             return
         db = self._db()
+        rows = [(k, d, dumps(r)) for k, (d, r) in self.pending.items()]      # = json.dumps(r, default=str)
         db.execute("BEGIN IMMEDIATE")
         db.executemany("INSERT INTO records VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET digest=excluded.digest,"
-                       " row=excluded.row", [(k, d, json.dumps(r, default=str)) for k, (d, r) in self.pending.items()])
+                       " row=excluded.row", rows)
         db.execute("COMMIT")
+        known = self._known
+        for key, digest, row in rows:      # the prefetch stays what the table now holds
+            if key in known:
+                known[key] = (digest, row)
         self.pending.clear()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         self.pending.clear()
+        self._known = {}
         if conn is not None:
             conn.close()

@@ -7,23 +7,18 @@ One file at a time per route, in three steps:
    every ``rescan_every``. A file is finished when ``min_age`` old with a stable size
    over two looks (and its trigger / sidecar is there); it is claimed by an atomic
    rename into ``processing/<owner>/``: two agents can never both read it.
-2. **Check (pass 1).** Stream the whole file: parse, apply the route's mapping gates
-   (``context.validate``) and the control checks, collecting every problem. Nothing is
-   emitted yet, so a file can still be rejected as a whole.
-3. **Emit (pass 2).** Stream it again and yield batches whose checkpoint names the file
-   hash and the last record number; the pipeline commits them with the events
-   (invariant 1), so after a SIGKILL the next run skips what was committed. Event
-   positions are ``sha256:<hash>:<record>``: the same record always gets the same id.
-   Only when the generator is resumed after the final batch (the batch is durable) is
-   the file recorded in the ledger and moved to ``archive/YYYY-MM-DD/``.
+2. **Check (pass 1)** and 3. **Emit (pass 2)**: ``passes.FilePasses``. The whole file is
+   checked before any of it is emitted; pass 2 yields batches whose checkpoint names the
+   file hash and the last record number (committed with the events: invariant 1). Only
+   when the generator is resumed after the final batch (the batch is durable) is the file
+   recorded in the ledger and moved to ``archive/YYYY-MM-DD/`` (``_finish``); a rejected
+   file goes to ``error/`` with its report (``_reject``).
 
 Checkpoint: ``{"v": 1, "file": null}`` when idle, else ``{"v": 1, "file": {"inbox",
 "name", "sha", "record", "mtime", "done"?, "outcome"?}}``.
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import hashlib
 import os
 import stat
@@ -32,18 +27,16 @@ import time
 from typing import Any, Iterator, Mapping, Optional
 
 
-from agent.contracts import AdapterContext, ConfigError, Source, SourceBatch, SourceRecord, TransientError
+from agent.contracts import AdapterContext, ConfigError, Source, SourceBatch, TransientError
 
-from .checks import Controls, parse_sidecar
 from .claim import Claimed, Inbox, Readiness, agent_id, network_fs, open_nofollow, route_id, write_json
-from .formats import FileRejected, LineReader, Row, problem, read_rows
-from .outcomes import file_exception, file_report, mapping_problem, now_text, row_exception
-from .progress import Progress
+from .formats import FileRejected, problem
+from .outcomes import file_exception, file_report, now_text
+from .passes import VERSION, FilePasses, Stopped
 from .records import RecordLedger
 from .spec import SourceOptions
 from .watch import start_observer
 
-VERSION = 1
 IDLE = {"v": VERSION, "file": None}
 
 
@@ -58,6 +51,7 @@ class FileDropSource(Source):
         self.inboxes: list[Inbox] = []
         self._observer = None
         self.ledger: Optional[RecordLedger] = None
+        self.passes: Optional[FilePasses] = None
         self._last_scan = 0.0
         self._waiting: list[str] = []
         checks = self.spec.checks
@@ -75,6 +69,7 @@ class FileDropSource(Source):
         route = route_id(self.context.route) if self.context.route else spec_id
         inboxes = [Inbox(root, self.spec.pattern, owner, self.companions, route) for root in self._roots()]
         self.ledger = RecordLedger(os.path.join(self.context.state_dir, "file_drop", f"records-{route}.db"))
+        self.passes = FilePasses(self.spec, self.context, self.ledger, self.sidecar_suffix)
         for inbox in inboxes:
             if not inbox.root.is_dir():
                 raise TransientError(f"file_drop inbox {inbox.root} is not reachable (share not mounted?)")
@@ -201,8 +196,8 @@ class FileDropSource(Source):
             self._skip_duplicate(claimed, state, prior)
             return True
         try:
-            problems, total, blocking = self._check(claimed, state)
-        except _Stopped:   # stays claimed: the next run checks it again from the start
+            problems, total, blocking = self.passes.check(claimed, state)
+        except Stopped:   # stays claimed: the next run checks it again from the start
             return False
         if blocking:
             return (yield from self._reject(claimed, state, problems, total))
@@ -224,7 +219,7 @@ class FileDropSource(Source):
             yield SourceBatch([], IDLE)
             return True
         if current.get("done"):
-            self._remember_all(claimed, current)
+            self.passes.remember_all(claimed, current)
             return (yield from self._finish(claimed, current))
         if not claimed.path.exists():
             self.log.error("file %s vanished from %s after %d of its records were queued", current["name"],
@@ -234,135 +229,13 @@ class FileDropSource(Source):
         self.log.info("resuming file %s after record %d", current["name"], current["record"])
         return (yield from self._emit(claimed, current))
 
-    # -- the two passes -------------------------------------------------------------------
-
-    def _rows(self, claimed: Claimed, progress: Progress, push: bool) -> Iterator[Row]:
-        with open_nofollow(claimed.path) as handle:
-            lines = LineReader(handle, self.spec.encoding, self.spec.max_line)
-            for row in read_rows(handle, self.spec, lines, needed=self.context.columns()):
-                yield row
-                if row.number % 1000 == 0:
-                    progress.tick(row.number, lines.bytes_read, push)
-            progress.tick(progress.rows, lines.bytes_read, push)
-
-    def _check(self, claimed: Claimed, state: dict) -> tuple[list, int, bool]:
-        """Pass 1: (problems listed, problems counted, whether the file must be rejected)."""
-        spec = self.spec
-        listed, total = [], 0
-        controls = Controls(spec.checks, spec.format_options) if spec.checks else None
-        progress = Progress(claimed.name, "checking", state["size"], self.log, spec.progress_log_every,
-                            self.context.report_progress)
-        try:
-            for row in self._rows(claimed, progress, push=True):
-                if controls:
-                    controls.add(row)
-                found = row.problems
-                if row.kind == "detail" and not found and spec.all_or_nothing:
-                    # per-row mode skips this (it costs a mapping and an encode per row): there
-                    # the pipeline parks each mapping failure in the exception queue itself
-                    found = self._gates(row, state)
-                total += len(found)
-                listed.extend(found[:max(0, spec.max_problems - len(listed))])
-                if self.context.stop.is_set():
-                    raise _Stopped
-        except FileRejected as exc:   # the rest of the file cannot be read: always fatal
-            return [exc.problem] + listed[:spec.max_problems - 1], total + 1, True
-        control_problems = controls.problems(self._sidecar(claimed)) if controls else []
-        now = os.stat(claimed.path)
-        if (now.st_size, now.st_mtime) != (state["size"], state["mtime"]):
-            # a writer still had it open although it looked finished: never publish a moving target
-            control_problems.insert(0, problem(None, "changed", "the file changed while it was being read (still "
-                                               "being written? raise min_age or use a trigger file)"))
-        blocking = bool(control_problems) or (spec.all_or_nothing and total > 0)
-        return control_problems + listed, total + len(control_problems), blocking
-
-    def _gates(self, row: Row, state: dict) -> list[dict]:
-        try:
-            return [mapping_problem(row, p) for p in self.context.validate(self._record(row, state))]
-        except Exception as exc:   # a record the mapping cannot even process must not block the route
-            return [problem(row.line, "mapping", f"cannot be mapped: {type(exc).__name__}: {exc}",
-                            record=row.number)]
-
-    def _remember_all(self, claimed: Claimed, state: dict) -> None:
-        """After a crash between the final commit and the archive move: the last batch's
-        rows may not be remembered yet (idempotent: the rows are committed)."""
-        if not claimed.path.exists():
-            return
-        progress = Progress(claimed.name, "publishing", state["size"], self.log, self.spec.progress_log_every,
-                            self.context.report_progress)
-        for row in self._rows(claimed, progress, push=False):
-            if row.kind == "detail" and not row.problems:
-                self._changed(row, state)
-        self.ledger.settle()
-
-    def _sidecar(self, claimed: Claimed) -> Optional[dict]:
-        if not self.sidecar_suffix:
-            return None
-        path = claimed.inbox.companion_in_processing(claimed, self.sidecar_suffix)
-        if path is None:
-            return None
-        try:
-            with open_nofollow(path) as handle:
-                return parse_sidecar(handle.read(1 << 20).decode(self.spec.encoding))
-        except (ValueError, UnicodeDecodeError) as exc:
-            self.log.warning("sidecar %s is unreadable: %s", path.name, exc)
-            return None
-
     def _emit(self, claimed: Claimed, state: dict) -> Iterator[SourceBatch]:
         """Pass 2 from ``state['record']`` on. Returns True when the file is settled."""
-        after, size = state["record"], state["size"]
-        progress = Progress(claimed.name, "publishing", size, self.log, self.spec.progress_log_every,
-                            self.context.report_progress)
-        records, exceptions, last, unchanged = [], [], after, state.get("unchanged", 0)
-        for row in self._rows(claimed, progress, push=False):
-            if row.kind != "detail":
-                continue
-            if row.number <= after:      # committed before a restart: make sure it is remembered
-                if not row.problems:
-                    self._changed(row, state)
-                continue
-            last = row.number
-            if row.problems:
-                exceptions.append(row_exception(state, row, self.spec.operation))
-            else:
-                record = self._changed(row, state)
-                if record is None:
-                    unchanged += 1
-                else:
-                    records.append(record)
-            if len(records) + len(exceptions) >= self.spec.batch_size:
-                yield SourceBatch(records, {"v": VERSION, "file": {**state, "record": last, "unchanged": unchanged}},
-                                  progress.snapshot(), exceptions=exceptions)
-                self.ledger.settle()      # resumed: the batch is durable
-                records, exceptions = [], []
-                if self.context.stop.is_set():
-                    return False
-        done = {**state, "record": last, "done": True, "unchanged": unchanged}
-        yield SourceBatch(records, {"v": VERSION, "file": done}, {**progress.snapshot(), "bytes_pct": 100.0},
-                          exceptions=exceptions)
-        self.ledger.settle()
+        done = yield from self.passes.emit(claimed, state)
+        if done is None:
+            return False
         # resumed: the final batch is committed, so the file may leave processing/
         return (yield from self._finish(claimed, done))
-
-    def _changed(self, row: Row, state: dict) -> Optional[SourceRecord]:
-        """The record to publish, or None when the route already published this key with
-        this content. A record the mapping can key is identified by route, business key and
-        content (a re-dropped corrected file repeats the ids of its unchanged rows and
-        publishes a changed row as an update of the earlier one); any other keeps its
-        place in the file as identity, and the route parks it as usual."""
-        record = self._record(row, state)
-        identity = self.context.identify(record)
-        if identity is None:
-            return record
-        key, digest = identity
-        prior = self.ledger.last(key)
-        if prior is not None and prior[0] == digest:
-            return None
-        self.ledger.note(key, digest, record.after)
-        position = f"key:{key}:sha256:{digest}"
-        if prior is None:
-            return dataclasses.replace(record, position=position)
-        return dataclasses.replace(record, operation="update", position=position, before=prior[1])
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -398,18 +271,6 @@ class FileDropSource(Source):
                          prior.get("name"), prior.get("published_at"), final)
         self.context.set_health(details={**self.context.health.details, "last skipped file":
                                          f"{claimed.name} at {now_text()} (same content as {prior.get('name')})"})
-
-    def _record(self, row: Row, state: dict) -> SourceRecord:
-        occurred = dt.datetime.fromtimestamp(state["mtime"], dt.timezone.utc) if state.get("mtime") else None
-        # The object is the file spec, not the file name: ids then depend on the content
-        # alone, so the same record dropped under two names is one event. The name and line
-        # ride along as pseudo-columns (mappable, and shown in the exception queue).
-        return SourceRecord(object=self.spec.pattern, operation=self.spec.operation,
-                            position=f"sha256:{state['sha']}:{row.number}",
-                            after={**row.values, "_file": state["name"], "_line": row.line}, occurred_at=occurred)
-
-class _Stopped(Exception):
-    pass
 
 
 Source = FileDropSource

@@ -51,6 +51,28 @@ def parse_amount(text: str, typing: Typing) -> tuple[Decimal, Optional[str]]:
     return number, mark
 
 
+# "-1234.50", "0.5", ".5", "12.": what parse_amount reads as Decimal(text) whenever the
+# separator is "." and no currency mark is configured (no blank, no sign after the digits,
+# no parentheses, no thousands separator -- a separator cannot be a digit -- and "+"
+# excluded: Decimal("+1") is Decimal("1") but the cheaper path need not know that)
+_PLAIN = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)").fullmatch
+_PLAIN_OF: dict[int, tuple] = {}
+
+
+def plain_decimals(typing: Typing):
+    """A test for amounts that parse_amount reads as plain ``Decimal(text)`` under this
+    typing, or None when the typing has no such shortcut (another decimal separator,
+    currency marks)."""
+    known = _PLAIN_OF.get(id(typing))
+    if known is None or known[0] is not typing:
+        fits = typing.decimal_separator == "." and not typing.currency_marks and \
+            not (typing.thousands_separator or "").isdigit()
+        if len(_PLAIN_OF) > 64:
+            _PLAIN_OF.clear()
+        known = _PLAIN_OF[id(typing)] = (typing, _PLAIN if fits else None)
+    return known[1]
+
+
 def _without_mark(text: str, marks: list[str]) -> tuple[str, Optional[str]]:
     for mark in sorted(marks, key=len, reverse=True):     # "US$" before "$"
         if text.startswith(mark):
