@@ -19,7 +19,7 @@ class BuildWithAvroEncoders(build_py):
         spec = importlib.util.spec_from_file_location("outpost_avro_codegen", ROOT / "agent" / "avro_codegen.py")
         codegen = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(codegen)
-        codegen.write_module([ROOT / "avro"], ROOT / "agent" / "_avro_encoders.py")
+        codegen.write_module(ROOT / "avro", ROOT / "agent" / "_avro_encoders.py")
         super().run()
 
 

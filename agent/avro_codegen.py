@@ -44,6 +44,10 @@ _DATE_SHIFT = _dt.date(1970, 1, 1).toordinal()
 _POWERS = tuple(10 ** n for n in range(80))
 
 
+class Fallback(Exception):
+    """A record not of the exact shape the encoder was generated for: encode with fastavro."""
+
+
 def _varint(z: int) -> bytes:
     """Varint of an already zigzagged long; refuses what is not a 64-bit long."""
     if not 0 <= z < 1 << 64:
@@ -296,29 +300,22 @@ def generate_source(schemas: list[dict]) -> str:
         try:
             lines, constants = _encoder(function, schema)
         except _Unsupported as exc:
-            body.append(f"# {schema.get('name')}: not generated ({exc}); fastavro encodes it")
+            body.append(f"# {schema.get('name')!r}: not generated ({str(exc)!r}); fastavro encodes it")
             continue
         body += [f"{name} = {source}" for name, source in constants.items()]
-        body += [f"# {schema.get('name')} v{schema.get('outpost.version')}"] + lines + [""]
+        body += [f"# {schema.get('name')!r} v{schema.get('outpost.version')!r}"] + lines + [""]
         table.append(f"    {schema_fingerprint(schema)!r}: {function},")
     return "\n".join(header + [""] + body + ["ENCODERS = {"] + table + ["}", ""])
 
 
-class Fallback(Exception):
-    """A record not of the exact shape the encoder was generated for: encode with fastavro."""
-
-
-def write_module(schema_dirs: list[Path], target: Path) -> int:
-    """Generate the encoders of every entity schema under ``schema_dirs`` into ``target``."""
-    schemas: dict[str, dict] = {}
-    for directory in schema_dirs:
-        expanded, problems = load_entity_schemas(directory)
-        if problems:
-            raise SystemExit("cannot generate Avro encoders:\n  " + "\n  ".join(problems))
-        if not expanded:
-            raise SystemExit(f"cannot generate Avro encoders: no entity schemas in {directory}")
-        for schema in expanded.values():
-            schemas[schema_fingerprint(schema)] = schema
+def write_module(schema_dir: Path, target: Path) -> int:
+    """Generate the encoders of every entity schema in ``schema_dir`` into ``target``."""
+    expanded, problems = load_entity_schemas(schema_dir)
+    if problems:
+        raise SystemExit("cannot generate Avro encoders:\n  " + "\n  ".join(problems))
+    if not expanded:
+        raise SystemExit(f"cannot generate Avro encoders: no entity schemas in {schema_dir}")
+    schemas = {schema_fingerprint(schema): schema for schema in expanded.values()}
     source = generate_source(list(schemas.values()))
     if not target.exists() or target.read_text(encoding="utf-8") != source:
         target.write_text(source, encoding="utf-8")
@@ -329,7 +326,7 @@ def main(argv: list[str]) -> int:
     """``python -m agent.avro_codegen [SCHEMA_DIR]``: what the build runs (setup.py)."""
     root = Path(__file__).resolve().parent.parent
     target = root / "agent" / "_avro_encoders.py"
-    count = write_module([Path(argv[0]) if argv else root / "avro"], target)
+    count = write_module(Path(argv[0]) if argv else root / "avro", target)
     print(f"{target}: encoders for {count} schemas")
     return 0
 
