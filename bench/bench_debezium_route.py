@@ -170,7 +170,8 @@ def _agent(a, db, state, every="0.2s", separate=False):
     routes = {"bench": {"source": "erp", "sink": "fabric", "mapping": "customer", "schedule": {"every": every},
                         "capture": {"table": "erp_customer", "snapshot": "none",
                                     "properties": {"max.batch.size": a.max_batch,
-                                                   "poll.interval.ms": a.poll_ms}}}}
+                                                   "poll.interval.ms": a.poll_ms,
+                                                   **({"max.queue.size": a.max_queue} if a.max_queue else {})}}}}
     doc = debezium_config(state, source, a.bootstrap, a.registry, routes, {"customer": CUSTOMER_MAPPING}, LOOKUPS)
     doc["queue"] = {"delivery_batch": a.delivery_batch}
     agent = Agent(config_module.parse(doc), drain_timeout=60, separate_delivery=separate)
@@ -275,7 +276,7 @@ def run_child(a, mode, work) -> dict:
         cmd = [sys.executable, __file__, "--child", mode, "--db", spec, "--state", str(state), "--out", str(out),
                "--bootstrap", a.bootstrap, "--registry", a.registry, "--rows", str(a.rows), "--rate", str(a.rate),
                "--seconds", str(a.seconds), "--delivery-batch", str(a.delivery_batch),
-               "--max-batch", str(a.max_batch), "--poll-ms", str(a.poll_ms)]
+               "--max-batch", str(a.max_batch), "--poll-ms", str(a.poll_ms), "--max-queue", str(a.max_queue)]
         if subprocess.run(cmd, cwd=state).returncode:
             raise SystemExit(f"{mode} child failed")
         return json.loads(out.read_text())
@@ -291,6 +292,7 @@ def main() -> None:
     ap.add_argument("--delivery-batch", type=int, default=500)
     ap.add_argument("--max-batch", type=int, default=2048, help="Debezium max.batch.size of the route")
     ap.add_argument("--poll-ms", type=int, default=50, help="Debezium poll.interval.ms of the route")
+    ap.add_argument("--max-queue", type=int, default=0, help="Debezium max.queue.size of the route (0: Outpost's)")
     ap.add_argument("--skip", default="", help="comma list of: raw,route,latency,idle")
     for hidden in ("child", "db", "state", "out", "bootstrap", "registry"):
         ap.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
