@@ -63,6 +63,31 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def thread_cpu_by_kind() -> dict:
+    """user+sys seconds of this process's live threads, by kind (Linux): the JVM's GC and JIT
+    threads, Python threads (named "python" by the kernel; the JVM's are named by Java), the
+    rest of the JVM (Debezium's WAL reader, the engine's pool threads, which also run the
+    Python consumer while they hold the GIL)."""
+    kinds: dict = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as handle:
+                comm = handle.read().strip()
+            with open(f"/proc/self/task/{tid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kind = ("jvm_gc" if comm.startswith(("GC Thread", "G1 ")) else "jvm_jit" if "Compiler" in comm
+                else "python" if comm == "python" else "jvm_other")
+        kinds[kind] = kinds.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return kinds
+
+
+def _kinds_delta(before: dict, after: dict) -> dict:
+    return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 2) for k in sorted(set(before) | set(after))}
+
+
 def _wait_active(db, timeout=90):
     import psycopg
     deadline = time.monotonic() + timeout
@@ -125,14 +150,14 @@ def child_raw(a, db, state) -> dict:
     me, main = [psutil.Process()], [threading.main_thread().native_id]
     try:     # an engine still running when the main thread dies keeps the process alive
         _wait_active(db)
-        cpu0, h0 = cpu_s(me), thread_cpu_s(main)
+        cpu0, h0, k0 = cpu_s(me), thread_cpu_s(main), thread_cpu_by_kind()
         phases = _phases(db, a.rows, lambda: (counter["n"], counter["last"]))
-        cpu1, h1 = cpu_s(me), thread_cpu_s(main)
+        cpu1, h1, k1 = cpu_s(me), thread_cpu_s(main), thread_cpu_by_kind()
     finally:
         engine.close()
         worker.join(30)
     return {"phases": phases, "peak_rss_mb": rss_mb(), "cpu_s": cpu1 - cpu0 - (h1 - h0), "harness_cpu_s": h1 - h0,
-            "load": os.getloadavg()}
+            "threads_cpu_s": _kinds_delta(k0, k1), "load": os.getloadavg()}
 
 
 def _agent(a, db, state, every="0.2s", separate=False):
@@ -145,7 +170,8 @@ def _agent(a, db, state, every="0.2s", separate=False):
     routes = {"bench": {"source": "erp", "sink": "fabric", "mapping": "customer", "schedule": {"every": every},
                         "capture": {"table": "erp_customer", "snapshot": "none",
                                     "properties": {"max.batch.size": a.max_batch,
-                                                   "poll.interval.ms": a.poll_ms}}}}
+                                                   "poll.interval.ms": a.poll_ms,
+                                                   **({"max.queue.size": a.max_queue} if a.max_queue else {})}}}}
     doc = debezium_config(state, source, a.bootstrap, a.registry, routes, {"customer": CUSTOMER_MAPPING}, LOOKUPS)
     doc["queue"] = {"delivery_batch": a.delivery_batch}
     agent = Agent(config_module.parse(doc), drain_timeout=60, separate_delivery=separate)
@@ -174,12 +200,13 @@ def _route_phases(a, db, agent) -> dict:
         if n != last["n"]:
             last.update(n=n, t=time.time())
         return last["n"], last["t"]
-    meter = AgentMeter(agent, harness=[threading.main_thread().native_id]).start()
+    meter, k0 = AgentMeter(agent, harness=[threading.main_thread().native_id]).start(), thread_cpu_by_kind()
     phases = _phases(db, a.rows, seen)
-    used, rss = meter.read(), peak_rss(agent)
+    used, rss, k1 = meter.read(), peak_rss(agent), thread_cpu_by_kind()
     status = agent.queue.status()["bench"]
     return {"phases": phases, "peak_rss_mb": rss["capture_mb"], "delivery_peak_rss_mb": rss["delivery_mb"],
-            "tracker_peak_rss_mb": rss["tracker_mb"], **used, "load": os.getloadavg(),
+            "tracker_peak_rss_mb": rss["tracker_mb"], **used, "threads_cpu_s": _kinds_delta(k0, k1),
+            "load": os.getloadavg(),
             "exceptions": status.get("open_exceptions"), "slot_retained_bytes": status.get("slot_retained_bytes")}
 
 
@@ -249,7 +276,7 @@ def run_child(a, mode, work) -> dict:
         cmd = [sys.executable, __file__, "--child", mode, "--db", spec, "--state", str(state), "--out", str(out),
                "--bootstrap", a.bootstrap, "--registry", a.registry, "--rows", str(a.rows), "--rate", str(a.rate),
                "--seconds", str(a.seconds), "--delivery-batch", str(a.delivery_batch),
-               "--max-batch", str(a.max_batch), "--poll-ms", str(a.poll_ms)]
+               "--max-batch", str(a.max_batch), "--poll-ms", str(a.poll_ms), "--max-queue", str(a.max_queue)]
         if subprocess.run(cmd, cwd=state).returncode:
             raise SystemExit(f"{mode} child failed")
         return json.loads(out.read_text())
@@ -265,6 +292,7 @@ def main() -> None:
     ap.add_argument("--delivery-batch", type=int, default=500)
     ap.add_argument("--max-batch", type=int, default=2048, help="Debezium max.batch.size of the route")
     ap.add_argument("--poll-ms", type=int, default=50, help="Debezium poll.interval.ms of the route")
+    ap.add_argument("--max-queue", type=int, default=0, help="Debezium max.queue.size of the route (0: Outpost's)")
     ap.add_argument("--skip", default="", help="comma list of: raw,route,latency,idle")
     for hidden in ("child", "db", "state", "out", "bootstrap", "registry"):
         ap.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
@@ -307,6 +335,9 @@ def report(a, R) -> None:
           f"{route.get('cpu_s', 0):.1f} | |")
     print(f"| agent CPU us/event | {us(raw, 'cpu_s'):.1f} | {us(route, 'cpu_s'):.1f} (capture "
           f"{us(route, 'capture_cpu_s'):.1f}, delivery {us(route, 'delivery_cpu_s'):.1f}) | |")
+    split = lambda r: ", ".join(f"{k} {v / n * 1e6:.1f}" for k, v in r.get("threads_cpu_s", {}).items())  # noqa: E731
+    print(f"| capture process CPU us/event by thread kind (python includes the harness thread) | {split(raw)} | "
+          f"{split(route)} | |")
     print(f"| load average (1, 5, 15 min) at the end | {' '.join(f'{x:.2f}' for x in raw.get('load', ()))} | "
           f"{' '.join(f'{x:.2f}' for x in route.get('load', ()))} | |")
     if "idle" in R:

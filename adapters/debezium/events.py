@@ -101,19 +101,45 @@ def position(source: Mapping[str, Any], key: Optional[str], op: str = "c", after
     change, so its id must not depend on the snapshot's position.
     """
     if op == "r":
-        image = json.dumps(after, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        image = _CANONICAL.encode(after)
         return f"snapshot/{_canonical_key(key)}/{hashlib.sha256(image.encode()).hexdigest()[:20]}"
     parts = [f"{name}={source[name]}" for name in _POSITION_FIELDS if source.get(name) is not None]
-    return "/".join(parts + [_canonical_key(key)])
+    parts.append(_canonical_key(key))
+    return "/".join(parts)
+
+
+# json.dumps(x, sort_keys=True, separators=(",", ":"), ensure_ascii=False), built once: the
+# position of every change is made with it (json.dumps builds an encoder per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_decode = json.JSONDecoder().decode
+_quote = json.encoder.encode_basestring     # what _CANONICAL uses for strings (ensure_ascii=False)
 
 
 def _canonical_key(key: Optional[str]) -> str:
+    """The row key as canonical JSON (sorted names, no spaces), whatever the converter wrote.
+
+    A flat key of text and integer columns (nearly every key) is written here directly,
+    exactly as ``_CANONICAL`` would write it (tests/test_debezium_hot_path.py checks both
+    against each other); anything else goes through ``_CANONICAL``."""
     if not key:
         return "{}"
     try:
-        return json.dumps(json.loads(key), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        parsed = _decode(key)
     except ValueError:
         return key
+    if type(parsed) is not dict:
+        return _CANONICAL.encode(parsed)
+    parts = []
+    for name in sorted(parsed):
+        value = parsed[name]
+        kind = type(value)
+        if kind is str:
+            parts.append(f"{_quote(name)}:{_quote(value)}")
+        elif kind is int:
+            parts.append(f"{_quote(name)}:{int.__repr__(value)}")
+        else:
+            return _CANONICAL.encode(parsed)
+    return "{" + ",".join(parts) + "}"
 
 
 def occurred_at(source: Mapping[str, Any]) -> Optional[dt.datetime]:
@@ -129,6 +155,9 @@ def to_records(items: Iterable[tuple], kinds: Mapping[str, Mapping[str, str]],
                echoes: Optional["EchoTransactions"] = None) -> tuple[list[SourceRecord], dict]:
     """(destination, value JSON, key JSON) triples -> records, plus facts for the checkpoint.
 
+    The engine's consumer hands ``None`` as destination (reading it costs a JNI call per
+    record); heartbeats are then known by their value, which carries no "op".
+
     ``kinds`` maps "schema.table" to its column kinds. Heartbeats and tombstones carry no
     change: they are skipped, but still acknowledged with the batch (that is what moves the
     replication slot forward on an idle database). So are changes of the tables in ``skip``
@@ -139,17 +168,20 @@ def to_records(items: Iterable[tuple], kinds: Mapping[str, Mapping[str, str]],
     records: list[SourceRecord] = []
     facts = {"heartbeats": 0, "lsn": None, "snapshot": None, "echoes": 0}
     for destination, value, key in items:
-        if destination.startswith(HEARTBEAT_PREFIX):
+        if destination is not None and destination.startswith(HEARTBEAT_PREFIX):
             facts["heartbeats"] += 1
             continue
         if value is None:
             continue
-        event = json.loads(value)
+        event = _decode(value)
         op = _OPERATIONS.get(event.get("op"))
-        if op is None:    # schema-change or transaction markers: nothing to publish
+        if op is None:    # heartbeats ({"ts_ms": ...}), schema-change or transaction markers
+            if event.keys() == {"ts_ms"}:
+                facts["heartbeats"] += 1
             continue
         source = event.get("source") or {}
-        table = ".".join(p for p in (source.get("schema") or source.get("db"), source.get("table")) if p)
+        schema, name = source.get("schema") or source.get("db"), source.get("table")
+        table = f"{schema}.{name}" if schema and name else (schema or name or "")
         if table in skip:
             facts["heartbeats"] += 1
             continue
