@@ -283,12 +283,9 @@ class SqlApplySink(contracts.Sink):
         local = {}
         lock = conn.dialect.name != "sqlite"
         for name, (plan, keys) in wanted.items():
-            keys = sorted(keys, key=repr)
-            for start in range(0, len(keys), 500):
-                stmt = sql.select_by_keys(plan.sa_table, plan.key, plan.referenced_columns(),
-                                          keys[start:start + 500], lock)
-                for row in conn.execute(stmt).mappings():
-                    local[(name, plan.key_of(row))] = dict(row)
+            for row in sql.rows_by_keys(conn, plan.sa_table, plan.key, plan.referenced_columns(),
+                                        sorted(keys, key=repr), lock):
+                local[(name, plan.key_of(row))] = dict(row)
         return local
 
     def _gates(self, event: QueuedEvent, payload: dict) -> Optional[str]:

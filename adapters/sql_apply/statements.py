@@ -12,7 +12,8 @@ from typing import Callable, Optional
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-__all__ = ["bookkeeping_tables", "upsert", "update_then_insert", "delete", "soft_delete", "procedure_call", "select_by_keys"]
+__all__ = ["bookkeeping_tables", "upsert", "update_then_insert", "delete", "soft_delete", "procedure_call", "select_by_keys",
+           "rows_by_keys"]
 
 
 def bookkeeping_tables(ledger, marker) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, Optional[sa.Table]]:
@@ -149,3 +150,34 @@ def select_by_keys(table: sa.Table, key: list[str], columns: list[str], keys: li
         where = sa.tuple_(*[table.c[k] for k in key]).in_(keys)
     stmt = sa.select(*[table.c[c] for c in dict.fromkeys(key + columns)]).where(where)
     return stmt.with_for_update() if lock else stmt
+
+
+_CHUNK = 500
+
+
+def rows_by_keys(conn, table: sa.Table, key: list[str], columns: list[str], keys, lock: bool) -> list:
+    """The rows of ``table`` whose ``key`` columns hold one of ``keys`` (tuples), as mappings.
+
+    On PostgreSQL the keys go as one array parameter per key column, joined through
+    ``unnest``: one statement text whatever the batch size (so psycopg's prepared statement
+    is reused), and an index probe per key whatever the planner believes about the table.
+    An ``IN (...)`` list there becomes, once the statement is prepared, a generic plan that
+    on a table not yet analyzed probes the index by its leading column only and compares
+    every row of it with every key of the list (measured: 110 ms per 500 keys at 10k rows
+    of the keys ledger, growing with the table). Elsewhere: ``IN`` lists of 500."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return []
+    if conn.dialect.name == "postgresql":
+        wanted = sa.func.unnest(*[sa.bindparam(f"keys{i}", [k[i] for k in keys],
+                                               type_=postgresql.ARRAY(table.c[name].type))
+                                  for i, name in enumerate(key)]).table_valued(
+            *[f"k{i}" for i in range(len(key))]).render_derived(name="wanted")
+        stmt = (sa.select(*[table.c[c] for c in dict.fromkeys(key + columns)])
+                .select_from(wanted.join(table, sa.and_(*[table.c[name] == wanted.c[f"k{i}"]
+                                                          for i, name in enumerate(key)]))))
+        return list(conn.execute(stmt.with_for_update(of=table) if lock else stmt).mappings())
+    found = []
+    for start in range(0, len(keys), _CHUNK):
+        found += conn.execute(select_by_keys(table, key, columns, keys[start:start + _CHUNK], lock)).mappings()
+    return found
