@@ -78,3 +78,32 @@ def test_generic_plans_read_rows_in_proportion_to_the_batch_not_the_tables(pg_ur
     assert plans and not heavy, heavy
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM erp_customer WHERE cust_name = 'renamed'").scalar() == BATCH
+
+
+def test_array_parameters_never_cut_a_value_to_the_column_length(pg_url):
+    """An explicit cast to varchar(n) truncates silently where an assignment refuses: the
+    arrays must carry the values whole, so a key longer than the column matches nothing
+    and a ledger id longer than its column is refused, never stored cut."""
+    from adapters.sql_apply import statements as sql
+    from adapters.sql_apply.bookkeeping import Bookkeeping
+    from adapters.sql_apply.spec import SinkOptions
+    engine = sa.create_engine(pg_url)
+    create_local(engine, with_audit=False)
+    spec = SinkOptions.model_validate({"url": pg_url, "entities": REVERSE, "lookups": LOOKUPS})
+    books = Bookkeeping(spec.ledger, spec.marker, "erp_apply")
+    table = sa.Table("erp_customer", sa.MetaData(), autoload_with=engine)
+    with engine.begin() as conn:
+        books.metadata.create_all(conn)
+        conn.exec_driver_sql("INSERT INTO erp_customer (cust_no, cust_name) VALUES ('AAAAAAAAAAAAAAAAAAAA', 'x')")
+        assert sql.rows_by_keys(conn, table, ["cust_no"], ["cust_name"], [("A" * 20 + "B",)], True) == []
+        assert [r["cust_name"] for r in sql.rows_by_keys(conn, table, ["cust_no"], ["cust_name"],
+                                                          [("A" * 20,)], True)] == ["x"]
+    now = dt.datetime(2026, 11, 1)
+    try:
+        with engine.begin() as conn:
+            sql.insert_rows(conn, books.ledger, [{"event_id": "e" * 65, "entity": "Customer", "entity_key": "C-1",
+                                                  "correlation_id": "", "applied_at": now}])
+    except sa.exc.DataError:
+        pass
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM outpost_applied_events").scalar() == 0

@@ -58,17 +58,14 @@ class Bookkeeping:
 
     def record(self, conn, applied: list, touched: dict, stamps: dict, now: dt.datetime) -> None:
         """Ledger rows, row versions and each key's last applied change, in the caller's transaction."""
-        conn.execute(sa.insert(self.ledger), [
+        sql.insert_rows(conn, self.ledger, [
             {"event_id": e.event_id, "entity": e.entity, "entity_key": e.key[:255],
              "correlation_id": (e.correlation_id or "")[:64], "applied_at": _naive(now)} for e in applied])
         self._record_versions(conn, touched, now)
-        if stamps:
-            columns = ["entity", "entity_key", "event_id", "version", "occurred_us", "captured_us", "applied_at"]
-            stmt, params = self._upsert(conn, self.keys, ["entity", "entity_key"], columns)
-            conn.execute(stmt, [params({"entity": entity, "entity_key": key[:255], "event_id": s.event_id,
-                                        "version": s.version, "occurred_us": s.occurred_us,
-                                        "captured_us": s.captured_us, "applied_at": _naive(now)})
-                                for (entity, key), s in stamps.items()])
+        sql.insert_rows(conn, self.keys, [       # one row per key: ``stamps`` is keyed by it
+            {"entity": entity, "entity_key": key[:255], "event_id": s.event_id, "version": s.version,
+             "occurred_us": s.occurred_us, "captured_us": s.captured_us, "applied_at": _naive(now)}
+            for (entity, key), s in stamps.items()], ["entity", "entity_key"])
 
     def mark(self, conn, now: dt.datetime) -> None:
         """The Debezium marker row, written FIRST in an apply transaction: the debezium
@@ -89,10 +86,7 @@ class Bookkeeping:
                 if key in by_key:
                     versions.append({"object": name, "position": row_position(list(key), row[cursor])[:500],
                                      "event_id": by_key[key][1], "applied_at": _naive(now)})
-        if versions:
-            stmt, params = self._upsert(conn, self.rows, ["object", "position"],
-                                        ["object", "position", "event_id", "applied_at"])
-            conn.execute(stmt, [params(v) for v in versions])
+        sql.insert_rows(conn, self.rows, versions, ["object", "position"])   # one per row written
 
     def _upsert(self, conn, table, key, columns):
         if table.name not in self._stmts:

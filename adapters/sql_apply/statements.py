@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 __all__ = ["bookkeeping_tables", "upsert", "update_then_insert", "delete", "soft_delete", "procedure_call", "select_by_keys",
-           "rows_by_keys"]
+           "rows_by_keys", "insert_rows"]
 
 
 def bookkeeping_tables(ledger, marker) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, Optional[sa.Table]]:
@@ -155,6 +155,18 @@ def select_by_keys(table: sa.Table, key: list[str], columns: list[str], keys: li
 _CHUNK = 500
 
 
+def _array_of(column_type) -> postgresql.ARRAY:
+    """The array type of a parameter carrying a column's values: without the column's length
+    or precision, because an explicit cast to ``varchar(20)[]`` (or ``numeric(18,2)[]``)
+    cuts or rounds silently where an assignment refuses; the column's own rules then apply
+    when the value is compared or stored, as with a single bound parameter."""
+    if isinstance(column_type, sa.String):
+        return postgresql.ARRAY(sa.String())
+    if isinstance(column_type, sa.Numeric) and not isinstance(column_type, sa.Float):
+        return postgresql.ARRAY(sa.Numeric(asdecimal=True))
+    return postgresql.ARRAY(column_type)
+
+
 def rows_by_keys(conn, table: sa.Table, key: list[str], columns: list[str], keys, lock: bool) -> list:
     """The rows of ``table`` whose ``key`` columns hold one of ``keys`` (tuples), as mappings.
 
@@ -170,7 +182,7 @@ def rows_by_keys(conn, table: sa.Table, key: list[str], columns: list[str], keys
         return []
     if conn.dialect.name == "postgresql":
         wanted = sa.func.unnest(*[sa.bindparam(f"keys{i}", [k[i] for k in keys],
-                                               type_=postgresql.ARRAY(table.c[name].type))
+                                               type_=_array_of(table.c[name].type))
                                   for i, name in enumerate(key)]).table_valued(
             *[f"k{i}" for i in range(len(key))]).render_derived(name="wanted")
         stmt = (sa.select(*[table.c[c] for c in dict.fromkeys(key + columns)])
@@ -181,3 +193,32 @@ def rows_by_keys(conn, table: sa.Table, key: list[str], columns: list[str], keys
     for start in range(0, len(keys), _CHUNK):
         found += conn.execute(select_by_keys(table, key, columns, keys[start:start + _CHUNK], lock)).mappings()
     return found
+
+
+def insert_rows(conn, table: sa.Table, rows: list[dict], key: Optional[list[str]] = None) -> None:
+    """``rows`` (dicts with the same columns) into ``table``; with ``key``, an upsert by it
+    (a key that repeats ends as its last row, as one upsert per row would). On PostgreSQL one statement whose values are one
+    array parameter per column (``INSERT ... SELECT FROM unnest(...)``): psycopg's
+    executemany would send and the server execute one INSERT per row."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    if conn.dialect.name != "postgresql":
+        if key:
+            stmt, params = upsert(conn.dialect, table, key, columns)
+            conn.execute(stmt, [params(r) for r in rows])
+        else:
+            conn.execute(sa.insert(table), rows)
+        return
+    if key:     # one statement may not touch a row twice ("cannot affect row a second time")
+        rows = list({tuple(r[k] for k in key): r for r in rows}.values())
+    batch = sa.func.unnest(*[sa.bindparam(f"c{i}", [r[c] for r in rows], type_=_array_of(table.c[c].type))
+                             for i, c in enumerate(columns)]).table_valued(
+        *[f"c{i}" for i in range(len(columns))]).render_derived(name="batch")
+    stmt = postgresql.insert(table).from_select(columns, sa.select(*batch.c))
+    if key:
+        rest = [c for c in columns if c not in key]
+        stmt = (stmt.on_conflict_do_update(index_elements=[table.c[k] for k in key],
+                                           set_={c: stmt.excluded[c] for c in rest}) if rest
+                else stmt.on_conflict_do_nothing(index_elements=[table.c[k] for k in key]))
+    conn.execute(stmt)
