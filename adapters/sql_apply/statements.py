@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 __all__ = ["bookkeeping_tables", "upsert", "update_then_insert", "delete", "soft_delete", "procedure_call", "select_by_keys",
-           "rows_by_keys", "insert_rows"]
+           "rows_by_keys", "insert_rows", "arrays_fit"]
 
 
 def bookkeeping_tables(ledger, marker) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, Optional[sa.Table]]:
@@ -193,6 +193,16 @@ def rows_by_keys(conn, table: sa.Table, key: list[str], columns: list[str], keys
     for start in range(0, len(keys), _CHUNK):
         found += conn.execute(select_by_keys(table, key, columns, keys[start:start + _CHUNK], lock)).mappings()
     return found
+
+
+_PLAIN_TYPES = (sa.String, sa.Integer, sa.Numeric, sa.DateTime, sa.Date, sa.Boolean)
+
+
+def arrays_fit(table: sa.Table, columns) -> bool:
+    """Whether ``columns`` can travel as typed arrays: plain types only. A domain, an enum,
+    a type reflection does not know (NullType) keeps one bound parameter per row, where
+    PostgreSQL infers the type from the column."""
+    return all(isinstance(table.c[c].type, _PLAIN_TYPES) for c in columns)
 
 
 def insert_rows(conn, table: sa.Table, rows: list[dict], key: Optional[list[str]] = None) -> None:
