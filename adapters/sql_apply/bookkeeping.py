@@ -33,41 +33,39 @@ class Bookkeeping:
 
     def applied(self, conn, ids: list[str]) -> set[str]:
         """Which of these events the ledger already holds (applied before: acknowledge only)."""
-        done = set()
-        for start in range(0, len(ids), 500):
-            done |= set(conn.execute(sa.select(self.ledger.c.event_id)
-                                     .where(self.ledger.c.event_id.in_(ids[start:start + 500]))).scalars())
-        return done
+        return {row["event_id"] for row in sql.rows_by_keys(conn, self.ledger, ["event_id"], [], [(i,) for i in ids],
+                                                            False)}
 
     def last_applied(self, conn, keys: set, lock: bool) -> dict[tuple, Stamp]:
         """(entity, key) -> the stamp of the change applied last for it, read ``FOR UPDATE``
         where the database can (so a concurrent applier cannot interleave)."""
-        by_entity: dict[str, list] = {}
-        for entity, key in keys:
-            by_entity.setdefault(entity, []).append(key[:255])
-        found, c = {}, self.keys.c
-        for entity, names in by_entity.items():
-            for start in range(0, len(names), 500):
-                stmt = sa.select(c.entity, c.entity_key, c.event_id, c.version, c.occurred_us, c.captured_us).where(
-                    c.entity == entity, c.entity_key.in_(names[start:start + 500]))
-                for row in conn.execute(stmt.with_for_update() if lock else stmt):
-                    found[(row.entity, row.entity_key)] = Stamp(row.event_id, row.version, row.occurred_us,
-                                                                row.captured_us)
-        return found
+        c, columns = self.keys.c, ["event_id", "version", "occurred_us", "captured_us"]
+        if conn.dialect.name == "postgresql":
+            rows = sql.rows_by_keys(conn, self.keys, ["entity", "entity_key"], columns,
+                                    sorted((entity, key[:255]) for entity, key in keys), lock)
+        else:       # the entity's IN list, which MariaDB's range optimizer takes as it is
+            by_entity: dict[str, list] = {}
+            for entity, key in sorted(keys):
+                by_entity.setdefault(entity, []).append(key[:255])
+            rows = []
+            for entity, names in by_entity.items():
+                for start in range(0, len(names), 500):
+                    stmt = sa.select(c.entity, c.entity_key, *[c[n] for n in columns]).where(
+                        c.entity == entity, c.entity_key.in_(names[start:start + 500]))
+                    rows += conn.execute(stmt.with_for_update() if lock else stmt).mappings()
+        return {(row["entity"], row["entity_key"]): Stamp(row["event_id"], row["version"], row["occurred_us"],
+                                                         row["captured_us"]) for row in rows}
 
     def record(self, conn, applied: list, touched: dict, stamps: dict, now: dt.datetime) -> None:
         """Ledger rows, row versions and each key's last applied change, in the caller's transaction."""
-        conn.execute(sa.insert(self.ledger), [
+        sql.insert_rows(conn, self.ledger, [
             {"event_id": e.event_id, "entity": e.entity, "entity_key": e.key[:255],
              "correlation_id": (e.correlation_id or "")[:64], "applied_at": _naive(now)} for e in applied])
         self._record_versions(conn, touched, now)
-        if stamps:
-            columns = ["entity", "entity_key", "event_id", "version", "occurred_us", "captured_us", "applied_at"]
-            stmt, params = self._upsert(conn, self.keys, ["entity", "entity_key"], columns)
-            conn.execute(stmt, [params({"entity": entity, "entity_key": key[:255], "event_id": s.event_id,
-                                        "version": s.version, "occurred_us": s.occurred_us,
-                                        "captured_us": s.captured_us, "applied_at": _naive(now)})
-                                for (entity, key), s in stamps.items()])
+        sql.insert_rows(conn, self.keys, [       # one row per key: ``stamps`` is keyed by it
+            {"entity": entity, "entity_key": key[:255], "event_id": s.event_id, "version": s.version,
+             "occurred_us": s.occurred_us, "captured_us": s.captured_us, "applied_at": _naive(now)}
+            for (entity, key), s in stamps.items()], ["entity", "entity_key"])
 
     def mark(self, conn, now: dt.datetime) -> None:
         """The Debezium marker row, written FIRST in an apply transaction: the debezium
@@ -83,17 +81,12 @@ class Bookkeeping:
         for name, by_key in touched.items():
             plan = next(iter(by_key.values()))[0]
             keys, cursor = list(by_key), plan.target.capture_cursor
-            for start in range(0, len(keys), 500):
-                stmt = sql.select_by_keys(plan.sa_table, plan.key, [cursor], keys[start:start + 500], False)
-                for row in conn.execute(stmt).mappings():
-                    key = plan.key_of(row)
-                    if key in by_key:
-                        versions.append({"object": name, "position": row_position(list(key), row[cursor])[:500],
-                                         "event_id": by_key[key][1], "applied_at": _naive(now)})
-        if versions:
-            stmt, params = self._upsert(conn, self.rows, ["object", "position"],
-                                        ["object", "position", "event_id", "applied_at"])
-            conn.execute(stmt, [params(v) for v in versions])
+            for row in sql.rows_by_keys(conn, plan.sa_table, plan.key, [cursor], keys, False):
+                key = plan.key_of(row)
+                if key in by_key:
+                    versions.append({"object": name, "position": row_position(list(key), row[cursor])[:500],
+                                     "event_id": by_key[key][1], "applied_at": _naive(now)})
+        sql.insert_rows(conn, self.rows, versions, ["object", "position"])   # one per row written
 
     def _upsert(self, conn, table, key, columns):
         if table.name not in self._stmts:

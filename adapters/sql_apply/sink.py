@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import defaultdict
-from decimal import Decimal
 from typing import Any, Mapping, Optional, Sequence
 
 import sqlalchemy as sa
@@ -30,20 +29,18 @@ from adapters.sql_apply import statements as sql
 from adapters.sql_apply.bookkeeping import Bookkeeping
 from adapters.sql_apply.database import Refused, errors, reflect, session_settings
 from adapters.sql_apply.ordering import Stamp
+from adapters.sql_apply.execution import execute
 from adapters.sql_apply.parents import Parents
-from adapters.sql_apply.reverse_mapping import ApplyRejected, ProcedurePlan, TablePlan, reverse_lookups, side_by_side
+from adapters.sql_apply.planning import gate_failure, plan_event, prefetch
+from adapters.sql_apply.reverse_mapping import ApplyRejected, ProcedurePlan, TablePlan, reverse_lookups
 from adapters.sql_apply.spec import SinkOptions
 from agent import contracts
 from agent.contracts import AdapterContext, ConfigError, Deferral, DeliveryReport, QueuedEvent, TransientError
-from agent.mapping import gate_problems, known_codes
+from agent.mapping import known_codes
 
 __all__ = ["SqlApplySink", "Sink"]
 
 _PRUNE_EVERY_S = 3600
-
-
-def _plain(value: Any) -> str:
-    return f"{value:f}" if isinstance(value, Decimal) else repr(value)
 
 
 def _key_of(event: QueuedEvent) -> tuple[str, str]:
@@ -190,13 +187,13 @@ class SqlApplySink(contracts.Sink):
             done = self._books.applied(conn, [e.event_id for e, _ in items])
             todo = [(e, p) for e, p in items if e.event_id not in done]
             last = self._books.last_applied(conn, {_key_of(e) for e, _ in todo}, conn.dialect.name != "sqlite")
-            local = self._prefetch(conn, todo, now)
+            local = prefetch(conn, self.targets, todo, now)
             planned = [(event, self._decide(event, payload, local, last, now, report)) for event, payload in todo]
             accepted, rejected = self._in_key_order(conn, planned, report)
             ops = [step for _, _, steps in accepted for step in steps]
             if ops:
                 self._books.mark(conn, now)
-            self._execute(conn, ops)
+            execute(conn, ops, self._stmts, self._row_by_row)
             if accepted:
                 touched = defaultdict(dict)
                 for event, _, steps in accepted:
@@ -217,11 +214,11 @@ class SqlApplySink(contracts.Sink):
             report.context[event.event_id] = {"stale": {"event": stamp.describe(), "applied_last": newer.describe()}}
             return (f"stale: {event.entity} {event.key}: this change is older than the one applied last for this "
                     f"key (event {newer.event_id}; {why}); applying it would move the row backwards: discard it")
-        broken = self._gates(event, payload)
+        broken = gate_failure(self._gated[event.entity], self._codes, event, payload)
         if broken:
             return broken
         try:
-            steps = self._plan(event, payload, local, now)
+            steps = plan_event(self.targets[event.entity], event, payload, local, now)
         except ApplyRejected as why:
             if why.context:
                 report.context[event.event_id] = why.context
@@ -266,107 +263,6 @@ class SqlApplySink(contracts.Sink):
         """Waits with the event ahead of it on its key (woken by the same parent)."""
         return Deferral(f"waits behind event {blocker_id} of the same key: {blocker.reason}",
                         self.spec.wait_for_parent, blocker.waits_for)
-
-    def _prefetch(self, conn, todo: list, now) -> dict:
-        """Current local rows of the keys this batch touches, for conflict checks."""
-        wanted: dict[str, tuple[TablePlan, set]] = {}
-        for event, payload in todo:
-            image = payload.get("after") or payload.get("before")
-            for plan in self.targets[event.entity]:
-                # without a before image there is no base to compare (see TablePlan.conflict)
-                if (isinstance(plan, TablePlan) and plan.target.conflict.mode != "none" and image
-                        and (payload.get("before") is not None or plan.version_column)):
-                    try:
-                        wanted.setdefault(plan.object, (plan, set()))[1].add(plan.key_values(image, now))
-                    except Exception:
-                        pass        # reported when the event is planned
-        local = {}
-        lock = conn.dialect.name != "sqlite"
-        for name, (plan, keys) in wanted.items():
-            keys = sorted(keys, key=repr)
-            for start in range(0, len(keys), 500):
-                stmt = sql.select_by_keys(plan.sa_table, plan.key, plan.referenced_columns(),
-                                          keys[start:start + 500], lock)
-                for row in conn.execute(stmt).mappings():
-                    local[(name, plan.key_of(row))] = dict(row)
-        return local
-
-    def _gates(self, event: QueuedEvent, payload: dict) -> Optional[str]:
-        """The schema's gates, as outbound rows pass them (non-negative amounts, ISO 4217,
-        known codes): an event that breaks one is parked, never applied."""
-        image = payload.get("after") if event.operation != "delete" else None
-        if not image:
-            return None
-        broken = [f"{spec.name} {_plain(image[spec.name])}: {message}" for spec in self._gated[event.entity]
-                  if image.get(spec.name) is not None
-                  for _, message in gate_problems(spec, image[spec.name], self._codes)]
-        return f"gate: {event.entity} {event.key}: " + "; ".join(broken) if broken else None
-
-    def _plan(self, event: QueuedEvent, payload: dict, local: dict, now) -> list:
-        """The statements of one event, all or none (raises ApplyRejected)."""
-        before, after = payload.get("before"), payload.get("after")
-        steps, updates = [], []
-        for plan in self.targets[event.entity]:
-            if isinstance(plan, ProcedurePlan):
-                if event.operation != "delete" or plan.target.delete_name:
-                    steps.append(("delete" if event.operation == "delete" else "call", plan,
-                                  plan.args(after if event.operation != "delete" else before or after, now)))
-                continue
-            if event.operation == "delete":
-                image = before or after
-                if image is None or plan.target.delete.policy == "ignore":
-                    continue
-                key = plan.key_values(image, now)
-                self._check_conflict(plan, local.get((plan.object, key)), payload, now)
-                row = dict(zip(plan.key, key))
-                if plan.target.delete.policy == "hard":
-                    steps.append(("delete", plan, row))
-                    updates.append(((plan.object, key), None))
-                else:
-                    row[plan.target.delete.column] = plan.target.delete.value
-                    steps.append(("soft", plan, row))
-                continue
-            if after is None:
-                raise ApplyRejected(f"{event.entity} {event.operation} event without an after image")
-            row = plan.row(after, now, (payload.get("metadata") or {}).get("version"))
-            key = plan.key_of(row)
-            current = local.get((plan.object, key))
-            self._check_conflict(plan, current, payload, now)
-            steps.append(("upsert", plan, row))
-            updates.append(((plan.object, key), {**(current or {}), **row}))
-        for where, row in updates:          # later events of the batch see this one's result
-            local[where] = row
-        return steps
-
-    def _check_conflict(self, plan: TablePlan, current, payload: dict, now) -> None:
-        reason = plan.conflict(current, payload.get("before"), now, (payload.get("metadata") or {}).get("version"))
-        if reason:
-            raise ApplyRejected(f"conflict: {plan.entity} {plan.object}: {reason} (outpost queue show: the local "
-                                "row and the event side by side)",
-                                {"conflict": {"table": plan.object, "reason": reason,
-                                              "side_by_side": side_by_side(plan, current, payload, now)}})
-
-    def _execute(self, conn, ops: list) -> None:
-        """Consecutive statements of one kind on one table go as one executemany, in order."""
-        group, current = [], None
-        for kind, plan, row in ops + [(None, None, None)]:
-            shape = (kind, plan.object if plan else None, tuple(row) if row else None)
-            if shape != current and group:
-                if current[0] in ("call", "delete") and isinstance(group[0][0], ProcedurePlan):
-                    p = group[0][0]
-                    conn.execute(p.call if current[0] == "call" else p.delete_call, [r for _, r in group])
-                elif current[0] == "upsert" and current[1] in self._row_by_row:
-                    (update, params), insert = self._row_by_row[current[1]]
-                    for _, r in group:
-                        if conn.execute(update, params(r)).rowcount == 0:
-                            conn.execute(insert, r)
-                else:
-                    stmt, params = self._stmts[(current[0], current[1])]
-                    conn.execute(stmt, [params(r) for _, r in group])
-                group = []
-            current = shape
-            if kind is not None:
-                group.append((plan, row))
 
     def _prune(self) -> None:
         if time.time() - self._last_prune < _PRUNE_EVERY_S or self._engine is None:
