@@ -151,3 +151,19 @@ def test_one_conversion_gives_the_released_position_and_the_instant(key, cursor,
     assert position == row_position(key, cursor)
     aware = isinstance(cursor, datetime) and cursor.tzinfo is not None
     assert instant == (to_utc(cursor, ZoneInfo("Europe/Berlin")) if aware else None)
+
+
+def test_check_warns_of_a_table_postgresql_never_analysed(pg_url, tmp_path):
+    """With the cursor index but no statistics, PostgreSQL sorted every remaining row per page."""
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE orders (id int PRIMARY KEY, updated_at timestamp NOT NULL)")
+        conn.exec_driver_sql("CREATE INDEX ON orders (updated_at, id)")
+        conn.exec_driver_sql("INSERT INTO orders SELECT g, now() FROM generate_series(1, 100) g")
+    src = SqlPollSource({"url": pg_url, "table": "orders", "cursor": "updated_at"}, AdapterContext("legacy", tmp_path, None))
+    [warning] = src.check()
+    assert warning.startswith("warning: orders has never been analysed") and "ANALYZE orders" in warning
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE orders")
+    assert src.check() == []
+    engine.dispose()

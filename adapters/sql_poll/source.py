@@ -109,8 +109,10 @@ class SqlPollSource(Source):
         try:
             if self.spec.cursor:
                 with self._db_errors("inspect"), self._engine.connect() as conn:
-                    for look in (inspection.cursor_index_warnings, inspection.cursor_update_warnings):
-                        problems += look(conn, self.spec.table, self.spec.schema_, self.spec.cursor, self.object)
+                    where = (conn, self.spec.table, self.spec.schema_, self.spec.cursor, self.object)
+                    # statistics matter only to a table that has the index
+                    problems += inspection.cursor_index_warnings(*where) or inspection.cursor_statistics_warnings(*where)
+                    problems += inspection.cursor_update_warnings(*where)
         except TransientError as e:
             problems.append(str(e))
         finally:
