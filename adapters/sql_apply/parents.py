@@ -100,15 +100,15 @@ class Parents:
         return found
 
     def present(self, conn, needs: Iterable[Need]) -> set[Need]:
-        """Which of ``needs`` the database holds now (one query per parent table and key)."""
+        """Which of ``needs`` the database holds now (a query per parent table: one on PostgreSQL, one per 500 keys elsewhere)."""
         wanted: dict[tuple, set] = {}
         for need in needs:
             wanted.setdefault((need.table, need.columns), set()).add(need)
         tables = {key.parent.fullname: key.parent for keys in self._keys.values() for key in keys}
         found = set()
         for (name, columns), group in wanted.items():
-            table, values = tables[name], sorted({n.values for n in group}, key=repr)
-            for start in range(0, len(values), 500):
-                stmt = sql.select_by_keys(table, list(columns), [], values[start:start + 500], False)
-                found |= {Need(name, columns, tuple(_normal(v) for v in row)) for row in conn.execute(stmt)}
+            # by rows_by_keys: on PostgreSQL an IN list's generic plan may compare every row with every key
+            rows = sql.rows_by_keys(conn, tables[name], list(columns), [], sorted({n.values for n in group}, key=repr),
+                                    False)
+            found |= {Need(name, columns, tuple(_normal(row[c]) for c in columns)) for row in rows}
         return found
