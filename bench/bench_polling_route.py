@@ -54,6 +54,8 @@ sys.path.insert(0, str(ROOT))
 # it must not pay for the harness's SQLAlchemy, which `outpost run`'s delivery never loads.
 if __name__ != "__mp_main__":
     import sqlalchemy as sa  # noqa: E402
+    sys.path.insert(0, str(ROOT / "bench"))
+    from agent_procs import cpu_s, peak_rss_mb  # noqa: E402
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 FILL_SQL = """INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim)
@@ -81,14 +83,6 @@ def make_agent(a, every="1h", separate=False):
     return agent
 
 
-def peak_rss_mb(pid) -> float:
-    """VmHWM of a process (Linux): its peak resident set."""
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def pg_backends(engine):
     """The PostgreSQL server processes serving the agent's connections to this database."""
     import psutil
@@ -96,17 +90,6 @@ def pg_backends(engine):
         pids = [r[0] for r in conn.exec_driver_sql(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
     return [psutil.Process(pid) for pid in pids]
-
-
-def cpu_of(processes) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except Exception:      # a backend that ended: its CPU is no longer readable
-            pass
-    return total
 
 
 class AckSpy:
@@ -177,7 +160,7 @@ def child(a) -> dict:
         pages = []      # (sql, params) of the pages after a position, for the plan below
         spy = lambda _c, _cur, sql, params, *_: pages.append((sql, params)) if "k0" in str(params) else None  # noqa
         sa.event.listen(sa.Engine, "before_cursor_execute", spy)
-        cpu0, dcpu0, pg0 = os.times(), cpu_of([delivery]), cpu_of(backends)
+        cpu0, dcpu0, pg0 = os.times(), cpu_s([delivery]), cpu_s(backends)
         t0 = time.perf_counter()
         captured = agent.run_pass()
         t1 = time.perf_counter()
@@ -185,7 +168,7 @@ def child(a) -> dict:
         while agent.queue.depth():
             time.sleep(0.002)
         t2 = time.perf_counter()
-        cpu1, dcpu1, pg1 = os.times(), cpu_of([delivery]), cpu_of(backends)
+        cpu1, dcpu1, pg1 = os.times(), cpu_s([delivery]), cpu_s(backends)
         out.update(capture_s=t1 - t0, total_s=t2 - t0, delivery_cpu_s=dcpu1 - dcpu0, pg_cpu_s=pg1 - pg0,
                    capture_cpu_s=(cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
                    delivery_peak_rss_mb=peak_rss_mb(delivery.pid), captured=captured,
