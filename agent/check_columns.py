@@ -54,7 +54,7 @@ def _text_problems(where, column, found, table, field, spec, rule, mapping, samp
     keeps dates as text), refused when sampled values do not."""
     from zoneinfo import ZoneInfo
 
-    from .mapping import CONVERSIONS, coerce
+    from .coercion import CONVERSIONS, coerce
     values = sample(column)
     failing = []
     for value in values:

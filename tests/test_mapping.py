@@ -163,7 +163,7 @@ def test_a_required_text_field_refuses_blank():
 
 
 def test_whole_numbers_are_never_truncated():
-    from agent.mapping import _to_int
+    from agent.coercion import _to_int
     for bad in ("\u0661\u0662\u0663", "1_000", "12.5", Decimal("12.5"), 12.5, True):
         with pytest.raises(ValueError):
             _to_int(bad)
