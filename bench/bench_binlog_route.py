@@ -96,7 +96,7 @@ def child(a) -> dict:
         acked, queued = {}, {}
         sink = agent.deliveries["out"].sink
         new_producer = sink._new_producer
-        from bench_polling_route import AckSpy   # same folder: wraps the producer's callbacks
+        from latency_probes import AckSpy   # same folder: wraps the producer's callbacks
         sink._new_producer = lambda: AckSpy(new_producer(), acked)
         commit = agent.queue.commit_capture
 

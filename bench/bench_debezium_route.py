@@ -213,7 +213,7 @@ def _route_phases(a, db, agent) -> dict:
 def child_latency(a, db, state) -> dict:
     import logging
     sys.path.insert(0, str(ROOT / "bench"))
-    from bench_polling_route import AckSpy
+    from latency_probes import AckSpy
     logging.basicConfig(level=logging.WARNING)
     agent = _agent(a, db, state, every="0.05s")
     acked = {}
@@ -231,7 +231,7 @@ def _latency(a, db, agent, acked) -> dict:
     import psycopg
     _wait_active(db)
     time.sleep(1.0)
-    from bench_polling_route import paced_inserts   # same folder
+    from latency_probes import paced_inserts   # same folder
     total = int(a.rate * a.seconds)
     with psycopg.connect(host="127.0.0.1", user=db["user"], password=db["password"], dbname=db["name"],
                          autocommit=True) as conn:

@@ -56,6 +56,7 @@ if __name__ != "__mp_main__":
     import sqlalchemy as sa  # noqa: E402
     sys.path.insert(0, str(ROOT / "bench"))
     from agent_procs import cpu_s, peak_rss_mb  # noqa: E402
+    from latency_probes import AckSpy, paced_inserts  # noqa: E402
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 FILL_SQL = """INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim)
@@ -90,23 +91,6 @@ def pg_backends(engine):
         pids = [r[0] for r in conn.exec_driver_sql(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
     return [psutil.Process(pid) for pid in pids]
-
-
-class AckSpy:
-    """Wraps the sink's Producer: records when each key's delivery callback fired."""
-
-    def __init__(self, producer, acked):
-        self._p, self._acked = producer, acked
-
-    def __getattr__(self, name):
-        return getattr(self._p, name)
-
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
-        def cb(err, msg, k=key.decode()):
-            if err is None:
-                self._acked[k] = time.time()
-            on_delivery(err, msg)
-        self._p.produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
 
 
 def profiled(a, name, fn):
@@ -307,21 +291,6 @@ def ceilings(a, pg_url, work) -> dict:
             p.flush(60)
         res[label] = timed(1, produce_all)[0] * acked[0]
     return res
-
-
-def paced_inserts(conn, rate: float, total: int) -> tuple[dict, float]:
-    """Single-row autocommit inserts at ``rate``/s: {key: commit time}, and the rate achieved."""
-    commits = {}
-    start = time.time()
-    for i in range(total):
-        delay = start + i / rate - time.time()
-        if delay > 0:
-            time.sleep(delay)
-        key = f"L-{i:07d}"
-        conn.execute("INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim)"
-                     " VALUES (%s, 'Latency probe', '01', 'USD', 'NY', 10.00)", (key,))
-        commits[key] = time.time()
-    return commits, total / (time.time() - start)
 
 
 def latency(a, work) -> dict:
