@@ -34,6 +34,7 @@ class RouteCapture:
         self.name, self.source, self.translator, self.queue = name, source, translator, queue
         self.stop, self.on_enqueue, self.allowed = stop, on_enqueue, allowed
         self._opened = False
+        self._paused = False
         self.stopped_reason: Optional[str] = None
         self._retry_at = 0.0
         self.backoff = Backoff()
@@ -56,7 +57,12 @@ class RouteCapture:
                                          capture_state="paused: queue quota reached (events waiting to be delivered)")
                 log.warning("route %s: capture paused, the events waiting in the local queue reached its quota",
                             self.name)
+                self._paused = True
                 return 0
+            if self._paused:
+                # said now, not when this pass ends: a long pass must not go on showing "paused"
+                self._note(capture_state=self._pass_state(), backpressure=False)
+                self._paused = False
             refresh = getattr(self.translator, "refresh_lookups", None)
             if refresh is not None:
                 refresh()              # SQL lookups due for a re-read (never read: TransientError)

@@ -72,3 +72,41 @@ def test_the_agent_forgets_old_delivered_ids_with_nothing_to_deliver(tmp_path):
         assert wait_for(lambda: left() == [dedup_key("recent")], 10), len(left())
     finally:
         agent.stop()
+
+
+def test_a_resumed_pass_no_longer_says_paused_while_it_runs(tmp_path):
+    """The pause is over as soon as a pass gets past the quota: a long pass (a big snapshot,
+    a streaming source) must not keep showing "paused" until it ends. A real sql_poll
+    snapshot of a SQLite table into real outbox files; the route's source is wrapped only to
+    read the stored status while its pass is under way."""
+    database = tmp_path / "erp.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE cust (id INTEGER PRIMARY KEY, curr TEXT, updated_at DATETIME)")
+        db.executemany("INSERT INTO cust VALUES (?, 'EUR', '2026-01-01 10:00:00')", [(n,) for n in range(1000)])
+    agent = Agent(parse({"state_dir": str(tmp_path / "state"), "queue": {"max_bytes": "4KB"},
+                         "delivery_process": False,
+                         "mappings": {"c": {"entity": "Customer", "fields": {
+                             "customer_number": "id", "name": "id", "legal_entity": "id", "currency": "curr",
+                             "tax_jurisdiction": "id", "updated_at": "updated_at"}}},
+                         "sources": {"db": {"type": "sql_poll", "url": f"sqlite:///{database}", "lag_seconds": 0}},
+                         "sinks": {"files": {"type": "avro_files", "directory": str(tmp_path / "outbox")}},
+                         "routes": {"r": {"source": "db", "sink": "files", "mapping": "c", "capture": {
+                             "table": "cust", "cursor": "updated_at", "snapshot_chunk": 250}}}}))
+    agent.build()
+    try:
+        assert agent.run_pass() == 250, "the first chunk, then the quota"
+        agent.run_pass()
+        assert agent.queue.status_of("r")["capture_state"].startswith("paused: queue quota reached")
+        assert agent.deliver_all() and not agent.queue.over_quota()
+        capture, during = agent.captures["r"], []
+        real_batches = capture.source.batches
+
+        def watched(checkpoint):
+            for batch in real_batches(checkpoint):
+                during.append(agent.queue.status_of("r")["capture_state"])
+                yield batch
+        capture.source.batches = watched
+        assert agent.run_pass() == 250
+    finally:
+        agent.stop(timeout=10)
+    assert during and not any(state.startswith("paused") for state in during), during
