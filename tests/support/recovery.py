@@ -118,8 +118,19 @@ class RecoveryContract:
         took = time.monotonic() - started
         assert took < self.stop_within, f"the agent took {took:.1f}s to stop after SIGTERM"
         landed = self.landed()
-        assert_delivered_once(self.expected, landed, coalesced=self.coalesced, exact=self.exact, note=self.note)
+        try:
+            assert_delivered_once(self.expected, landed, coalesced=self.coalesced, exact=self.exact, note=self.note)
+        except AssertionError as failure:   # a CI run keeps only this message: say what the agent said
+            raise AssertionError(f"{failure}\n{self.diagnosis()}") from None
         self.check(landed)
+
+    def diagnosis(self) -> str:
+        """What the agent warned of, across all its runs, and what its queue still holds."""
+        said = [line for line in self.agent.log().splitlines()
+                if " WARNING " in line or " ERROR " in line or "agent running" in line]
+        kills = getattr(self, "interruptions", "?")        # a route's own run() may not count them
+        return (f"queue depth at the end {queue_depth(self.state_dir)}, {kills} interruption(s); the agent's log "
+                "(warnings, errors, starts):\n" + "\n".join(line[:300] for line in said[-40:]))
 
     # ------------------------------------------------------------------ hooks
 
