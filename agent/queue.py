@@ -341,14 +341,8 @@ class DurableQueue:
 
     # -- exception queue ----------------------------------------------------------------
     def exceptions(self, status: str = "open", route: Optional[str] = None, limit: int = 100) -> list[dict]:
-        sql = "SELECT id, route, stage, entity, key, reason, created_at, status FROM exceptions WHERE status=?"
-        args: list[Any] = [status]
-        if route:
-            sql += " AND route=?"
-            args.append(route)
-        rows = self._conn().execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
-        keys = ("id", "route", "stage", "entity", "key", "reason", "created_at", "status")
-        return [dict(zip(keys, row)) for row in rows]
+        from .exception_view import Filter, page
+        return page(self._conn(), Filter(status=status, route=route), time.time(), limit=limit)[1]
 
     def reader(self) -> sqlite3.Connection:
         """This thread's connection, for read-only queries kept elsewhere (``agent.exception_view``)."""
