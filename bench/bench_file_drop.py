@@ -12,8 +12,10 @@ to queue rows/s   --rows invoice rows (~75 bytes each, all valid, all_or_nothing
                   agent's main thread calls run_pass() until the file is archived; both
                   passes (check: parse + mapping gates + encode; emit: parse + map + encode +
                   queue commit) are inside the timer. No delivery.
-to ack rows/s     same file, delivery thread running into tansu; timer until the file is
-                  archived AND the queue is empty (every delivery report succeeded).
+to ack rows/s     same file, delivered into tansu by a delivery process of its own, as
+                  `outpost run` does; timer until the file is archived AND the queue is
+                  empty (every delivery report succeeded). CPU: user+sys of every agent
+                  process (bench/agent_procs.py), split capture / delivery.
 peak RSS          --big-mb file of fat rows (a ~1.9 KB free-text column that the mapping
                   ignores), to the queue only, sampled every 0.5 s with psutil, compared with
                   a file a tenth of that size: constant memory means the two peaks match.
@@ -32,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 HEADER = "inv_no,cust_no,company,curr,tax_code,inv_date,net,tax,gross,status,memo\n"
 
@@ -64,6 +67,7 @@ def document(work: Path, sink: dict) -> dict:
 
 def child(a) -> dict:
     import psutil
+    from agent_procs import AgentMeter, peak_rss, wait_delivery_ready
     from agent.config import parse
     from agent.runtime import Agent
     work = Path(a.work)
@@ -72,7 +76,8 @@ def child(a) -> dict:
     if a.mode == "ack":
         doc["fabric"] = {"kafka": {"bootstrap.servers": a.bootstrap}, "schema_registry": {"url": a.registry},
                          "topic_template": f"bench{os.getpid()}.{{entity}}", "create_topics": True}
-    agent = Agent(parse(doc), drain_timeout=5)
+    ack = a.mode == "ack"
+    agent = Agent(parse(doc), drain_timeout=5, separate_delivery=ack)
     agent.build()
     me, peak, done = psutil.Process(), [0], threading.Event()
 
@@ -81,20 +86,25 @@ def child(a) -> dict:
             peak[0] = max(peak[0], me.memory_info().rss)
     threading.Thread(target=sample, daemon=True).start()
     rss_built = me.memory_info().rss
-    if a.mode == "ack":
+    if ack:
         agent.start(capture=False)
+        wait_delivery_ready(agent)
     inbox = work / "inbox"
-    cpu0, t0 = sum(me.cpu_times()[:2]), time.monotonic()
+    meter, t0 = AgentMeter(agent).start(), time.monotonic()
     while not list(inbox.glob("archive/*/*.csv")):
         agent.run_pass()
     captured_s = time.monotonic() - t0
-    while a.mode == "ack" and agent.queue.depth() > 0:
+    while ack and agent.queue.depth() > 0:
         time.sleep(0.05)
     total_s = time.monotonic() - t0
+    used = meter.read()
     done.set()
     peak[0] = max(peak[0], me.memory_info().rss)
-    result = {"captured_s": captured_s, "total_s": total_s, "cpu_s": sum(me.cpu_times()[:2]) - cpu0,
-              "peak_rss_mb": peak[0] / 2**20, "rss_after_build_mb": rss_built / 2**20,
+    rss = peak_rss(agent)
+    result = {"captured_s": captured_s, "total_s": total_s, "cpu_s": used["cpu_s"],
+              "capture_cpu_s": used["capture_cpu_s"], "delivery_cpu_s": used["delivery_cpu_s"],
+              "peak_rss_mb": peak[0] / 2**20, "delivery_peak_rss_mb": rss["delivery_mb"],
+              "rss_after_build_mb": rss_built / 2**20,
               "exceptions": agent.queue.count_exceptions(), "queued": agent.queue.depth()}
     agent.stop()
     return result
@@ -147,9 +157,10 @@ def main() -> None:
     print(json.dumps(results, indent=1))
     for label, r in results.items():
         print(f"{label:<10} {r['rows']:>9} rows {r['file_mb']:>7.0f} MB  {r['rows'] / r['total_s']:>8,.0f} rows/s "
-              f"(captured in {r['captured_s']:.1f}s, total {r['total_s']:.1f}s, cpu {r['cpu_s']:.1f}s)  "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB (after build {r['rss_after_build_mb']:.0f})  "
-              f"exceptions {r['exceptions']}")
+              f"(captured in {r['captured_s']:.1f}s, total {r['total_s']:.1f}s)  CPU {r['cpu_s'] / r['rows'] * 1e6:.1f} "
+              f"µs/row (capture {r['capture_cpu_s'] / r['rows'] * 1e6:.1f}, delivery "
+              f"{r['delivery_cpu_s'] / r['rows'] * 1e6:.1f})  peak RSS {r['peak_rss_mb']:.0f} MB + delivery "
+              f"{r['delivery_peak_rss_mb']:.0f} (after build {r['rss_after_build_mb']:.0f})  exceptions {r['exceptions']}")
 
 
 if __name__ == "__main__":
