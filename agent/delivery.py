@@ -100,6 +100,7 @@ class SinkDelivery(threading.Thread):
     def run(self) -> None:
         """Until the agent stops: no error ends this loop (a dead delivery thread would
         leave the agent alive and delivering nothing)."""
+        self._open_at_start()
         while not self.stop.is_set():
             settled = self._attempt()
             if settled is None:
@@ -113,6 +114,24 @@ class SinkDelivery(threading.Thread):
                 self.gate.wait(1.0)
             else:
                 self.backoff.succeeded()
+
+    def _open_at_start(self) -> None:
+        """Open the sink before anything waits to be sent: ``open`` is where a sink takes
+        over what a crash left (the avro_files sink's temp file holds acked events), which
+        must not wait for the next event. A sink that cannot open yet opens with its first
+        batch; the passive agent of an HA pair opens nothing (opening fences its pair)."""
+        if not self.gate.is_set() or self.stop.is_set():
+            return
+        with self._one_at_a_time:
+            if self._opened:
+                return
+            try:
+                with self.stalls.watching(()):
+                    self.sink.open()
+                self._opened = True
+            except Exception as exc:
+                log.info("sink %s: not opened at start (%s: %s); its first batch opens it", self.sink_name,
+                         type(exc).__name__, exc)
 
     def _attempt(self) -> Optional[int]:
         """``deliver_once``, with the local queue's own failures (a full disk) reported and

@@ -115,3 +115,41 @@ def test_sizes_and_durations_as_the_example_config_writes_them(tmp_path):
         assert (sink.rotate_bytes, sink.rotate_seconds) == (64 << 20, 300.0)
     finally:
         agent.stop()
+
+
+def test_acked_events_left_in_a_temp_file_by_a_kill_show_without_new_events(tmp_path):
+    """A SIGKILL after the last batch was acked leaves it in the killed process's temp file;
+    the restarted agent salvaged it only when it next had something to write, so with a
+    quiet source the acked events stayed hidden from readers of the outbox (the binlog
+    recovery test lost 390-470 of them that way). Real agent processes, a real SQLite
+    source, real files."""
+    import sqlite3
+
+    import yaml
+
+    from tests.support.agent_process import AgentProcess, route_status, wait_for
+    database = tmp_path / "erp.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE cust (id INTEGER PRIMARY KEY, curr TEXT, updated_at DATETIME)")
+        db.executemany("INSERT INTO cust VALUES (?, 'EUR', '2026-01-01 10:00:00')", [(n,) for n in range(50)])
+    config = tmp_path / "outpost.yaml"
+    config.write_text(yaml.safe_dump({
+        "state_dir": str(tmp_path / "state"),
+        "mappings": {"c": {"entity": "Customer", "fields": {
+            "customer_number": "id", "name": "id", "legal_entity": "id", "currency": "curr",
+            "tax_jurisdiction": "id", "updated_at": "updated_at"}}},
+        "sources": {"db": {"type": "sql_poll", "url": f"sqlite:///{database}", "lag_seconds": 0}},
+        "sinks": {"files": {"type": "avro_files", "directory": str(tmp_path / "outbox"), "rotate_seconds": "1h"}},
+        "routes": {"r": {"source": "db", "sink": "files", "mapping": "c", "schedule": {"every": "0.2s"},
+                         "capture": {"table": "cust", "cursor": "updated_at"}}}}))
+    folder = tmp_path / "outbox" / "customer"
+    agent = AgentProcess(config, tmp_path / "agent.log").start()
+    try:
+        assert wait_for(lambda: route_status(tmp_path / "state", "r").get("published_total") == 50, 60), agent.log()
+        agent.kill()
+        assert len(list(folder.glob(".*.avro.tmp"))) == 1 and not list(folder.glob("*.avro"))
+        agent.start()
+        shown = wait_for(lambda: not list(folder.glob(".*.avro.tmp")), 30)
+        assert shown and len(read_all(folder)) == 50, agent.log()
+    finally:
+        agent.terminate(30)
