@@ -34,7 +34,7 @@ class RouteCapture:
         self.name, self.source, self.translator, self.queue = name, source, translator, queue
         self.stop, self.on_enqueue, self.allowed = stop, on_enqueue, allowed
         self._opened = False
-        self._paused = False
+        self._paused = self._recovering = False      # the stored state says paused / retrying
         self.stopped_reason: Optional[str] = None
         self._retry_at = 0.0
         self.backoff = Backoff()
@@ -96,6 +96,7 @@ class RouteCapture:
             self._retry_later(f"capture failed: {type(exc).__name__}: {exc}", "retrying")
         else:
             self.backoff.succeeded()
+            self._recovering = False
             self._note(capture_state=self._pass_state(), source_error=None, backpressure=False,
                        next_attempt_at=None, last_capture_run_at=time.time())
         return added
@@ -117,6 +118,11 @@ class RouteCapture:
                         failure["operation"], record["position"], failure["reason"],
                         extra={"route": self.name, "event_id": ids, "correlation_id": meta.get("correlation_id") or ids})
         status = {"last_capture_at": time.time()} if batch.records else {}
+        if self._recovering:
+            # the first commit since a failed pass: the source is back, whatever this pass
+            # still has to read (a long one must not go on showing the outage)
+            status.update(capture_state=self._pass_state(), source_error=None, next_attempt_at=None)
+            self._recovering = False
         if batch.progress:
             status["progress"] = self._progress(batch.progress)
             if batch.progress.get("phase") == "snapshot" and not batch.progress.get("done"):
@@ -177,6 +183,7 @@ class RouteCapture:
                 log.debug("route %s: closing the source after an error failed", self.name, exc_info=True)
         delay = self.backoff.failed()
         self._retry_at = time.monotonic() + delay
+        self._recovering = True
         log.warning("route %s: %s (attempt %d), retrying in %.1fs", self.name, problem, self.backoff.failures, delay)
         self._note(capture_state=f"{state} (attempt {self.backoff.failures})", source_error=problem[:500],
                    source_error_at=time.time(), next_attempt_at=self.backoff.next_attempt_at)

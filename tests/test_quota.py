@@ -79,11 +79,47 @@ def test_a_resumed_pass_no_longer_says_paused_while_it_runs(tmp_path):
     a streaming source) must not keep showing "paused" until it ends. A real sql_poll
     snapshot of a SQLite table into real outbox files; the route's source is wrapped only to
     read the stored status while its pass is under way."""
+    agent, _ = _sqlite_route(tmp_path, rows=1000, quota="4KB")
+    try:
+        assert agent.run_pass() == 250, "the first chunk, then the quota"
+        agent.run_pass()
+        assert agent.queue.status_of("r")["capture_state"].startswith("paused: queue quota reached")
+        assert agent.deliver_all() and not agent.queue.over_quota()
+        during = _states_during_next_pass(agent)
+    finally:
+        agent.stop(timeout=10)
+    assert during and not any(state.startswith("paused") for state in during), during
+
+
+def test_a_route_back_from_a_source_outage_says_so_at_its_first_commit(tmp_path):
+    """The same for "retrying": once the source answers and a batch is committed, a long
+    pass must not go on showing the outage until it ends. The source table is renamed away
+    and back (the SELECT fails for real); the source is wrapped only to read the status."""
+    agent, database = _sqlite_route(tmp_path, rows=1, cursor="id")
+    try:
+        agent.run_pass()                           # the snapshot: polling by id from now on
+        with sqlite3.connect(database) as db:
+            db.execute("ALTER TABLE cust RENAME TO cust_away")
+        agent.run_pass()
+        assert agent.queue.status_of("r")["capture_state"].startswith("retrying")
+        with sqlite3.connect(database) as db:
+            db.execute("ALTER TABLE cust_away RENAME TO cust")
+            db.executemany("INSERT INTO cust VALUES (?, 'EUR', '2026-01-01 10:00:00')", [(n,) for n in range(1, 1001)])
+        agent.captures["r"]._retry_at = 0.0        # the backoff's wait, skipped
+        during = _states_during_next_pass(agent)
+    finally:
+        agent.stop(timeout=10)
+    assert len(during) > 1 and not any(state.startswith("retrying") for state in during[1:]), during
+
+
+def _sqlite_route(tmp_path, rows: int, quota: str = "1GB", cursor: str = "updated_at"):
+    """An in-process agent: sql_poll over a SQLite table of ``rows`` rows (250-row snapshot
+    chunks and pages) into avro_files."""
     database = tmp_path / "erp.db"
     with sqlite3.connect(database) as db:
         db.execute("CREATE TABLE cust (id INTEGER PRIMARY KEY, curr TEXT, updated_at DATETIME)")
-        db.executemany("INSERT INTO cust VALUES (?, 'EUR', '2026-01-01 10:00:00')", [(n,) for n in range(1000)])
-    agent = Agent(parse({"state_dir": str(tmp_path / "state"), "queue": {"max_bytes": "4KB"},
+        db.executemany("INSERT INTO cust VALUES (?, 'EUR', '2026-01-01 10:00:00')", [(n,) for n in range(rows)])
+    agent = Agent(parse({"state_dir": str(tmp_path / "state"), "queue": {"max_bytes": quota},
                          "delivery_process": False,
                          "mappings": {"c": {"entity": "Customer", "fields": {
                              "customer_number": "id", "name": "id", "legal_entity": "id", "currency": "curr",
@@ -91,22 +127,20 @@ def test_a_resumed_pass_no_longer_says_paused_while_it_runs(tmp_path):
                          "sources": {"db": {"type": "sql_poll", "url": f"sqlite:///{database}", "lag_seconds": 0}},
                          "sinks": {"files": {"type": "avro_files", "directory": str(tmp_path / "outbox")}},
                          "routes": {"r": {"source": "db", "sink": "files", "mapping": "c", "capture": {
-                             "table": "cust", "cursor": "updated_at", "snapshot_chunk": 250}}}}))
+                             "table": "cust", "cursor": cursor, "snapshot_chunk": 250, "batch_size": 250}}}}))
     agent.build()
-    try:
-        assert agent.run_pass() == 250, "the first chunk, then the quota"
-        agent.run_pass()
-        assert agent.queue.status_of("r")["capture_state"].startswith("paused: queue quota reached")
-        assert agent.deliver_all() and not agent.queue.over_quota()
-        capture, during = agent.captures["r"], []
-        real_batches = capture.source.batches
+    return agent, database
 
-        def watched(checkpoint):
-            for batch in real_batches(checkpoint):
-                during.append(agent.queue.status_of("r")["capture_state"])
-                yield batch
-        capture.source.batches = watched
-        assert agent.run_pass() == 250
-    finally:
-        agent.stop(timeout=10)
-    assert during and not any(state.startswith("paused") for state in during), during
+
+def _states_during_next_pass(agent) -> list[str]:
+    """The route's stored capture state as each batch of its next pass is handed out."""
+    capture, during = agent.captures["r"], []
+    real_batches = capture.source.batches
+
+    def watched(checkpoint):
+        for batch in real_batches(checkpoint):
+            during.append(agent.queue.status_of("r")["capture_state"])
+            yield batch
+    capture.source.batches = watched
+    agent.run_pass()
+    return during
