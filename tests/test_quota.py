@@ -1,8 +1,9 @@
-"""The queue quota limits what waits to be delivered, and never freezes an empty queue.
+"""The queue quota limits what waits to be delivered, and never freezes an empty queue; the
+route's stored capture state says "paused" (or "retrying") only while it is so.
 
 Real parts: PostgreSQL as the ERP, the tansu broker (frozen with SIGSTOP for the outage),
 the agent as a real process; the registry is the HTTP double (no registry server can run
-here).
+here). The capture-state tests run an in-process agent over a real SQLite table.
 """
 import sqlite3
 import time
