@@ -98,17 +98,19 @@ class PrivateMariaDB:
         self.base, self.extra = Path(base), extra
         self.datadir, self.port = self.base / "data", _free_port()
         self.socket = self.base / "mysqld.sock"
+        # its own temporary directory: in a parallel CI run a bootstrap's temporary table in
+        # the shared /tmp was gone before it could remove it, and the install failed
+        self.tmpdir = self.base / "tmp"
         self.process: Optional[subprocess.Popen] = None
-        self.base.mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         self._install()
         self.start()
 
     def _install(self) -> None:
-        """mariadb-install-db, once more if it fails (it did once in a parallel run, with
-        its output thrown away): the first failure's output becomes a test warning, a
-        second failure an error with both."""
-        command = ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", "--user=root",
-                   "--auth-root-authentication-method=normal", "--skip-test-db"]
+        """mariadb-install-db, once more if it fails: the first failure's output becomes a
+        test warning, a second failure an error with both."""
+        command = ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", f"--tmpdir={self.tmpdir}",
+                   "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"]
         outputs = []
         for _ in range(2):
             done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -128,7 +130,8 @@ class PrivateMariaDB:
         log = open(self.base / "mariadbd.log", "ab")
         self.process = subprocess.Popen(
             ["mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
-             "--bind-address=127.0.0.1", f"--socket={self.socket}", "--user=root", "--server-id=1",
+             "--bind-address=127.0.0.1", f"--socket={self.socket}", f"--tmpdir={self.tmpdir}", "--user=root",
+             "--server-id=1",
              f"--log-bin={self.datadir / 'mariadb-bin'}", "--binlog-format=ROW", "--binlog-row-image=FULL",
              "--binlog-row-metadata=FULL", "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
              "--performance-schema=OFF", *self.extra],
