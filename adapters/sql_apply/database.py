@@ -13,7 +13,7 @@ from adapters.sql_apply import statements as sql
 from adapters.sql_apply.reverse_mapping import Column, TablePlan
 from agent.contracts import TransientError
 
-__all__ = ["Refused", "session_settings", "describe", "reflect", "errors"]
+__all__ = ["Refused", "session_settings", "binary_arrays", "describe", "reflect", "errors"]
 
 # MySQL/MariaDB errors about the data that PyMySQL reports as OperationalError/InternalError:
 # CHECK constraint (4025 MariaDB, 3819 MySQL), incorrect value (1366, 1292), out of range
@@ -43,6 +43,20 @@ def session_settings(url: sa.URL, lock_wait: float) -> dict:
         return {"connect_args": {"connect_timeout": 10, "init_command": f"SET SESSION lock_wait_timeout={wait},"
                                                                        f" innodb_lock_wait_timeout={wait}"}}
     return {}
+
+
+def binary_arrays(engine: sa.Engine) -> None:
+    """On psycopg, send list parameters (the ``unnest`` arrays of ``statements``: one per
+    column per batch) in binary: its text format quotes every element through a regular
+    expression, about 10 µs of CPU per applied event (cProfile, bench/bench_inbound.py).
+    Same values either way; each array parameter carries its column's cast."""
+    if engine.dialect.driver != "psycopg":
+        return
+    from psycopg.types.array import ListBinaryDumper
+
+    @sa.event.listens_for(engine, "connect")
+    def _binary_lists(dbapi_connection, _record) -> None:
+        dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
 
 
 def describe(column: sa.Column) -> Column:

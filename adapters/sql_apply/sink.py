@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from adapters.sql_apply import statements as sql
 from adapters.sql_apply.bookkeeping import Bookkeeping
-from adapters.sql_apply.database import Refused, errors, reflect, session_settings
+from adapters.sql_apply.database import Refused, binary_arrays, errors, reflect, session_settings
 from adapters.sql_apply.ordering import Stamp
 from adapters.sql_apply.execution import execute
 from adapters.sql_apply.parents import Parents
@@ -92,6 +92,7 @@ class SqlApplySink(contracts.Sink):
             engine = sa.create_engine(self._url, pool_pre_ping=True, **session_settings(self._url, self.spec.lock_wait))
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise ConfigError([f"sink {self.context.name}: url {self._safe_url}: {self._scrub(exc)}"]) from None
+        binary_arrays(engine)
         try:
             with self._db_errors("connect to"), engine.begin() as conn:
                 self._prepare(conn, engine.dialect)
