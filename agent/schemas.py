@@ -91,13 +91,14 @@ def decimal_misfit(value: Decimal, precision: int, scale: int) -> Optional[str]:
     return f"{value:f} does not fit decimal({precision},{scale}): {' and '.join(problems)}" if problems else None
 
 
-def _generated_encoder(fingerprint: str):
-    """The encoder built for exactly this schema at packaging time, or None (fastavro)."""
+def _generated(table: str, fingerprint: str):
+    """The encoder (``ENCODERS``) or decoder (``DECODERS``) built for exactly this schema at
+    packaging time, or None (fastavro)."""
     try:
         module = importlib.import_module(GENERATED_MODULE)
     except ImportError:         # a source checkout that was never built: fastavro only
         return None
-    return module.ENCODERS.get(fingerprint)
+    return getattr(module, table, {}).get(fingerprint)
 
 
 def _non_null(avro_type: Any) -> tuple[Any, bool]:
@@ -135,7 +136,8 @@ class EntitySchema:
         # fastavro adds private keys to what it parses: parse a copy, keep ``schema`` clean.
         self._parsed = parse_schema(copy.deepcopy(schema))
         self.fingerprint: str = schema_fingerprint(schema)
-        self._generated = _generated_encoder(self.fingerprint)
+        self._generated = _generated("ENCODERS", self.fingerprint)
+        self._generated_decoder = _generated("DECODERS", self.fingerprint)
         before = next(f for f in schema["fields"] if f["name"] == "before")
         payload, _ = _non_null(before["type"])
         self.fields: list[FieldSpec] = [_field_spec(f) for f in payload["fields"]]
@@ -201,7 +203,19 @@ class EntitySchema:
         self._precheck(event)
 
     def decode(self, body: bytes) -> dict:
-        return schemaless_reader(io.BytesIO(body), self._parsed, self._parsed)
+        return self.decode_counted(body)[0]
+
+    def decode_counted(self, body: bytes) -> tuple[dict, int]:
+        """(event, bytes read) of a schemaless body written with exactly this schema. The
+        decoder generated at build time reads it when it can; anything it refuses (a damaged
+        body, an unusual value) is read by fastavro, whose result or error stands."""
+        if self._generated_decoder is not None:
+            try:
+                return self._generated_decoder(body)
+            except Exception:
+                pass
+        data = io.BytesIO(body)
+        return schemaless_reader(data, self._parsed, self._parsed), data.tell()
 
     # -- internals -------------------------------------------------------------------
     def _precheck(self, event: dict) -> dict:

@@ -268,19 +268,23 @@ class KafkaSource(contracts.Source):
         if entity not in self.context.schemas.names():
             return f"cannot tell the canonical entity (writer schema {schema_id}, entity {entity!r})"
         carried["entity"] = entity
-        body = io.BytesIO(value[5:])
+        payload = value[5:]
         try:
             reader = self._reader(entity)
-            event = schemaless_reader(body, writer.parsed, None if writer.parsed is reader else reader)
+            if writer.parsed is reader:     # the current schema: its generated decoder may read it
+                event, read = self.context.schemas.entity(entity).decode_counted(payload)
+            else:
+                body = io.BytesIO(payload)
+                event, read = schemaless_reader(body, writer.parsed, reader), body.tell()
         except Exception as exc:   # fastavro raises many types for bad input
             return f"does not decode as {entity} (writer schema {schema_id}): {type(exc).__name__}: {exc}"
-        if body.tell() != len(value) - 5:
-            return f"{len(value) - 5 - body.tell()} byte(s) left after decoding as {entity}: corrupt message"
+        if read != len(payload):
+            return f"{len(payload) - read} byte(s) left after decoding as {entity}: corrupt message"
         carried["event"] = event
         if writer.dropped:
             self._dropped[schema_id] = self._dropped.get(schema_id, 0) + 1
         if reader is writer.parsed:
-            carried["body"] = value[5:]   # already the current schema's encoding: queued as is
+            carried["body"] = payload     # already the current schema's encoding: queued as is
         return None
 
     def _reader(self, entity: str):
