@@ -8,14 +8,18 @@ is prepared and planned generically from its first execution, and auto_explain r
 what each one read."""
 import datetime as dt
 import json
+from decimal import Decimal
 import logging
 import time
 
+import pytest
 import sqlalchemy as sa
 
+from adapters.sql_apply import statements
+from adapters.sql_apply.database import binary_arrays
 from adapters.sql_apply.sink import SqlApplySink
 from agent.contracts import AdapterContext
-from tests.support.inbound import CATALOG, LOOKUPS, REVERSE, create_local, customer, event, queued
+from tests.support.inbound import CATALOG, LOOKUPS, REVERSE, T0, create_local, customer, event, queued
 
 FILLED = 20000          # rows already in the ledger tables and the local table
 BATCH = 100
@@ -80,14 +84,18 @@ def test_generic_plans_read_rows_in_proportion_to_the_batch_not_the_tables(pg_ur
         assert conn.exec_driver_sql("SELECT count(*) FROM erp_customer WHERE cust_name = 'renamed'").scalar() == BATCH
 
 
-def test_array_parameters_never_cut_a_value_to_the_column_length(pg_url):
+@pytest.mark.parametrize("binary", [True, False], ids=["binary arrays", "text arrays"])
+def test_array_parameters_never_cut_a_value_to_the_column_length(pg_url, binary):
     """An explicit cast to varchar(n) truncates silently where an assignment refuses: the
     arrays must carry the values whole, so a key longer than the column matches nothing
-    and a ledger id longer than its column is refused, never stored cut."""
+    and a ledger id longer than its column is refused, never stored cut. The sink sends
+    them in binary (``binary_arrays``); the text format must hold to the same."""
     from adapters.sql_apply import statements as sql
     from adapters.sql_apply.bookkeeping import Bookkeeping
     from adapters.sql_apply.spec import SinkOptions
     engine = sa.create_engine(pg_url)
+    if binary:
+        binary_arrays(engine)
     create_local(engine, with_audit=False)
     spec = SinkOptions.model_validate({"url": pg_url, "entities": REVERSE, "lookups": LOOKUPS})
     books = Bookkeeping(spec.ledger, spec.marker, "erp_apply")
@@ -107,3 +115,61 @@ def test_array_parameters_never_cut_a_value_to_the_column_length(pg_url):
         pass
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM outpost_applied_events").scalar() == 0
+
+
+ENUM_AND_DOMAIN = ("CREATE TYPE customer_status AS ENUM ('active', 'closed')",
+                   "CREATE DOMAIN credit AS NUMERIC(18,2) CHECK (VALUE >= 0)")
+
+
+@pytest.mark.parametrize("status, credit", [("customer_status", "NUMERIC(18,2)"), ("VARCHAR(10)", "credit")],
+                         ids=["enum column", "domain column"])
+def test_columns_of_types_arrays_cannot_carry_are_upserted_row_by_row(pg_url, tmp_path, status, credit):
+    """A legacy table with an enum or a domain column: such a column keeps one bound row per
+    execution, where PostgreSQL infers each parameter's type from its column. (An enum went
+    into the unnest arrays as varchar[], and PostgreSQL refused every upsert of the table,
+    'column "status" is of type customer_status but expression is of type character
+    varying', as a transient error retried for ever.) A value the type refuses is parked."""
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        for ddl in ENUM_AND_DOMAIN:
+            conn.exec_driver_sql(ddl)
+        conn.exec_driver_sql(f"CREATE TABLE erp_customer (cust_no VARCHAR(20) PRIMARY KEY, cust_name VARCHAR(60) NOT"
+                             f" NULL, company VARCHAR(4), curr VARCHAR(3), tax_code VARCHAR(8), credit_lim {credit},"
+                             f" status {status}, updated_at TIMESTAMPTZ, deleted CHAR(1) DEFAULT 'N')")
+    context = AdapterContext(name="erp_apply", state_dir=tmp_path, schemas=CATALOG, log=logging.getLogger("test"))
+    sink = SqlApplySink({"url": pg_url, "entities": REVERSE, "lookups": LOOKUPS}, context)
+    sink.open()
+    try:
+        firsts = [customer(f"C-{i}", f"Customer {i}", limit=f"{i}.25") for i in range(5)]
+        report = sink.write(queued([event(c, operation="CREATE") for c in firsts]))
+        assert len(report.delivered) == 5, report
+        later = dt.timedelta(seconds=1)
+        closed = [{**c, "status": "closed", "updated_at": c["updated_at"] + later} for c in firsts]
+        report = sink.write(queued([event(after, before=c) for after, c in zip(closed, firsts)]))
+        assert len(report.delivered) == 5, report
+        refused = ({**closed[0], "status": "frozen"} if status == "customer_status"
+                   else {**closed[0], "credit_limit": Decimal("-1.00")})
+        bad = event({**refused, "updated_at": T0 + 2 * later}, before=closed[0])
+        report = sink.write(queued([bad]))
+        assert not report.delivered and list(report.rejected) == [bad["metadata"]["event_id"]], report
+    finally:
+        sink.close()
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT cust_no, status::text, credit_lim FROM erp_customer ORDER BY cust_no").all()
+    assert rows == [(f"C-{i}", "closed", Decimal(f"{i}.25")) for i in range(5)]
+
+
+def test_keys_of_an_enum_column_are_looked_up_without_arrays(pg_url):
+    """The conflict prefetch reads local rows by key: an enum key column cannot be compared
+    with a varchar[] element ('operator does not exist'), so it is read with an IN list."""
+    engine = sa.create_engine(pg_url)
+    binary_arrays(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(ENUM_AND_DOMAIN[0].replace("customer_status", "region"))
+        conn.exec_driver_sql("CREATE TABLE branch (region region, no VARCHAR(8), name VARCHAR(20), PRIMARY KEY"
+                             " (region, no))")
+        conn.exec_driver_sql("INSERT INTO branch VALUES ('active', '1', 'one'), ('closed', '1', 'other')")
+    table = sa.Table("branch", sa.MetaData(), autoload_with=engine)
+    with engine.begin() as conn:
+        found = statements.rows_by_keys(conn, table, ["region", "no"], ["name"], [("active", "1")], True)
+    assert [dict(r) for r in found] == [{"region": "active", "no": "1", "name": "one"}]

@@ -176,11 +176,12 @@ def rows_by_keys(conn, table: sa.Table, key: list[str], columns: list[str], keys
     An ``IN (...)`` list there becomes, once the statement is prepared, a generic plan that
     on a table not yet analyzed probes the index by its leading column only and compares
     every row of it with every key of the list (measured: 110 ms per 500 keys at 10k rows
-    of the keys ledger, growing with the table). Elsewhere: ``IN`` lists of 500."""
+    of the keys ledger, growing with the table). Elsewhere, and for key columns that arrays
+    cannot carry (``arrays_fit``): ``IN`` lists of 500."""
     keys = list(dict.fromkeys(keys))
     if not keys:
         return []
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql" and arrays_fit(table, key):
         wanted = sa.func.unnest(*[sa.bindparam(f"keys{i}", [k[i] for k in keys],
                                                type_=_array_of(table.c[name].type))
                                   for i, name in enumerate(key)]).table_valued(
@@ -201,8 +202,10 @@ _PLAIN_TYPES = (sa.String, sa.Integer, sa.Numeric, sa.DateTime, sa.Date, sa.Bool
 def arrays_fit(table: sa.Table, columns) -> bool:
     """Whether ``columns`` can travel as typed arrays: plain types only. A domain, an enum,
     a type reflection does not know (NullType) keeps one bound parameter per row, where
-    PostgreSQL infers the type from the column."""
-    return all(isinstance(table.c[c].type, _PLAIN_TYPES) for c in columns)
+    PostgreSQL infers the type from the column. (An enum is a String to SQLAlchemy, but
+    PostgreSQL neither assigns nor compares a varchar to it.)"""
+    return all(isinstance(t, _PLAIN_TYPES) and not isinstance(t, sa.Enum)
+               for t in (table.c[c].type for c in columns))
 
 
 def insert_rows(conn, table: sa.Table, rows: list[dict], key: Optional[list[str]] = None) -> None:
