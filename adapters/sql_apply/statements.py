@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Optional
 
 import sqlalchemy as sa
@@ -197,15 +198,27 @@ def rows_by_keys(conn, table: sa.Table, key: list[str], columns: list[str], keys
 
 
 _PLAIN_TYPES = (sa.String, sa.Integer, sa.Numeric, sa.DateTime, sa.Date, sa.Boolean)
+# ... and what PostgreSQL calls them: an enum or citext is a String to SQLAlchemy, but
+# PostgreSQL will not assign a varchar to an enum, and compares citext = varchar as text
+# (case-sensitively: a key look-up would miss the local row)
+_PLAIN_NAMES = frozenset({"VARCHAR", "CHAR", "TEXT", "SMALLINT", "INTEGER", "BIGINT", "NUMERIC", "DECIMAL", "REAL",
+                          "FLOAT", "DOUBLE PRECISION", "TIMESTAMP", "TIMESTAMP WITHOUT TIME ZONE",
+                          "TIMESTAMP WITH TIME ZONE", "DATE", "BOOLEAN"})
+_POSTGRESQL = postgresql.dialect()
+
+
+def _plain(column_type) -> bool:
+    if not isinstance(column_type, _PLAIN_TYPES):
+        return False
+    name = column_type.compile(dialect=_POSTGRESQL)
+    return re.sub(r"\(.*?\)", "", name).strip().upper() in _PLAIN_NAMES
 
 
 def arrays_fit(table: sa.Table, columns) -> bool:
     """Whether ``columns`` can travel as typed arrays: plain types only. A domain, an enum,
-    a type reflection does not know (NullType) keeps one bound parameter per row, where
-    PostgreSQL infers the type from the column. (An enum is a String to SQLAlchemy, but
-    PostgreSQL neither assigns nor compares a varchar to it.)"""
-    return all(isinstance(t, _PLAIN_TYPES) and not isinstance(t, sa.Enum)
-               for t in (table.c[c].type for c in columns))
+    citext, a type reflection does not know (NullType) keeps one bound parameter per row,
+    where PostgreSQL infers the type from the column."""
+    return all(_plain(table.c[c].type) for c in columns)
 
 
 def insert_rows(conn, table: sa.Table, rows: list[dict], key: Optional[list[str]] = None) -> None:
