@@ -27,7 +27,6 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 __all__ = ["schema_fingerprint", "load_entity_schemas", "generate_source", "write_module", "GENERATED_MODULE"]
 
@@ -92,32 +91,23 @@ def load_entity_schemas(directory: Path) -> tuple[dict, list[str]]:
 
 
 # -- the generator -----------------------------------------------------------------------
-class _Unsupported(Exception):
-    """The schema uses something the generator does not write; it keeps fastavro."""
+def _load_decodegen():
+    """``agent.avro_decodegen``; loaded by path when this file is (the build, setup.py)."""
+    if __package__:
+        from . import avro_decodegen
+        return avro_decodegen
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("outpost_avro_decodegen", Path(__file__).with_name("avro_decodegen.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class _Writer:
-    """Emits the body of one encoder function; every value is a fresh local variable."""
+_decodegen = _load_decodegen()
 
-    def __init__(self, named: dict, prefix: str):
-        self.named = named
-        self.prefix = prefix
-        self.lines: list[str] = []
-        self.constants: dict[str, str] = {}
-        self._count = 0
-        self._stack: list[str] = []
 
-    def local(self) -> str:
-        self._count += 1
-        return f"v{self._count}"
-
-    def emit(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
-
-    def constant(self, prefix: str, value_source: str) -> str:
-        name = f"{self.prefix}_{prefix}{len(self.constants)}"
-        self.constants[name] = value_source
-        return name
+class _Writer(_decodegen.Emitter):
+    """Emits the body of one encoder function; ``buf`` is the bytearray written to."""
 
     def length(self, depth: int, size: str) -> None:
         self.emit(depth, f"buf += _LENGTHS[{size}] if {size} < {_SMALL_LIMIT // 2} else _varint({size} << 1)")
@@ -133,18 +123,7 @@ class _Writer:
             depth += 1
         self.emit(depth, f"buf += _SMALL[{z}] if {z} < {_SMALL_LIMIT} else _varint({z})")
 
-    def value(self, depth: int, avro_type: Any, value: str) -> None:
-        if isinstance(avro_type, list):
-            return self.union(depth, avro_type, value)
-        if isinstance(avro_type, str):
-            if avro_type in self.named:
-                if avro_type in self._stack:
-                    raise _Unsupported(f"recursive type {avro_type}")
-                self._stack.append(avro_type)
-                self.value(depth, self.named[avro_type], value)
-                self._stack.pop()
-                return
-            return self.primitive(depth, avro_type, value)
+    def typed(self, depth: int, avro_type: dict, value: str) -> None:
         kind, logical = avro_type["type"], avro_type.get("logicalType")
         if kind == "record":
             return self.record(depth, avro_type, value)
@@ -178,9 +157,9 @@ class _Writer:
             return self.long(depth, ticks, eight_bytes_likely=logical == "timestamp-micros")
         if logical is None or kind in ("string", "int", "long"):   # a logical type fastavro ignores
             if logical is not None:
-                raise _Unsupported(f"logical type {logical} on {kind}")
+                raise _decodegen.Unsupported(f"logical type {logical} on {kind}")
             return self.primitive(depth, kind, value)
-        raise _Unsupported(f"{kind}/{logical}")
+        raise _decodegen.Unsupported(f"{kind}/{logical}")
 
     def primitive(self, depth: int, kind: str, value: str) -> None:
         if kind == "null":
@@ -197,12 +176,12 @@ class _Writer:
             self.length(depth, size)
             self.emit(depth, f"buf += {data}")
         else:
-            raise _Unsupported(kind)
+            raise _decodegen.Unsupported(kind)
 
     def union(self, depth: int, branches: list, value: str) -> None:
         others = [b for b in branches if b != "null"]
         if len(branches) != 2 or len(others) != 1:
-            raise _Unsupported("a union other than [null, T]")
+            raise _decodegen.Unsupported("a union other than [null, T]")
         null_index = branches.index("null")
         self.emit(depth, f"if {value} is None:")
         self.emit(depth + 1, f"buf += {_SMALL[null_index << 1]!r}")
@@ -254,7 +233,7 @@ class _Writer:
             out = io.BytesIO()
             schemaless_writer(out, holder, {}, strict_allow_default=True)
         except Exception as exc:
-            raise _Unsupported(f"default of {field['name']}: {exc}") from exc
+            raise _decodegen.Unsupported(f"default of {field['name']}: {exc}") from exc
         return out.getvalue()
 
     def decimal(self, depth: int, precision: int, scale: int, value: str) -> None:
@@ -284,47 +263,33 @@ def _encoder(function: str, schema: dict) -> tuple[list[str], dict[str, str]]:
     return [f"def {function}(event):"] + writer.lines, writer.constants
 
 
-def _decoders():
-    """``agent.avro_decodegen``; loaded by path when this file is (the build, setup.py)."""
-    if __package__:
-        from . import avro_decodegen
-        return avro_decodegen
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("outpost_avro_decodegen", Path(__file__).with_name("avro_decodegen.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _decoder(function: str, schema: dict, decodegen) -> tuple[list[str], dict[str, str]]:
+def _decoder(function: str, schema: dict) -> tuple[list[str], dict[str, str]]:
     from fastavro.schema import parse_schema
 
     named: dict = {}
     parse_schema(copy.deepcopy(schema), named_schemas=named, _write_hint=False)
-    return decodegen.decoder(function, parse_schema(copy.deepcopy(schema), _write_hint=False), named)
+    return _decodegen.decoder(function, parse_schema(copy.deepcopy(schema), _write_hint=False), named)
 
 
 def generate_source(schemas: list[dict]) -> str:
     """Python source of a module whose ``ENCODERS`` maps fingerprint -> encode(event) -> bytes
     and whose ``DECODERS`` maps fingerprint -> decode(body) -> (event, end position)."""
-    decodegen = _decoders()
     header = [
         "# Generated by agent/avro_codegen.py from the canonical Avro schemas when the package",
         "# was built. Do not edit; rebuild instead. SPDX-License-Identifier: Apache-2.0",
         "from decimal import Context",
         "from agent.avro_codegen import _EPOCH, _LENGTHS, _SMALL, _varint, Fallback as _Fallback",
-        decodegen.RUNTIME_IMPORTS,
+        _decodegen.RUNTIME_IMPORTS,
         "_EXACT = Context(prec=100)",
     ]
     body: list[str] = []
     tables: dict[str, list[str]] = {"ENCODERS": [], "DECODERS": []}
     for index, schema in enumerate(sorted(schemas, key=schema_fingerprint)):
-        for table, function, generate, failure in (
-                ("ENCODERS", f"_encode_{index}", _encoder, _Unsupported),
-                ("DECODERS", f"_decode_{index}", lambda f, s: _decoder(f, s, decodegen), decodegen.Unsupported)):
+        for table, function, generate in (("ENCODERS", f"_encode_{index}", _encoder),
+                                          ("DECODERS", f"_decode_{index}", _decoder)):
             try:
                 lines, constants = generate(function, schema)
-            except failure as exc:
+            except _decodegen.Unsupported as exc:
                 body.append(f"# {schema.get('name')!r}: {function} not generated ({str(exc)!r}); fastavro does it")
                 continue
             body += [f"{name} = {source}" for name, source in constants.items()]
@@ -354,7 +319,7 @@ def main(argv: list[str]) -> int:
     root = Path(__file__).resolve().parent.parent
     target = root / "agent" / "_avro_encoders.py"
     count = write_module(Path(argv[0]) if argv else root / "avro", target)
-    print(f"{target}: encoders for {count} schemas")
+    print(f"{target}: encoders and decoders for {count} schemas")
     return 0
 
 

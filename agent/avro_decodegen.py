@@ -24,7 +24,7 @@ import datetime as _dt
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["decoder", "RUNTIME_IMPORTS"]
+__all__ = ["decoder", "Emitter", "Unsupported", "RUNTIME_IMPORTS"]
 
 # What the generated module imports from here. It shares the encoders' ``_EPOCH`` (fastavro's
 # epoch, aware UTC) and ``_EXACT`` (a context that never rounds: a decimal with more digits
@@ -54,11 +54,14 @@ def _long(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 class Unsupported(Exception):
-    """The schema uses something the generator does not read; fastavro reads it."""
+    """The schema uses something a generator does not handle; fastavro handles it."""
 
 
-class _Reader:
-    """Emits the body of one decoder function: ``buf`` is the body, ``pos`` the position."""
+class Emitter:
+    """Writes the body of one generated function (encoder or decoder): a fresh local
+    variable per value, module-level constants, named types expanded where they are used."""
+
+    local_prefix = "v"
 
     def __init__(self, named: dict, prefix: str):
         self.named, self.prefix = named, prefix
@@ -69,7 +72,7 @@ class _Reader:
 
     def local(self) -> str:
         self._count += 1
-        return f"r{self._count}"
+        return f"{self.local_prefix}{self._count}"
 
     def emit(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)
@@ -78,6 +81,37 @@ class _Reader:
         name = f"{self.prefix}_{kind}{len(self.constants)}"
         self.constants[name] = source
         return name
+
+    def value(self, depth: int, avro_type: Any, variable: str) -> None:
+        """Handle ``variable`` of ``avro_type``: a union, a primitive or a named type by name
+        here, any other type (a schema dict) by ``typed``."""
+        if isinstance(avro_type, list):
+            return self.union(depth, avro_type, variable)
+        if not isinstance(avro_type, str):
+            return self.typed(depth, avro_type, variable)
+        if avro_type not in self.named:
+            return self.primitive(depth, avro_type, variable)
+        if avro_type in self._stack:
+            raise Unsupported(f"recursive type {avro_type}")
+        self._stack.append(avro_type)
+        self.value(depth, self.named[avro_type], variable)
+        self._stack.pop()
+        return None
+
+    def union(self, depth: int, branches: list, variable: str) -> None:
+        raise NotImplementedError
+
+    def primitive(self, depth: int, kind: str, variable: str) -> None:
+        raise NotImplementedError
+
+    def typed(self, depth: int, avro_type: dict, variable: str) -> None:
+        raise NotImplementedError
+
+
+class _Reader(Emitter):
+    """Emits the body of one decoder function: ``buf`` is the body, ``pos`` the position."""
+
+    local_prefix = "r"
 
     def long(self, depth: int, target: str) -> None:
         """``target`` = the next long: one byte inline (lengths, indexes, small numbers)."""
@@ -97,18 +131,7 @@ class _Reader:
         self.emit(depth, f"{target} = buf[pos:{end}]")
         self.emit(depth, f"pos = {end}")
 
-    def value(self, depth: int, avro_type: Any, target: str) -> None:
-        if isinstance(avro_type, list):
-            return self.union(depth, avro_type, target)
-        if isinstance(avro_type, str):
-            if avro_type in self.named:
-                if avro_type in self._stack:
-                    raise Unsupported(f"recursive type {avro_type}")
-                self._stack.append(avro_type)
-                self.value(depth, self.named[avro_type], target)
-                self._stack.pop()
-                return None
-            return self.primitive(depth, avro_type, target)
+    def typed(self, depth: int, avro_type: dict, target: str) -> None:
         kind, logical = avro_type["type"], avro_type.get("logicalType")
         if kind == "record":
             return self.record(depth, avro_type, target)

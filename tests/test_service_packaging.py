@@ -47,9 +47,11 @@ def test_wheel_and_sdist_carry_the_code_the_page_and_the_schemas(tmp_path):
                    "agent/web/page.py", "adapters/kafka/sink.py"):
         assert module in names, module
     assert any(n.endswith("data/share/outpost/avro/EventMetadata.avsc") for n in names)
-    encoders = zipfile.ZipFile(wheel).read("agent/_avro_encoders.py").decode()
+    codecs = zipfile.ZipFile(wheel).read("agent/_avro_encoders.py").decode()
     entities = [p for p in (ROOT / "avro").glob("*.avsc") if "outpost.entity" in p.read_text()]
-    assert encoders.count("\n    '") == len(entities), "one generated encoder per canonical entity schema"
+    for table in ("ENCODERS", "DECODERS"):
+        rows = codecs.split(f"\n{table} = {{", 1)[1].split("\n}", 1)[0]
+        assert rows.count("\n    '") == len(entities), f"{table}: one generated function per canonical entity schema"
     assert any(n.endswith("data/share/doc/outpost/operations.md") for n in names), "the unit's Documentation="
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "outpost = agent.cli:main" in entry_points
