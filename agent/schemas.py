@@ -253,6 +253,11 @@ class EntitySchema:
                 if isinstance(value, (str, bytes)) else type(value).__name__
             raise TerminalError(f"{where}: got {kind} {value!r:.80}; an amount must be an exact decimal, "
                                 "never text or a float")
+        _, digits, exponent = value.as_tuple()
+        # the usual amount, at most the scale's places and the integer digits allowed: it fits
+        # (exactly what decimal_misfit decides for it, without its digit-by-digit reasoning)
+        if type(exponent) is int and -scale <= exponent and len(digits) + exponent <= precision - scale:
+            return value
         misfit = decimal_misfit(value, precision, scale)
         if misfit:
             raise TerminalError(f"{where}: {misfit}")

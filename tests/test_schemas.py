@@ -308,3 +308,28 @@ def test_a_decimal_misfit_is_described_in_exact_digits():
     assert decimal_misfit(Decimal("1234567890123456789012345678901.55"), 18, 2).startswith(
         "1234567890123456789012345678901.55 does not fit"), "never rounded to the context's 28 digits"
     assert decimal_misfit(Decimal("100.0000"), 18, 2) is None and decimal_misfit(Decimal("0.00"), 18, 2) is None
+
+
+def test_the_decimal_check_accepts_exactly_what_decimal_misfit_accepts():
+    """``check`` (every inbound event, twice) decides the usual amount without
+    ``decimal_misfit``'s digit-by-digit reasoning: the shortcut must never decide otherwise."""
+    from hypothesis import given, settings, strategies as st
+
+    from agent.schemas import decimal_misfit
+    schema = SchemaCatalog.load().entity("Invoice")
+    values = st.decimals(allow_nan=True, allow_infinity=True) | st.builds(
+        lambda n, e: Decimal(n).scaleb(e), st.integers(-10**22, 10**22), st.integers(-8, 8))
+
+    @settings(max_examples=3000, deadline=None)
+    @given(values, st.integers(1, 38), st.integers(0, 10))
+    def same(value, precision, scale):
+        if scale > precision:
+            return
+        try:
+            checked = schema._check_decimal("after", "amount", value, precision, scale)
+        except TerminalError:
+            assert decimal_misfit(value, precision, scale) is not None
+        else:
+            assert decimal_misfit(value, precision, scale) is None
+            assert checked == value and checked.as_tuple().exponent >= -scale
+    same()
