@@ -256,3 +256,32 @@ def test_check_constraint_violation_is_parked_not_retried_forever(any_db_url, tm
         sink.close()
     assert report.transient_error is None and report.delivered == {good["metadata"]["event_id"]}
     assert report.rejected[bad["metadata"]["event_id"]].startswith("constraint:")
+
+
+TIMESHEETS = {"Timesheet": {"tables": [{"table": "timesheets", "key": "entry_id", "columns": {
+    "entry_id": "entry_id", "employee": "employee_id", "hours": "hours", "billable": "billable",
+    "attempts": {"const": 3}}}]}}
+
+
+def test_a_boolean_column_takes_canonical_booleans_on_every_database(any_db_url, tmp_path):
+    """MariaDB and MySQL store BOOLEAN as TINYINT(1), which reflection reports as an integer:
+    every Timesheet was parked there ("column billable holds whole numbers, the event has bool
+    True"). A TINYINT(1) takes a yes/no as it is and a small whole number as an integer
+    column does (``attempts`` here)."""
+    engine = sa.create_engine(any_db_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE timesheets (entry_id VARCHAR(20) PRIMARY KEY, employee VARCHAR(20),"
+                             " hours NUMERIC(9,2), billable BOOLEAN, attempts "
+                             f"{'TINYINT(1)' if engine.dialect.name == 'mysql' else 'SMALLINT'})")
+    sink = make_sink(any_db_url, tmp_path, entities=TIMESHEETS)
+    try:
+        entries = [{"entry_id": f"T-{i}", "project_code": "P-1", "employee_id": "E-7", "work_date": dt.date(2026, 11, 2),
+                    "hours": Decimal("7.50"), "billable": i % 2 == 0, "bill_rate": None, "currency": None,
+                    "description": None} for i in range(4)]
+        report = sink.write(queued([event(e, operation="CREATE", entity="Timesheet") for e in entries],
+                                   entity="Timesheet"))
+        assert len(report.delivered) == 4 and not report.rejected, report
+    finally:
+        sink.close()
+    stored = rows(engine, "SELECT entry_id, billable, attempts FROM timesheets ORDER BY entry_id")
+    assert [(k, bool(b), a) for k, b, a in stored] == [(f"T-{i}", i % 2 == 0, 3) for i in range(4)]

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 from adapters.sql_apply import statements as sql
 from adapters.sql_apply.reverse_mapping import Column, TablePlan
@@ -62,7 +63,9 @@ def binary_arrays(engine: sa.Engine) -> None:
 def describe(column: sa.Column) -> Column:
     """What the reverse mapping needs to know about a reflected column."""
     t = column.type
-    kind = ("boolean" if isinstance(t, sa.Boolean) else "integer" if isinstance(t, sa.Integer)
+    # MySQL and MariaDB store BOOLEAN as TINYINT(1), which reflection reports as an integer
+    flag = isinstance(t, mysql.TINYINT) and getattr(t, "display_width", None) == 1
+    kind = ("boolean" if isinstance(t, sa.Boolean) else "flag" if flag else "integer" if isinstance(t, sa.Integer)
             else "float" if isinstance(t, sa.Float) else "numeric" if isinstance(t, sa.Numeric)
             else "datetime" if isinstance(t, sa.DateTime) else "date" if isinstance(t, sa.Date)
             else "string" if isinstance(t, sa.String) else "other")

@@ -85,7 +85,7 @@ class Column:
     """What the reflected schema says about a local column (filled in by the sink)."""
 
     name: str
-    kind: str                       # string, integer, numeric, float (binary), boolean, date, datetime, other
+    kind: str                       # string, integer, numeric, float (binary), boolean, flag, date, datetime, other
     nullable: bool = True
     length: Optional[int] = None
     precision: Optional[int] = None
@@ -108,6 +108,10 @@ def fit(column: Column, value: Any, zone: ZoneInfo) -> Any:
         if column.length is not None and len(value) > column.length:
             raise ApplyRejected(f"{where} holds at most {column.length} characters, the event has {len(value)}")
         return value
+    if kind == "flag":              # TINYINT(1), MySQL's BOOLEAN: a yes/no as it is, or a small whole number
+        if isinstance(value, bool):
+            return value
+        kind = "integer"
     if kind == "integer":
         if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or value != int(value):
             raise ApplyRejected(f"{where} holds whole numbers, the event has {type(value).__name__} {value!r:.80}")
