@@ -285,3 +285,29 @@ def test_a_boolean_column_takes_canonical_booleans_on_every_database(any_db_url,
         sink.close()
     stored = rows(engine, "SELECT entry_id, billable, attempts FROM timesheets ORDER BY entry_id")
     assert [(k, bool(b), a) for k, b, a in stored] == [(f"T-{i}", i % 2 == 0, 3) for i in range(4)]
+
+
+def test_a_conflict_is_found_when_the_key_column_is_fixed_width_char(any_db_url, tmp_path):
+    """Legacy keys are often CHAR(n). PostgreSQL gives them back blank-padded ('C-1      …'),
+    so the prefetched local row was filed under the padded key, the event's key 'C-1' found
+    nothing, and the conflict check was skipped: a stale change overwrote a local edit."""
+    from tests.support.inbound import LOCAL_DDL
+    engine = sa.create_engine(any_db_url)
+    ts = {"postgresql": "TIMESTAMPTZ", "sqlite": "DATETIME", "mysql": "DATETIME(6)"}[engine.dialect.name]
+    with engine.begin() as conn:
+        conn.exec_driver_sql(LOCAL_DDL["default"].format(ts=ts).replace("cust_no VARCHAR(20)", "cust_no CHAR(20)"))
+    sink = make_sink(any_db_url, tmp_path)
+    try:
+        sink.write(queued([event(customer("C-1"), operation="CREATE")]))
+        later = T0 + dt.timedelta(hours=1)
+        with engine.begin() as conn:     # a clerk edits C-1 locally after the fabric's version
+            conn.execute(sa.text("UPDATE erp_customer SET cust_name='Edited locally', updated_at=:t"
+                                 " WHERE cust_no='C-1'"),
+                         {"t": later if engine.dialect.name == "postgresql" else later.replace(tzinfo=None)})
+        stale = event(customer("C-1", "From CRM", updated_at=T0 + dt.timedelta(minutes=1)), before=customer("C-1"))
+        report = sink.write(queued([stale]))
+    finally:
+        sink.close()
+    assert not report.delivered and "later than the event's base" in report.rejected[stale["metadata"]["event_id"]]
+    assert [(k.strip(), n) for k, n in rows(engine, "SELECT cust_no, cust_name FROM erp_customer")] == [
+        ("C-1", "Edited locally")]

@@ -83,8 +83,9 @@ class Bookkeeping:
             keys, cursor = list(by_key), plan.target.capture_cursor
             for row in sql.rows_by_keys(conn, plan.sa_table, plan.key, [cursor], keys, False):
                 key = plan.key_of(row)
-                if key in by_key:
-                    versions.append({"object": name, "position": row_position(list(key), row[cursor])[:500],
+                if key in by_key:       # the position as sql_poll reads the row: the key as stored
+                    stored = [row[k] for k in plan.key]
+                    versions.append({"object": name, "position": row_position(stored, row[cursor])[:500],
                                      "event_id": by_key[key][1], "applied_at": _naive(now)})
         sql.insert_rows(conn, self.rows, versions, ["object", "position"])   # one per row written
 

@@ -111,6 +111,8 @@ def reflect(conn, dialect, entity: str, plan: TablePlan, where: str, stmts: dict
                 f"(an upsert needs one)"]
     plan.sa_table = table
     plan.columns = {c: describe(table.c[c]) for c in plan.referenced_columns()}
+    if dialect.name == "postgresql":    # it gives CHAR(n) back blank-padded (MariaDB strips the blanks)
+        plan.padded = frozenset(i for i, k in enumerate(plan.key) if isinstance(table.c[k].type, sa.CHAR))
     soft = plan.target.delete
     if soft.policy == "soft" and soft.column not in plan.rules:
         if "restore_value" in soft.model_fields_set:

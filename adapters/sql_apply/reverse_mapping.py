@@ -221,6 +221,9 @@ class TablePlan:
         # written on every create/update unless mapped: a soft-deleted row that is created
         # again must come back (set by the sink: the column's "not deleted" value)
         self.restore: dict[str, Any] = {}
+        # positions in ``key`` of CHAR(n) columns the database gives back blank-padded (set
+        # by the sink): their trailing blanks are not part of the key, as in SQL's comparison
+        self.padded: frozenset = frozenset()
 
     def write_columns(self) -> list[str]:
         """The columns an upsert writes: the mapped ones, then those the sink keeps itself."""
@@ -261,14 +264,21 @@ class TablePlan:
         return row
 
     def key_of(self, row: Mapping[str, Any]) -> tuple:
-        return tuple(row[k] for k in self.key)
+        """The key of a row, the one to be written or one read from the table, in the form
+        both compare equal in (a CHAR(n) key read back blank-padded is the key written)."""
+        return self._unpadded(tuple([row[k] for k in self.key]))
 
     def key_values(self, payload: Mapping[str, Any], now: dt.datetime) -> tuple:
         """Only the key (deletes need nothing else, so a bad code elsewhere cannot block them)."""
         values = tuple(self._value(k, self.rules[k], payload, now) for k in self.key)
         if any(v in (None, "") for v in values):
             raise ApplyRejected(f"{self.entity} -> {self.object}: no value for key column(s) {self.key}")
-        return values
+        return self._unpadded(values)
+
+    def _unpadded(self, key: tuple) -> tuple:
+        if not self.padded:
+            return key
+        return tuple(v.rstrip(" ") if i in self.padded and isinstance(v, str) else v for i, v in enumerate(key))
 
     def _value(self, column: str, rule, payload: Mapping[str, Any], now: dt.datetime) -> Any:
         value = rule_value(rule, payload, now, self._lookups, f"column {column} of {self.object}")
