@@ -22,7 +22,7 @@ from agent import config as config_module  # noqa: E402
 from agent.cli import main as cli_main  # noqa: E402
 from agent.queue import DurableQueue  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
-from tests.support.debezium_pg import ADMIN, debezium_config, pg_repl  # noqa: E402,F401
+from tests.support.debezium_pg import ADMIN, debezium_config, past_snapshot, pg_repl  # noqa: E402,F401
 from tests.support.route import CUSTOMER_MAPPING, LOOKUPS, decode_messages  # noqa: E402
 
 UTC = dt.timezone.utc
@@ -88,8 +88,8 @@ def test_changes_and_types_reach_the_broker_then_a_lost_slot_stops_the_route(tmp
     customer_topic = document["fabric"]["topic_template"].format(entity="customer")
     timesheet_topic = document["fabric"]["topic_template"].format(entity="timesheet")
     try:
-        _wait(lambda: _streaming(pg_repl, 3), 60, "three streaming replication slots")
-        time.sleep(1.0)
+        _wait(lambda: _streaming(pg_repl, 3) and past_snapshot(agent, "customers", "legacy", "timesheets"), 90,
+              "three streaming replication slots past their snapshot phase")
         pg_repl.execute(
             "INSERT INTO erp_customer (cust_no, cust_name, company, curr, tax_code, credit_lim) VALUES"
             " ('C-00002', 'Two GmbH', '01', 'EUR', 'NY', 250000.10), ('C-00003', 'Three', '02', 'GBP', 'LDN', NULL)",
@@ -194,8 +194,8 @@ def test_ad_hoc_snapshot_while_writes_continue(tmp_path, pg_repl, broker, regist
                              " VALUES (%s, 'Live', '01', 'USD', 'NY', 1)", (f"C-{n:05d}",))
                 time.sleep(0.02)
     try:
-        _wait(lambda: _streaming(pg_repl, 1), 60, "a streaming replication slot")
-        time.sleep(1.0)
+        _wait(lambda: _streaming(pg_repl, 1) and past_snapshot(agent, "customers"), 90,
+              "a streaming replication slot past its snapshot phase")
         writer = threading.Thread(target=write, daemon=True)
         writer.start()
         config_path = tmp_path / "outpost.yaml"

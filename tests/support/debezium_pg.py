@@ -105,6 +105,17 @@ def slot_pid(db: PgReplicationDb):
     return row[0] if row else None
 
 
+def past_snapshot(agent, *routes: str) -> bool:
+    """Every route's engine has passed its snapshot phase (taken or skipped): its slot has
+    reached a consistent point, so a change written now is streamed. An active slot alone
+    is not enough: a slot being created is active while PostgreSQL waits for the running
+    transactions of the whole cluster to end (another test's, on a shared server), and a
+    change committed meanwhile comes before the slot's start."""
+    status = agent.queue.status()
+    return all(((status.get(route, {}).get("health") or {}).get("details") or {}).get("snapshot", {}).get("state")
+               in ("COMPLETED", "SKIPPED") for route in routes)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
