@@ -8,9 +8,10 @@ sink). A function written for one schema reads each field in place (docs/benchma
 The bodies it reads come from the fabric: they are untrusted. Rules that keep it safe:
 
 * Anything unusual raises instead of guessing: a truncated body, an index outside a union or
-  an enum, a boolean byte other than 0 or 1, an over-long varint, an int outside 32 bits, a
-  decimal with more digits than its precision (fastavro would round it). The caller then
-  decodes with fastavro, whose result or error stands. So the generated decoder returns
+  an enum, a boolean byte other than 0 or 1, an over-long varint, an int outside 32 bits.
+  The caller then decodes with fastavro, whose result or error stands. A decimal is read
+  with fastavro's own formula, in a context of the field's precision (so a value written
+  with more digits than that is rounded as fastavro rounds it). So the generated decoder returns
   either exactly what fastavro returns or nothing at all; ``tests/test_avro_decoders.py``
   checks that over every canonical schema, for valid bodies and for damaged ones.
 * It is built with the package from the schemas shipped in it, and looked up by the
@@ -21,18 +22,16 @@ Like ``agent.avro_codegen`` it needs only the standard library and fastavro.
 from __future__ import annotations
 
 import datetime as _dt
-from decimal import Decimal
 from typing import Any
 
 __all__ = ["decoder", "Emitter", "Unsupported", "RUNTIME_IMPORTS"]
 
 # What the generated module imports from here. It shares the encoders' ``_EPOCH`` (fastavro's
-# epoch, aware UTC) and ``_EXACT`` (a context that never rounds: a decimal with more digits
-# than its precision is refused before it reaches ``scaleb``).
-RUNTIME_IMPORTS = "from agent.avro_decodegen import _DATE_SHIFT, _Decimal, _long, _ord, _timedelta"
+# epoch, aware UTC) and their ``from decimal import Context``.
+RUNTIME_IMPORTS = "from agent.avro_decodegen import _DATE_SHIFT, _long, _ord, _timedelta"
 
 _DATE_SHIFT = _dt.date(1970, 1, 1).toordinal()
-_Decimal, _ord, _timedelta = Decimal, _dt.date.fromordinal, _dt.timedelta
+_ord, _timedelta = _dt.date.fromordinal, _dt.timedelta
 
 
 def _long(buf: bytes, pos: int) -> tuple[int, int]:
@@ -78,6 +77,10 @@ class Emitter:
         self.lines.append("    " * depth + line)
 
     def constant(self, kind: str, source: str) -> str:
+        """A module-level constant of this source text (one per distinct text: none is mutated)."""
+        for name, known in self.constants.items():
+            if known == source:
+                return name
         name = f"{self.prefix}_{kind}{len(self.constants)}"
         self.constants[name] = source
         return name
@@ -227,10 +230,10 @@ class _Reader(Emitter):
     def decimal(self, depth: int, precision: int, scale: int, target: str) -> None:
         data = self.local()
         self.sized(depth, data)
-        self.emit(depth, f"{target} = int.from_bytes({data}, 'big', signed=True)")
-        # fastavro rounds a value with more digits than the precision: it decides those
-        self.emit(depth, f"if not -{10 ** precision} < {target} < {10 ** precision}: raise ValueError('precision')")
-        self.emit(depth, f"{target} = _Decimal({target}).scaleb({-scale}, _EXACT)")
+        # fastavro's read_decimal: Context(prec=precision).create_decimal(unscaled).scaleb(-scale, same)
+        context = self.constant("CONTEXT", f"Context(prec={precision})")
+        self.emit(depth, f"{target} = {context}.create_decimal(int.from_bytes({data}, 'big', signed=True))"
+                         f".scaleb({-scale}, {context})")
 
 
 def decoder(function: str, parsed: dict, named: dict) -> tuple[list[str], dict[str, str]]:

@@ -106,20 +106,30 @@ def _small_decoder():
 
 
 @pytest.mark.parametrize("why, body", [
-    ("five digits in decimal(4,2): fastavro rounds", b"\x06\x01\x86\xa0" + b"\x02\x00\x00"),   # 100000
     ("an int beyond 32 bits", b"\x02\x01" + b"\x80\x80\x80\x80\x10" + b"\x00\x00"),
     ("a long varint of eleven bytes", b"\x02\x01" + b"\xff" * 10 + b"\x01" + b"\x00\x00"),
     ("a boolean byte of 2", b"\x02\x01\x02\x02\x00"),
     ("a union index of 2", b"\x02\x01\x02\x00\x04"),
     ("a negative length", b"\x01\x01\x02\x00\x00"),
 ])
-def test_what_fastavro_would_round_wrap_or_refuse_is_left_to_it(why, body):
+def test_what_fastavro_would_wrap_or_refuse_is_left_to_it(why, body):
     """Refused by the generated decoder (fastavro then decides: see the next test)."""
     decoder = _small_decoder()
     assert decoder(b"\x02\x01\x02\x01\x02\x02A") == ({"amount": Decimal("0.01"), "count": 1, "flag": True,
                                                         "note": "A"}, 7)
     with pytest.raises(Exception):
         decoder(body)
+
+
+def test_a_decimal_with_more_digits_than_its_precision_is_rounded_as_fastavro_rounds_it():
+    """fastavro's writer lets a value with more integer digits than the precision through
+    (it counts the digits of the coefficient, 1E+32 has one); its reader then rounds the
+    unscaled number to the precision. The generated decoder reads it with the same formula."""
+    from fastavro.schema import parse_schema
+    body = b"\x06\x01\x86\xa0" + b"\x02\x00\x00"      # unscaled 100000: five digits in decimal(4,2)
+    event, read = _small_decoder()(body)
+    expected = _fastavro_read(parse_schema(SMALL), body)
+    assert (_exact(event), read) == (_exact(expected[0]), expected[1]) and event["amount"] == Decimal("1000.0")
 
 
 def test_a_body_the_generated_decoder_refuses_is_read_by_fastavro():
