@@ -22,6 +22,7 @@ Like ``agent.avro_codegen`` it needs only the standard library and fastavro.
 from __future__ import annotations
 
 import datetime as _dt
+from abc import ABC, abstractmethod
 from typing import Any
 
 __all__ = ["decoder", "Emitter", "Unsupported", "RUNTIME_IMPORTS"]
@@ -56,7 +57,7 @@ class Unsupported(Exception):
     """The schema uses something a generator does not handle; fastavro handles it."""
 
 
-class Emitter:
+class Emitter(ABC):
     """Writes the body of one generated function (encoder or decoder): a fresh local
     variable per value, module-level constants, named types expanded where they are used."""
 
@@ -101,14 +102,15 @@ class Emitter:
         self._stack.pop()
         return None
 
-    def union(self, depth: int, branches: list, variable: str) -> None:
-        raise NotImplementedError
+    # what each generator writes for its own direction
+    @abstractmethod
+    def union(self, depth: int, branches: list, variable: str) -> None: ...
 
-    def primitive(self, depth: int, kind: str, variable: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def primitive(self, depth: int, kind: str, variable: str) -> None: ...
 
-    def typed(self, depth: int, avro_type: dict, variable: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def typed(self, depth: int, avro_type: dict, variable: str) -> None: ...
 
 
 class _Reader(Emitter):
