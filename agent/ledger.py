@@ -82,12 +82,11 @@ class Facts:
 
 
 def note_captured(db, route: str, rows: Sequence[tuple[bytes, dict]]) -> None:
-    """Facts of the events just inserted, in the capture transaction; an id the outbox
-    refused (already delivered, parked) leaves no pending facts behind."""
+    """Facts of the events just inserted, in the capture transaction. The queue passes only
+    the events it took: an id it refused (already delivered, parked) leaves no facts behind."""
     db.executemany(
-        "INSERT INTO ledger_pending SELECT ?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM outbox WHERE id16=?)"
-        " ON CONFLICT(id16) DO NOTHING",
-        [(key, route, f["key"], f["window"], f["sums"], f["position"], int(f["deleted"]), key) for key, f in rows])
+        "INSERT INTO ledger_pending VALUES (?,?,?,?,?,?,?) ON CONFLICT(id16) DO NOTHING",
+        [(key, route, f["key"], f["window"], f["sums"], f["position"], int(f["deleted"])) for key, f in rows])
 
 
 def note_filtered(db, route: str, left_out: Iterable[tuple[str, str]]) -> None:

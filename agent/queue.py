@@ -10,7 +10,7 @@ It is what lets capture go on while the fabric is down. Delivery invariants (DES
    ``DeliveryReport``): unconfirmed rows stay and are sent again, in order.
 4. ``event_id`` is deterministic (``agent.events.event_id``); the queue ignores an id it
    already holds, delivered within ``dedup_retention``, or ever discarded by an operator
-   (the ``delivered`` table keeps those for good), so re-capture after a crash never
+   (``agent.seen_ids`` keeps those for good), so re-capture after a crash never
    yields a second event and a replay never brings back what a person threw away.
 5. Order is kept per sink in ``seq`` order, hence per entity key. A rejected event is
    the only thing that may reorder: it moves to the exception queue, and is logged,
@@ -32,14 +32,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from . import ledger, slo, waiting
+from . import ledger, seen_ids, slo, waiting
 from .health import note_outages
 from .contracts import DeliveryReport, QueuedEvent
 from .queue_schema import _DDL, CACHE_KIB, SCHEMA_VERSION, dedup_key, migrate  # noqa: F401 (re-exported)
 
 log = logging.getLogger("outpost.queue")
 
-_FOREVER = float("inf")     # "delivered at" of a discarded id: never pruned
 _EVENT_COLUMNS = ("event_id", "route", "sink", "entity", "key", "operation", "schema_fingerprint",
                   "body", "correlation_id", "occurred_at")
 # one C call per event instead of a generator over eleven keys (commit_capture builds a
@@ -68,6 +67,8 @@ class DurableQueue:
         conn.executescript(_DDL + waiting.DDL + ledger.DDL + slo.DDL)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         migrate(conn, self.path)
+        with self._write() as db:
+            seen_ids.ensure(db, time.time())
 
     # -- connections -------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -126,22 +127,25 @@ class DurableQueue:
             for e in events:
                 event_id = e["event_id"]
                 key = dedup_key(event_id)
-                rows.append((key, *_event_values(e), now, key, event_id))
-            # ON CONFLICT, not OR IGNORE: only a duplicate id may be skipped silently;
-            # any other constraint failure must abort the whole transaction.
+                rows.append((key, *_event_values(e), now, event_id))
+            # An id already seen (queued, delivered, discarded: agent.seen_ids, whose trigger
+            # records each row inserted here, so a batch holding an id twice keeps its first)
+            # is skipped. A parked event delivered again upstream (Kafka after a crash) stays
+            # parked once (a record the mapping rejected carries the id too, and may map now).
             added = db.executemany(
                 "INSERT INTO outbox (id16, event_id, route, sink, entity, key, operation, schema_fingerprint,"
                 " body, correlation_id, occurred_at, enqueued_at)"
-                " SELECT ?,?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE id16=?)"
-                # a parked event delivered again upstream (Kafka after a crash) stays parked once
-                # (a record the mapping rejected carries the id too, and may map now: not that)
-                " AND NOT EXISTS (SELECT 1 FROM exceptions WHERE event_id=? AND status='open' AND stage<>'mapping')"
-                " ON CONFLICT(id16) DO NOTHING", rows).rowcount
+                f" SELECT ?,?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM {seen_ids.SEEN} WHERE id16=?1)"
+                " AND NOT EXISTS (SELECT 1 FROM exceptions WHERE event_id=? AND status='open' AND stage<>'mapping')",
+                rows).rowcount
             if added:
-                grown = sum(len(e["body"]) for e in events) if added == len(events) else db.execute(
-                    "SELECT coalesce(sum(length(body)), 0) FROM outbox WHERE seq > ?", (last_seq,)).fetchone()[0]
-                self._count_pending(db, grown)
-                facts = [(r[0], e[ledger.LEDGER_KEY]) for r, e in zip(rows, events) if ledger.LEDGER_KEY in e]
+                taken = db.execute("SELECT id16, length(body) FROM outbox WHERE seq > ?", (last_seq,)).fetchall() \
+                    if added < len(events) else None
+                kept = None if taken is None else {key for key, _ in taken}
+                self._count_pending(db, sum(len(e["body"]) for e in events) if taken is None else
+                                    sum(size for _, size in taken))
+                facts = [(r[0], e[ledger.LEDGER_KEY]) for r, e in zip(rows, events)
+                         if ledger.LEDGER_KEY in e and (kept is None or r[0] in kept)]
                 if facts:
                     ledger.note_captured(db, route, facts)
             if filtered:
@@ -171,7 +175,7 @@ class DurableQueue:
             " schema_fingerprint, body, correlation_id, occurred_at, created_at)"
             " SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,? WHERE ?5 IS NULL OR (NOT EXISTS"
             " (SELECT 1 FROM exceptions WHERE event_id = ?5 AND route = ?1 AND status = 'open')"
-            " AND (?2 <> 'mapping' OR NOT EXISTS (SELECT 1 FROM delivered WHERE id16 = ?15)))",
+            f" AND (?2 <> 'mapping' OR NOT EXISTS (SELECT 1 FROM {seen_ids.SEEN} WHERE id16 = ?15)))",
             [(x["route"], x["stage"], redact(x["reason"]), redact(json.dumps(x.get("context", {}), default=str)),
               x.get("event_id"),
               x.get("entity"), x.get("key"), x.get("sink"), x.get("operation"), x.get("schema_fingerprint"),
@@ -197,18 +201,12 @@ class DurableQueue:
         """Only waiting events count: delivered ids and the exception queue never pause capture."""
         return self.pending_bytes() >= self.max_bytes
 
-    def prune(self, now: Optional[float] = None, chunk: int = 50_000) -> int:
-        """Forget delivered ids older than ``dedup_retention``; runs on a timer, so it does
-        not depend on anything being delivered. Chunked: the write lock is held briefly."""
-        cutoff = (time.time() if now is None else now) - self.dedup_retention
-        removed = 0
-        while True:
-            with self._write() as db:
-                count = db.execute("DELETE FROM delivered WHERE id16 IN (SELECT id16 FROM delivered"
-                                   " WHERE delivered_at < ? LIMIT ?)", (cutoff, chunk)).rowcount
-            removed += count
-            if count < chunk:
-                return removed
+    def prune(self, now: Optional[float] = None) -> int:
+        """Forget ids delivered more than ``dedup_retention`` ago, a generation at a time
+        (``agent.seen_ids``); runs on a timer, so it does not depend on anything being
+        delivered. Returns how many ids were forgotten."""
+        with self._write() as db:
+            return seen_ids.prune(db, time.time() if now is None else now, self.dedup_retention)
 
     def covered_checkpoint(self, route: str, sink: str) -> Any:
         """The newest checkpoint of ``route`` whose events have all left the queue (the sink
@@ -258,11 +256,10 @@ class DurableQueue:
                 db.executemany("DELETE FROM outbox WHERE seq=?",
                                [(by_id[i].seq,) for i in delivered + list(rejected)])
             self._count_pending(db, -sum(len(by_id[i].body) for i in delivered + list(rejected)))
-            # each id's key once: the delivered ids and the ledger both need it
-            keys = {i: dedup_key(i) for i in delivered}
-            db.executemany("INSERT OR IGNORE INTO delivered VALUES (?,?)", [(k, now) for k in keys.values()])
             # the reconciliation ledger and the service objectives move with the ack itself
-            ledger.settle(db, [keys[e.event_id] for e in sorted(events, key=_by_seq) if e.event_id in keys], now)
+            # (the ids themselves were recorded at capture: agent.seen_ids)
+            done = set(delivered)
+            ledger.settle(db, [dedup_key(e.event_id) for e in sorted(events, key=_by_seq) if e.event_id in done], now)
             slo.record(db, [by_id[i] for i in delivered], now)
             for event_id, reason in rejected.items():
                 e = by_id[event_id]
@@ -359,7 +356,9 @@ class DurableQueue:
         return item
 
     def requeue_exception(self, exception_id: int, event: Optional[dict] = None) -> bool:
-        """Put a parked event (or a re-mapped one) back at the end of its sink's queue."""
+        """Put a parked event (or a re-mapped one) back at the end of its sink's queue. A
+        record the mapping rejected that has since been captured with the same id (read
+        again after its master data was fixed) is not queued a second time."""
         item = self.exception(exception_id)
         if item is None or item["status"] != "open":
             return False
@@ -367,11 +366,13 @@ class DurableQueue:
         now = time.time()
         key = dedup_key(event["event_id"])
         with self._write() as db:
-            db.execute("DELETE FROM delivered WHERE id16=?", (key,))
+            # an event parked by its sink left the outbox, and capture cannot bring its id
+            # back while the entry is open: it goes back in whatever the seen ids say
             if db.execute("INSERT INTO outbox (id16, event_id, route, sink, entity, key, operation,"
                           " schema_fingerprint, body, correlation_id, occurred_at, enqueued_at)"
-                          " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id16) DO NOTHING",
-                          (key, *(event[c] for c in _EVENT_COLUMNS), now)).rowcount:
+                          " SELECT ?,?,?,?,?,?,?,?,?,?,?,? WHERE ? <> 'mapping'"
+                          f" OR NOT EXISTS (SELECT 1 FROM {seen_ids.SEEN} WHERE id16=?1)",
+                          (key, *(event[c] for c in _EVENT_COLUMNS), now, item["stage"])).rowcount:
                 self._count_pending(db, len(event["body"]))
             db.execute("UPDATE exceptions SET status='retried', resolved_at=? WHERE id=?", (now, exception_id))
             # a rejection fixed and sent again no longer counts against the success ratio
@@ -386,7 +387,7 @@ class DurableQueue:
                               (time.time(), exception_id)).rowcount == 1
             event_id = db.execute("SELECT event_id FROM exceptions WHERE id=?", (exception_id,)).fetchone()
             if done and event_id and event_id[0]:
-                db.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?)", (dedup_key(event_id[0]), _FOREVER))
+                db.execute("INSERT OR IGNORE INTO refused VALUES (?)", (dedup_key(event_id[0]),))
             return done
 
     def purge_exceptions(self, older_than: float, now: Optional[float] = None) -> int:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+import time
 from typing import Optional
 
+from . import seen_ids
 from .contracts import OutpostError
 
 log = logging.getLogger("outpost.queue")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Page cache per connection, in KiB: holds the id indexes of a few hundred thousand
 # events (SQLite's default, 2 MiB, made every settle read index pages back from the OS).
 CACHE_KIB = 8192
@@ -39,38 +41,58 @@ def _to_v2(conn: sqlite3.Connection) -> None:
                  f"SELECT seq, dedup_key(event_id), {', '.join(_STORED)} FROM outbox_v1")
     conn.execute("DROP TABLE outbox_v1")
     conn.execute("ALTER TABLE delivered RENAME TO delivered_v1")
-    conn.execute(_DELIVERED)
+    conn.execute("CREATE TABLE delivered (id16 BLOB PRIMARY KEY, delivered_at REAL NOT NULL) WITHOUT ROWID")
     conn.execute("INSERT OR IGNORE INTO delivered SELECT dedup_key(event_id), delivered_at FROM delivered_v1")
     conn.execute("DROP TABLE delivered_v1")
-    for statement in _INDEXES:
-        conn.execute(statement)
+    conn.execute(_BY_SINK)
     conn.execute("UPDATE counters SET value=(SELECT coalesce(sum(length(body)), 0) FROM outbox)"
                  " WHERE name='pending_bytes'")
+
+
+def _to_v3(conn: sqlite3.Connection) -> None:
+    """v2 -> v3: ids remembered in generations (``agent.seen_ids``) instead of the delivered
+    table, and no id index on the outbox. The first generation takes every id v2 held, and
+    its events are everything queued; ids discarded by an operator (delivered "at infinity")
+    are refused for good."""
+    last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name='outbox'").fetchone()[0]
+    conn.execute("ALTER TABLE outbox RENAME TO outbox_v2")
+    conn.execute(_OUTBOX)
+    conn.execute(f"INSERT INTO outbox (seq, id16, {', '.join(_STORED)}) SELECT seq, id16, {', '.join(_STORED)}"
+                 " FROM outbox_v2")
+    conn.execute("DROP TABLE outbox_v2")
+    conn.execute(_BY_SINK)
+    # the seqs given before stay given (capture marks of HA pairs count on it)
+    conn.execute("DELETE FROM sqlite_sequence WHERE name='outbox'")
+    conn.execute("INSERT INTO sqlite_sequence VALUES ('outbox', max(?, (SELECT coalesce(max(seq), 0) FROM outbox)))",
+                 (last_seq,))
+    gen = seen_ids.open_generation(conn, time.time(), first_seq=1)
+    conn.execute(f"INSERT OR IGNORE INTO seen_{gen} SELECT id16 FROM outbox")
+    conn.execute(f"INSERT OR IGNORE INTO seen_{gen} SELECT id16 FROM delivered WHERE delivered_at < 1e308")
+    conn.execute("INSERT OR IGNORE INTO refused SELECT id16 FROM delivered WHERE delivered_at >= 1e308")
+    conn.execute("DROP TABLE delivered")
 
 
 # Upgrades of a kept state directory: MIGRATIONS[n](conn) takes a version-n queue to n+1
 # (ALTER TABLE, backfills), each in its own transaction when the queue opens. ``_DDL``
 # only creates what is missing. An older agent refuses a newer queue rather than guess.
-MIGRATIONS: dict = {1: _to_v2}
+MIGRATIONS: dict = {1: _to_v2, 2: _to_v3}
 _STORED = ("event_id", "route", "sink", "entity", "key", "operation", "schema_fingerprint", "body",
            "correlation_id", "occurred_at", "enqueued_at", "attempts", "last_error")
 _OUTBOX = """CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id16 BLOB NOT NULL UNIQUE,
+    id16 BLOB NOT NULL,
     event_id TEXT NOT NULL,
     route TEXT NOT NULL, sink TEXT NOT NULL, entity TEXT NOT NULL, key TEXT NOT NULL,
     operation TEXT NOT NULL, schema_fingerprint TEXT NOT NULL, body BLOB NOT NULL,
     correlation_id TEXT NOT NULL, occurred_at REAL, enqueued_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT)"""
-# ids the queue must not take again: delivered (until the retention) or discarded (for good)
-_DELIVERED = "CREATE TABLE IF NOT EXISTS delivered (id16 BLOB PRIMARY KEY, delivered_at REAL NOT NULL) WITHOUT ROWID"
-_INDEXES = ("CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, seq)",
-            "CREATE INDEX IF NOT EXISTS delivered_by_age ON delivered (delivered_at)")
+# (the ids the queue must not take again are agent.seen_ids's)
+_BY_SINK = "CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, seq)"
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 {_OUTBOX};
-{_DELIVERED};
-{";".join(_INDEXES)};
+{_BY_SINK};
+{seen_ids.DDL}
 CREATE TABLE IF NOT EXISTS checkpoints (route TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS exceptions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

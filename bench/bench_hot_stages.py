@@ -84,7 +84,9 @@ def main() -> None:
                 commit, settle = commit + t1 - t0, settle + time.process_time() - t1
             keep("commit", commit)
             keep("peek+settle", settle)
-            queue.reader().execute("DELETE FROM delivered")    # the same ids go in again next round
+            db = queue.reader()       # the same ids go in again next round
+            for (gen,) in db.execute("SELECT gen FROM id_generations").fetchall():
+                db.execute(f"DELETE FROM seen_{gen}")
         agent.stop()
     finally:
         B.drop_dbs([name])

@@ -101,6 +101,7 @@ def profiled(a, name, fn):
     try:
         return prof.runcall(fn)
     finally:
+        os.makedirs(a.profile, exist_ok=True)
         prof.dump_stats(os.path.join(a.profile, f"{name}.prof"))
 
 

@@ -6,9 +6,9 @@ Run:  .venv/bin/python bench/bench_quota.py [--events 5000000] [--quota 64MiB]
 A real DurableQueue (SQLite WAL, synchronous=FULL) in a temporary state directory.
 Capture commits batches of 2,000 events of 240-byte bodies; a delivery step settles
 them as delivered right away, so the queue is empty after every cycle while the
-delivered-id table grows to millions of rows (they count against nothing). Every 50
+remembered ids (agent.seen_ids) grow to millions (they count against nothing). Every 50
 cycles the queue prunes (as the agent's timer does) with a short retention, so the
-delivered ids stay bounded as well. The run fails if the quota ever says "over" while
+remembered ids stay bounded as well. The run fails if the quota ever says "over" while
 nothing waits. Reported: cycles, pauses with an empty queue (must be 0), the file size
 and the CPU time per event (user+sys of this process).
 """
@@ -60,7 +60,7 @@ def main() -> None:
         if cycles % 50 == 0:
             queue.prune()
     wall, used = time.monotonic() - started, cpu() - cpu0
-    delivered = queue._conn().execute("SELECT count(*) FROM delivered").fetchone()[0]
+    delivered = queue._conn().execute("SELECT count(*) FROM seen_ids").fetchone()[0]
     print(f"events {a.events:,} in {cycles:,} cycles, quota {a.quota}: pauses with an empty queue: {paused_empty}")
     print(f"queue file {queue.used_bytes() / 2**20:.0f} MiB, delivered ids kept {delivered:,}, "
           f"pending bytes at the end {queue.pending_bytes()}")

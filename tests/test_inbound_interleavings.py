@@ -117,7 +117,8 @@ class Site:
             self.discarded.add(item["event_id"])
         elif name in ("replay", "forget"):
             if name == "forget":           # the queue's and the ledger's retention have passed
-                self.queue.prune(now=time.time() + 30 * 86400)
+                for days in (30, 60):      # one pass closes the generation, the next forgets it
+                    self.queue.prune(now=time.time() + days * 86400)
                 with sa.create_engine(self.url).begin() as conn:
                     conn.exec_driver_sql("DELETE FROM outpost_applied_events")
                     conn.exec_driver_sql("DELETE FROM outpost_applied_rows")

@@ -155,12 +155,37 @@ def test_pending_bytes_follow_every_way_in_and_out(queue):
 
 
 def test_old_delivered_ids_are_pruned_without_any_delivery(queue):
+    """Ids are forgotten a generation at a time (agent.seen_ids): at least the retention
+    after their delivery, and by one and a half retentions."""
     queue.commit_capture("r", [event(1), event(2)], [], None)
     queue.settle("s", queue.peek("s", 10), DeliveryReport(delivered={"id-1", "id-2"}))
-    week = queue.dedup_retention
-    assert queue.prune(now=__import__("time").time() + week / 2) == 0, "still inside the retention"
-    assert queue.prune(now=__import__("time").time() + week + 1) == 2
+    week, now = queue.dedup_retention, time.time()
+    assert queue.prune(now=now + week / 2) == 0, "still inside the retention"
+    assert queue.prune(now=now + week) == 0, "still inside the retention"
+    assert queue.commit_capture("r", [event(1)], [], None) == 0
+    assert queue.prune(now=now + 1.5 * week) == 2
     assert queue.commit_capture("r", [event(1)], [], None) == 1, "forgotten after the retention"
+
+
+def test_an_id_still_queued_is_never_forgotten(queue):
+    """The fabric down for longer than the retention: what waits keeps its id, and so does
+    what was delivered late, for a retention after its delivery."""
+    week, now = queue.dedup_retention, time.time()
+    queue.commit_capture("r", [event(1)], [], None)
+    for weeks in (0.5, 2, 5):
+        assert queue.prune(now=now + weeks * week) == 0
+        assert queue.commit_capture("r", [event(1)], [], None) == 0, f"queued, {weeks} weeks on"
+    assert queue.depth() == 1
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(delivered={"id-1"}))
+    assert queue.prune(now=now + 5.5 * week) == 0
+    assert queue.commit_capture("r", [event(1)], [], None) == 0, "just delivered"
+    assert queue.prune(now=now + 6.5 * week) == 1
+    assert queue.commit_capture("r", [event(1)], [], None) == 1
+
+
+def test_an_id_twice_in_one_batch_is_queued_once(queue):
+    assert queue.commit_capture("r", [event(1), event(2), event(1)], [], None) == 2
+    assert [e.event_id for e in queue.peek("s", 10)] == ["id-1", "id-2"] and queue.pending_bytes() == 4
 
 
 V1_DDL = """
@@ -193,6 +218,49 @@ def test_a_queue_of_the_released_version_is_upgraded_in_place(tmp_path):
     assert queue.commit_capture("r", [delivered_before], [], None) == 0, "what v1 delivered stays refused"
     queue.settle("s", [waiting], DeliveryReport(delivered={waiting.event_id}))
     assert queue.pending_bytes() == 0 and queue.depth() == 0
+    queue.close()
+
+
+V2_DDL = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '2');
+CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id16 BLOB NOT NULL UNIQUE, event_id TEXT NOT NULL,
+    route TEXT NOT NULL, sink TEXT NOT NULL, entity TEXT NOT NULL, key TEXT NOT NULL,
+    operation TEXT NOT NULL, schema_fingerprint TEXT NOT NULL, body BLOB NOT NULL,
+    correlation_id TEXT NOT NULL, occurred_at REAL, enqueued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+CREATE INDEX outbox_by_sink ON outbox (sink, seq);
+CREATE TABLE delivered (id16 BLOB PRIMARY KEY, delivered_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX delivered_by_age ON delivered (delivered_at);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO counters VALUES ('pending_bytes', 4);
+INSERT INTO outbox (seq, id16, event_id, route, sink, entity, key, operation, schema_fingerprint, body,
+                    correlation_id, enqueued_at)
+    VALUES (5, x'6f0c2a528d1e5c559a430b9e1d7c3f21', '6f0c2a52-8d1e-5c55-9a43-0b9e1d7c3f21', 'r', 's', 'Customer',
+            'K', 'update', 'fp', x'00010203', 'c', 1.0);
+UPDATE sqlite_sequence SET seq = 7 WHERE name = 'outbox';
+INSERT INTO delivered VALUES (x'0a0c2a528d1e5c559a430b9e1d7c3f21', 1.0e12);
+INSERT INTO delivered VALUES (x'0b0c2a528d1e5c559a430b9e1d7c3f21', 9e999);
+"""
+
+
+def test_a_queue_of_schema_2_keeps_its_events_and_its_refusals(tmp_path):
+    """v2 kept delivered and discarded ids in a table of their own; v3 remembers them in
+    generations (agent.seen_ids). Nothing queued, delivered or discarded may change meaning."""
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        db.executescript(V2_DDL)
+    queue = DurableQueue(tmp_path)
+    (waiting,) = queue.peek("s", 10)
+    assert (waiting.seq, waiting.body, queue.pending_bytes()) == (5, b"\x00\x01\x02\x03", 4)
+    for old_id in ("0a0c2a52-8d1e-5c55-9a43-0b9e1d7c3f21", "0b0c2a52-8d1e-5c55-9a43-0b9e1d7c3f21", waiting.event_id):
+        assert queue.commit_capture("r", [{**event(1), "event_id": old_id}], [], None) == 0, old_id
+    assert queue.commit_capture("r", [event(2)], [], None) == 1
+    assert [e.seq for e in queue.peek("s", 10)] == [5, 8], "a seq v2 gave is never given again"
+    queue.settle("s", queue.peek("s", 10), DeliveryReport(delivered={waiting.event_id, "id-2"}))
+    far = time.time() + 10 * queue.dedup_retention
+    assert queue.prune(now=far) == 0 and queue.prune(now=far + 2 * queue.dedup_retention) == 3
+    assert queue.commit_capture("r", [{**event(1), "event_id": "0b0c2a52-8d1e-5c55-9a43-0b9e1d7c3f21"}], [],
+                                None) == 0, "a discarded id stays refused for good"
     queue.close()
 
 

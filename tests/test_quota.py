@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from agent.config import parse
+from agent.contracts import DeliveryReport
 from agent.queue import dedup_key
 from agent.runtime import Agent
 from tests.support.agent_process import AgentProcess, queue_depth, route_status, wait_for
@@ -43,6 +44,14 @@ def test_a_small_quota_pauses_capture_only_while_events_wait(tmp_path, pg_url, b
     assert keys == {f"C-{n:05d}" for n in range(1, 9011)}
 
 
+def deliver_now(queue, event_ids) -> None:
+    queue.commit_capture("r", [{"event_id": i, "route": "r", "sink": "files", "entity": "Customer", "key": i,
+                                "operation": "create", "schema_fingerprint": "fp", "body": b"x",
+                                "correlation_id": i, "occurred_at": None} for i in event_ids], [], None)
+    batch = queue.peek("files", len(event_ids))
+    queue.settle("files", batch, DeliveryReport(delivered={e.event_id for e in batch}))
+
+
 def _status(tmp_path) -> dict:
     return route_status(tmp_path / "state", "customers")
 
@@ -61,15 +70,17 @@ def test_the_agent_forgets_old_delivered_ids_with_nothing_to_deliver(tmp_path):
                                      "capture": {"table": "cust", "cursor": "updated_at"}}}})
     agent = Agent(config)
     agent.build()
-    old = time.time() - 2 * 3600
-    with sqlite3.connect(tmp_path / "state" / "queue.db") as db:
-        db.executemany("INSERT INTO delivered VALUES (?, ?)", [(dedup_key(f"old-{n}"), old) for n in range(1000)])
-        db.execute("INSERT INTO delivered VALUES (?, ?)", (dedup_key("recent"), time.time()))
+    queue = agent.queue
+    deliver_now(queue, [f"old-{n}" for n in range(1000)])
+    queue.prune(now=time.time() + 1800)         # half the retention: the next generation opens
+    deliver_now(queue, ["recent"])
+    with sqlite3.connect(tmp_path / "state" / "queue.db") as db:   # the old one drained two hours ago
+        db.execute("UPDATE id_generations SET drained_at = ? WHERE drained_at IS NOT NULL", (time.time() - 7200,))
     agent.start()
     try:
         def left():
             with sqlite3.connect(tmp_path / "state" / "queue.db") as db:
-                return [r[0] for r in db.execute("SELECT id16 FROM delivered")]
+                return [r[0] for r in db.execute("SELECT id16 FROM seen_ids")]
         assert wait_for(lambda: left() == [dedup_key("recent")], 10), len(left())
     finally:
         agent.stop()
