@@ -69,8 +69,8 @@ def _rebuild(db) -> None:
 def prune(db, now: float, retention: float) -> int:
     """Close the current generation when it is due, note the closed ones that have drained,
     drop those drained ``retention`` ago. Returns how many ids were forgotten."""
-    gens = db.execute("SELECT gen, opened_at FROM id_generations ORDER BY gen DESC LIMIT 1").fetchone()
-    if gens[1] <= now - retention / 2:
+    (current_opened_at,) = db.execute("SELECT max(opened_at) FROM id_generations").fetchone()
+    if current_opened_at <= now - retention / 2:
         open_generation(db, now)
     oldest_queued = db.execute("SELECT min(seq) FROM outbox").fetchone()[0]
     gens = db.execute("SELECT gen, first_seq, drained_at FROM id_generations ORDER BY gen").fetchall()
