@@ -25,6 +25,8 @@ from decimal import Decimal
 from typing import Iterable, Mapping, Optional, Sequence
 from zoneinfo import ZoneInfo
 
+from .sql_in import rows_in
+
 __all__ = ["DDL", "Facts", "day_label", "add_sums", "sums_text", "sums_of", "note_captured", "note_filtered",
            "settle", "LEDGER_KEY"]
 
@@ -95,21 +97,14 @@ def note_filtered(db, route: str, left_out: Iterable[tuple[str, str]]) -> None:
                    " SET window=excluded.window", [(route, key, window) for key, window in left_out])
 
 
-def _in_chunks(db, sql: str, head: tuple, values: Sequence, size: int = 500):
-    """Rows of ``sql`` (ending in ``IN ({})``) for ``values``, 500 at a time (SQLite's variable limit)."""
-    for start in range(0, len(values), size):
-        chunk = values[start:start + size]
-        yield from db.execute(sql.format(",".join("?" * len(chunk))), (*head, *chunk))
-
-
 def settle(db, delivered_keys: Sequence[bytes], now: float) -> None:
     """In the settle transaction: the confirmed events' facts become the ledger (in seq order,
     so the newest version of a key wins). Worked out per batch in memory, then written once
     per key and once per window: per event it was four statements, twice the settle cost."""
     if not delivered_keys or db.execute("SELECT 1 FROM ledger_pending LIMIT 1").fetchone() is None:
         return      # no route reconciles, or nothing of theirs waits: one cheap look per batch
-    found = {row[0]: row[1:] for row in _in_chunks(
-        db, "SELECT id16, route, key, window, sums, position, deleted FROM ledger_pending WHERE id16 IN ({})", (),
+    found = {row[0]: row[1:] for row in rows_in(
+        db, "SELECT id16, route, key, window, sums, position, deleted FROM ledger_pending WHERE id16 IN ({})",
         list(delivered_keys))}
     if not found:
         return      # a route without reconciliation, or Reconciliation events themselves
@@ -117,8 +112,8 @@ def settle(db, delivered_keys: Sequence[bytes], now: float) -> None:
     current: dict[tuple[str, str], Optional[tuple]] = {}
     for route in {f[0] for f in facts}:
         keys = sorted({f[1] for f in facts if f[0] == route})
-        for key, window, sums in _in_chunks(db, "SELECT key, window, sums FROM ledger_keys WHERE route=? AND key IN"
-                                                " ({})", (route,), keys):
+        for key, window, sums in rows_in(db, "SELECT key, window, sums FROM ledger_keys WHERE route=? AND key IN"
+                                             " ({})", keys, (route,)):
             current[(route, key)] = (window, sums, None)
     changes: dict[tuple[str, str], list] = {}        # (route, window) -> [count change, sums change]
     touched = set()
@@ -175,12 +170,8 @@ def published_keys(conn, route: str, window: Optional[str]) -> dict[str, tuple[d
 
 def window_of_keys(conn, route: str, keys: Iterable[str]) -> dict[str, str]:
     """The window the ledger holds each of ``keys`` in (keys it does not hold are left out)."""
-    keys, found = sorted(set(keys)), {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
-        found.update(conn.execute(f"SELECT key, window FROM ledger_keys WHERE route=? AND key IN"
-                                  f" ({','.join('?' * len(chunk))})", (route, *chunk)))
-    return found
+    return dict(rows_in(conn, "SELECT key, window FROM ledger_keys WHERE route=? AND key IN ({})",
+                        sorted(set(keys)), (route,)))
 
 
 def filtered_keys(conn, route: str, window: Optional[str]) -> set[str]:

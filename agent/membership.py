@@ -17,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Iterable
 
+from .sql_in import rows_in
 from .translate import IF_PUBLISHED
 
 __all__ = ["PublishedKeys"]
@@ -45,12 +46,8 @@ class PublishedKeys:
         joining = [k for k, e in final.items() if e["operation"] != "delete"]
         asked = {e["key"] for e in events if e.get(IF_PUBLISHED)}
         with closing(self._connect()) as conn:
-            known = set()
-            for start in range(0, len(asked), 500):
-                chunk = sorted(asked)[start:start + 500]
-                known.update(k for (k,) in conn.execute(
-                    f"SELECT key FROM published_keys WHERE route=? AND key IN ({','.join('?' * len(chunk))})",
-                    (self.route, *chunk)))
+            known = {k for (k,) in rows_in(conn, "SELECT key FROM published_keys WHERE route=? AND key IN ({})",
+                                           sorted(asked), (self.route,))}
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT OR IGNORE INTO published_keys VALUES (?, ?)", [(self.route, k) for k in joining])
             conn.execute("COMMIT")

@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 from .contracts import DeliveryReport
+from .sql_in import rows_in
 
 __all__ = ["DDL", "has_waiting", "peek_past_waiting", "settle_waiting", "waiting_status"]
 
@@ -52,12 +53,8 @@ def settle_waiting(db, sink: str, by_id: dict, report: DeliveryReport, now: floa
                 if i in by_id and i not in report.delivered and i not in report.rejected}
     if not deferred and not has_waiting(db, sink):
         return {}
-    known = {}
-    seqs = [by_id[i].seq for i in deferred]
-    for start in range(0, len(seqs), 500):
-        chunk = seqs[start:start + 500]
-        known.update((seq, (since, attempts)) for seq, since, attempts in db.execute(
-            f"SELECT seq, since, attempts FROM waiting WHERE seq IN ({','.join('?' * len(chunk))})", chunk))
+    known = {seq: (since, attempts) for seq, since, attempts in rows_in(
+        db, "SELECT seq, since, attempts FROM waiting WHERE seq IN ({})", [by_id[i].seq for i in deferred])}
     expired, waits = {}, []
     for event_id, deferral in deferred.items():
         e = by_id[event_id]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Optional
 
 from agent.jsontext import dumps
+from agent.sql_in import rows_in
 
 _DDL = "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, digest TEXT NOT NULL, row TEXT NOT NULL)"
-_CHUNK = 500     # bound parameters per look-up (SQLite's limit is 999 in old builds)
 
 
 class RecordLedger:
@@ -45,12 +45,8 @@ class RecordLedger:
         ``settle``, the only writer of the table."""
         wanted = list(dict.fromkeys(k for k in keys if k not in self.pending))
         known: dict[str, Optional[tuple[str, str]]] = dict.fromkeys(wanted)
-        db = self._db()
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start:start + _CHUNK]
-            query = f"SELECT key, digest, row FROM records WHERE key IN ({','.join('?' * len(chunk))})"
-            for key, digest, row in db.execute(query, chunk):
-                known[key] = (digest, row)
+        for key, digest, row in rows_in(self._db(), "SELECT key, digest, row FROM records WHERE key IN ({})", wanted):
+            known[key] = (digest, row)
         self._known = known
 
     def last(self, key: str) -> Optional[tuple[str, dict]]:
