@@ -8,6 +8,7 @@ decimal field is rejected row by row, and a nullable cursor hides rows from poll
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Mapping
 
 from .config_checks import close_matches
@@ -16,6 +17,7 @@ __all__ = ["mapping_column_problems", "cursor_problems"]
 
 # Canonical field types a text column does not fill reliably: text is parsed row by row.
 _PARSED = {"decimal": "decimal", "date": "date", "timestamp": "timestamp", "int": "int", "long": "int"}
+_FIXED_WIDTH = re.compile(r"N?CHAR(ACTER)?\s*(\(|$)", re.IGNORECASE)     # CHAR(n), NCHAR(n), not VARCHAR
 
 
 def mapping_column_problems(mapping_name: str, mapping, fields: Mapping[str, object], table: str,
@@ -46,7 +48,21 @@ def mapping_column_problems(mapping_name: str, mapping, fields: Mapping[str, obj
         wanted = _PARSED.get(getattr(spec, "avro_type", ""))
         if wanted and found and found.get("kind") == "text":
             problems += _text_problems(where, column, found, table, field, spec, rule, mapping, sample, wanted)
+        elif found and _FIXED_WIDTH.match(str(found.get("type", ""))) and "strip" not in rule.convert:
+            problems += _padding_warning(where, column, found, table, sample)
     return problems
+
+
+def _padding_warning(where, column, found, table, sample) -> list[str]:
+    """PostgreSQL, SQL Server and Oracle give CHAR(n) values back blank-padded (MariaDB
+    strips the blanks): "C-1" would be published as "C-1     ", and a padded code misses
+    its lookup. Warned only when the sampled values show the blanks."""
+    padded = [v for v in sample(column) if isinstance(v, str) and v != v.rstrip(" ")]
+    if not padded:
+        return []
+    return [f"warning: {where}: {column!r} is a fixed-width {found.get('type')} column of {table}, and the "
+            f"database gives its values blank-padded (e.g. {padded[0]!r}); they would be published with the "
+            f"blanks. If the blanks are not data, add convert: [strip] to the field"]
 
 
 def _text_problems(where, column, found, table, field, spec, rule, mapping, sample, wanted) -> list[str]:
