@@ -287,6 +287,7 @@ class SchemaCatalog:
         self.directory = directory
         self._by_name = schemas
         self._by_fingerprint = {s.fingerprint: s for s in schemas.values()}
+        self._released_read = False
 
     @classmethod
     def load(cls, directory: Optional[Path] = None) -> "SchemaCatalog":
@@ -318,10 +319,29 @@ class SchemaCatalog:
             raise KeyError(f"unknown entity {name!r}; known: {', '.join(self.names())}") from None
 
     def by_fingerprint(self, fingerprint: str) -> EntitySchema:
-        try:
-            return self._by_fingerprint[fingerprint]
-        except KeyError:
-            raise KeyError(f"no current schema has fingerprint {fingerprint}") from None
+        """The schema an event was written with: the current one, or a released version.
+        An event queued before an upgrade keeps the fingerprint it was written with, and
+        is delivered under that schema (its body is that schema's bytes)."""
+        found = self._by_fingerprint.get(fingerprint)
+        if found is None and not self._released_read:
+            self._read_released()
+            found = self._by_fingerprint.get(fingerprint)
+        if found is None:
+            raise KeyError(f"no current or released schema has fingerprint {fingerprint}: the event was written "
+                           f"with a schema this agent does not have (released versions belong in "
+                           f"{self.directory / 'released'}/v<N>/, docs/schemas.md)")
+        return found
+
+    def _read_released(self) -> None:
+        """Every ``released/vN/<Entity>.avsc``, by fingerprint (read on the first miss:
+        only a queue that outlived an upgrade needs them)."""
+        for path in sorted((self.directory / "released").glob("v*/*.avsc")):
+            try:
+                schema = EntitySchema(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue    # tests/test_schemas.py checks every released file; this one cannot be the writer
+            self._by_fingerprint.setdefault(schema.fingerprint, schema)
+        self._released_read = True
 
     def released(self, entity: str) -> Optional[dict]:
         """The highest released version (``released/vN/<Entity>.avsc``), or None."""
