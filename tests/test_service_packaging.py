@@ -47,6 +47,9 @@ def test_wheel_and_sdist_carry_the_code_the_page_and_the_schemas(tmp_path):
                    "agent/web/page.py", "adapters/kafka/sink.py"):
         assert module in names, module
     assert any(n.endswith("data/share/outpost/avro/EventMetadata.avsc") for n in names)
+    for released in (ROOT / "avro" / "released").glob("v*/*.avsc"):     # how an upgrade sends the old backlog
+        shipped = f"data/share/outpost/avro/released/{released.parent.name}/{released.name}"
+        assert any(n.endswith(shipped) for n in names), f"{shipped}: a line per version in setup.cfg"
     codecs = zipfile.ZipFile(wheel).read("agent/_avro_encoders.py").decode()
     entities = [p for p in (ROOT / "avro").glob("*.avsc") if "outpost.entity" in p.read_text()]
     for table in ("ENCODERS", "DECODERS"):
