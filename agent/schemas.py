@@ -338,8 +338,8 @@ class SchemaCatalog:
         for path in sorted((self.directory / "released").glob("v*/*.avsc")):
             try:
                 schema = EntitySchema(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue    # tests/test_schemas.py checks every released file; this one cannot be the writer
+            except Exception:   # (tests/test_schemas.py checks them) one that does not load wrote nothing queued
+                continue
             self._by_fingerprint.setdefault(schema.fingerprint, schema)
         self._released_read = True
 
