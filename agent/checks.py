@@ -1,6 +1,9 @@
 """`outpost check`: connect to everything configured and say what to fix."""
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Iterator
 
 from .contracts import OutpostError
@@ -23,12 +26,36 @@ def _checks(cfg) -> Iterator[tuple[str, list[str]]]:
     yield "this machine (state directory, status port)", host_problems(cfg)
     catalog = SchemaCatalog.load(cfg.schema_dir)
     schema_problems = [f"{name}: {p}" for name in catalog.names() for p in catalog.check_backward(name)]
-    yield "schemas (backward compatibility with the released versions)", schema_problems
+    yield "schemas (backward compatibility with the released versions)", schema_problems + _queued_schemas(cfg, catalog)
     for name, route in cfg.routes.items():
         yield f"route {name}: source {route.source}", _check_adapter(
             lambda: make_source(cfg, catalog, name), lambda adapter: _columns(cfg, catalog, name, adapter))
     for name in used_sinks(cfg):
         yield f"sink {name}", _check_adapter(lambda: make_sink(cfg, _routed_to(cfg, catalog, name), name))
+
+
+def _queued_schemas(cfg, catalog) -> list[str]:
+    """After an upgrade with a backlog, every queued event must find the schema it was
+    written with, current or released: delivery would park those that do not. Read-only:
+    the check must not migrate the queue of the version it replaces."""
+    path = Path(cfg.state_dir) / "queue.db"
+    if not path.exists():
+        return []
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            queued = db.execute("SELECT schema_fingerprint, entity, count(*) FROM outbox GROUP BY 1, 2").fetchall()
+    except sqlite3.Error:
+        return []       # no queue yet, or one the agent reports itself when it opens it
+    problems = []
+    for fingerprint, entity, count in queued:
+        try:
+            catalog.by_fingerprint(fingerprint)
+        except KeyError:
+            problems.append(f"queue: {count} queued {entity} event(s) were written with schema {fingerprint[:12]}, "
+                            f"which this agent neither has nor has released, and would be parked. Copy that "
+                            f"version's schema into {catalog.directory / 'released'}/v<N>/ before starting "
+                            f"(docs/schemas.md)")
+    return problems
 
 
 class _Entities:

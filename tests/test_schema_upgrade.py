@@ -15,6 +15,7 @@ import uuid
 from decimal import Decimal
 
 from agent import config as config_module
+from agent.checks import _queued_schemas
 from agent.runtime import Agent
 from agent.schemas import SchemaCatalog, find_schema_dir
 from tests.support.route import create_tables, decode_messages, insert_customers, route_config
@@ -85,3 +86,25 @@ def test_events_queued_before_an_upgrade_are_delivered_under_their_schema(tmp_pa
     assert all(("segment" in e["after"]) == (versions[e["after"]["customer_number"]] == 3) for e in events)
     assert {e["after"]["credit_limit"] for e in events} == {Decimal("1234.56")}
     assert len(registry.subjects[f"{prefix}.customer-value"]) == 2, "v2 and v3 registered"
+
+
+def test_check_names_a_backlog_whose_schema_the_new_version_lacks(tmp_path, pg_url, broker, registry):
+    """``outpost check`` with the new version, before the service starts (packaging/README.md,
+    "Upgrade"): a backlog written with a schema that was never released would be parked."""
+    old, new = _upgraded(tmp_path)
+    engine = create_tables(pg_url)
+    insert_customers(engine, range(1, 8))
+    before = _agent(tmp_path, pg_url, broker, registry, old, f"chk{uuid.uuid4().hex[:8]}", deliver=False)
+    try:
+        assert before.run_pass() == 7
+    finally:
+        before.stop()
+    cfg = config_module.parse({**route_config(tmp_path / "state", pg_url, broker.bootstrap, registry.url),
+                               "schema_dir": str(new)})
+    assert _queued_schemas(cfg, SchemaCatalog.load(new)) == [], "v2 is released: the backlog has its schema"
+    shutil.rmtree(new / "released" / "v2")
+    (problem,) = _queued_schemas(cfg, SchemaCatalog.load(new))
+    assert problem.startswith("queue: 7 queued Customer event(s) were written with schema ") and \
+        "neither has nor has released" in problem and str(new / "released") in problem, problem
+    assert SchemaCatalog.load(old).entity("Customer").fingerprint[:12] in problem
+    assert before.queue.depth() == 7, "the check only read the queue"
