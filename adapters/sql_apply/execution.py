@@ -1,7 +1,7 @@
 """How the ``sql_apply`` sink sends a batch's planned statements, in order, inside the
 apply transaction: consecutive statements of one kind on one table as one ``executemany``,
-or, for upserts on PostgreSQL, as one ``INSERT ... SELECT FROM unnest(...)`` per run of
-distinct keys."""
+or, for upserts where ``statements.batch_fits``, as one ``INSERT ... SELECT`` per run of
+distinct keys (from ``unnest`` arrays on PostgreSQL, a ``JSON_TABLE`` on MariaDB/MySQL)."""
 from __future__ import annotations
 
 from adapters.sql_apply import statements as sql
@@ -24,8 +24,7 @@ def execute(conn, ops: list, stmts: dict, row_by_row: dict) -> None:
                 for _, r in group:
                     if conn.execute(update, params(r)).rowcount == 0:
                         conn.execute(insert, r)
-            elif (current[0] == "upsert" and conn.dialect.name == "postgresql"
-                  and sql.arrays_fit(group[0][0].sa_table, current[2])):
+            elif current[0] == "upsert" and sql.batch_fits(conn, group[0][0].sa_table, current[2]):
                 table, key = group[0][0].sa_table, group[0][0].key
                 for run in _distinct_keys(group):
                     sql.insert_rows(conn, table, [r for _, r in run], key)

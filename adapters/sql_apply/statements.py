@@ -7,14 +7,17 @@
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
 import re
+from decimal import Decimal
 from typing import Callable, Optional
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 __all__ = ["bookkeeping_tables", "upsert", "update_then_insert", "delete", "soft_delete", "procedure_call", "select_by_keys",
-           "rows_by_keys", "insert_rows", "arrays_fit"]
+           "rows_by_keys", "insert_rows", "batch_fits"]
 
 
 def bookkeeping_tables(ledger, marker) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, Optional[sa.Table]]:
@@ -221,21 +224,50 @@ def arrays_fit(table: sa.Table, columns) -> bool:
     return all(_plain(table.c[c].type) for c in columns)
 
 
+def _has_json_table(dialect: sa.Dialect) -> bool:
+    version = tuple(dialect.server_version_info or ())
+    return version >= ((10, 6) if dialect.is_mariadb else (8, 0, 4))
+
+
+def batch_fits(conn, table: sa.Table, columns) -> bool:
+    """Whether rows of ``columns`` can go to ``table`` as one statement carrying the whole
+    batch in one parameter per column (PostgreSQL: typed arrays through ``unnest``) or in
+    one parameter (MariaDB 10.6+, MySQL 8.0.4+: a JSON document through ``JSON_TABLE``).
+    Else one bound parameter per value, sent with ``executemany``."""
+    name = conn.dialect.name
+    if name == "postgresql":
+        return arrays_fit(table, columns)
+    if name in ("mysql", "mariadb") and _has_json_table(conn.dialect):
+        # INSERT ... SELECT holds a table's AUTO-INC lock to the end of the statement (lock
+        # mode 1, MariaDB's default): the local application's own inserts would wait for it
+        return (table.autoincrement_column is None
+                and all(isinstance(table.c[c].type, _PLAIN_TYPES + (sa.Float,)) for c in columns))
+    return False
+
+
 def insert_rows(conn, table: sa.Table, rows: list[dict], key: Optional[list[str]] = None) -> None:
     """``rows`` (dicts with the same columns) into ``table``; with ``key``, an upsert by it
-    (a key that repeats ends as its last row, as one upsert per row would). On PostgreSQL one statement whose values are one
-    array parameter per column (``INSERT ... SELECT FROM unnest(...)``): psycopg's
-    executemany would send and the server execute one INSERT per row."""
+    (a key that repeats ends as its last row, as one upsert per row would). Where
+    ``batch_fits``, one statement per batch: PostgreSQL's executemany would send and the
+    server execute one INSERT per row, and PyMySQL's escapes every value in Python (about
+    a third of the applier's CPU on MariaDB, cProfile of bench/bench_inbound.py)."""
     if not rows:
         return
     columns = list(rows[0])
-    if conn.dialect.name != "postgresql":
-        if key:
-            stmt, params = upsert(conn.dialect, table, key, columns)
-            conn.execute(stmt, [params(r) for r in rows])
-        else:
-            conn.execute(sa.insert(table), rows)
-        return
+    if batch_fits(conn, table, columns):
+        if conn.dialect.name == "postgresql":
+            return _unnest_insert(conn, table, rows, columns, key)
+        if _json_table_insert(conn, table, rows, columns, key):
+            return
+    if key:
+        stmt, params = upsert(conn.dialect, table, key, columns)
+        conn.execute(stmt, [params(r) for r in rows])
+    else:
+        conn.execute(sa.insert(table), rows)
+
+
+def _unnest_insert(conn, table: sa.Table, rows: list[dict], columns: list[str], key: Optional[list[str]]) -> None:
+    """``INSERT ... SELECT FROM unnest(...)``: the values as one array parameter per column."""
     if key:     # one statement may not touch a row twice ("cannot affect row a second time")
         rows = list({tuple(r[k] for k in key): r for r in rows}.values())
     batch = sa.func.unnest(*[sa.bindparam(f"c{i}", [r[c] for r in rows], type_=_array_of(table.c[c].type))
@@ -248,3 +280,82 @@ def insert_rows(conn, table: sa.Table, rows: list[dict], key: Optional[list[str]
                                            set_={c: stmt.excluded[c] for c in rest}) if rest
                 else stmt.on_conflict_do_nothing(index_elements=[table.c[k] for k in key]))
     conn.execute(stmt)
+
+
+# -- MariaDB / MySQL: the batch as one JSON document ---------------------------------------
+#
+# Every value travels as the text PyMySQL would have put in its literal, and every column
+# of the JSON_TABLE is LONGTEXT: the assignment to the real column then converts (and
+# refuses: too long, out of range, in strict mode) exactly as it does a bound parameter.
+# A typed JSON_TABLE column would convert first, by JSON_TABLE's own rules (an overlong
+# string cut, a bad value NULL "ON ERROR").
+
+# the statement stays under 1 MB, as PyMySQL's executemany keeps its own (max_stmt_length):
+# a server's max_allowed_packet may be that small
+_DOCUMENT_BYTES = 480_000
+
+
+def _text(value):
+    """json.dumps's ``default``: the text of a value JSON has no type for, as PyMySQL's literal has it."""
+    kind = type(value)
+    if kind is Decimal:
+        return format(value, "f")
+    if kind is dt.datetime:
+        return value.replace(tzinfo=None).isoformat(" ")     # PyMySQL leaves the zone out too
+    if kind is dt.date:
+        return value.isoformat()
+    raise _NotText
+
+
+class _NotText(Exception):
+    pass
+
+
+def _json_documents(rows: list[dict], columns: list[str]) -> Optional[list[bytes]]:
+    """The rows as JSON arrays, in documents of at most about ``_DOCUMENT_BYTES``; None when
+    a value has a type without a text here (the batch then goes as parameters). Numbers go
+    as JSON numbers, whose text JSON_TABLE keeps as written; a yes/no as 1 or 0, as PyMySQL
+    writes it (JSON's true would arrive as the text 'true')."""
+    values = []
+    for row in rows:
+        image = [row[c] for c in columns]
+        if True in image or False in image:       # == also finds 1, 0 and Decimal(1): then look closer
+            image = [int(v) if type(v) is bool else v for v in image]
+        values.append(image)
+    return _documents(values)
+
+
+def _documents(values: list) -> Optional[list[bytes]]:
+    """In UTF-8: PyMySQL sends bytes as a hex literal (``bytes.hex``), where a text goes
+    through ``str.translate`` character by character (2 us per row of 200 characters)."""
+    try:
+        document = json.dumps(values, default=_text, ensure_ascii=False).encode()
+    except _NotText:
+        return None
+    if len(document) <= _DOCUMENT_BYTES or len(values) == 1:
+        return [document]
+    half = len(values) // 2
+    first, second = _documents(values[:half]), _documents(values[half:])
+    return first + second if first is not None and second is not None else None
+
+
+def _json_table_insert(conn, table: sa.Table, rows: list[dict], columns: list[str], key: Optional[list[str]]) -> bool:
+    """``INSERT ... SELECT FROM JSON_TABLE(%s, ...)`` in the rows' order, an upsert by ``key``
+    (ON DUPLICATE KEY UPDATE, as ``upsert``) when given; False when the rows cannot go so."""
+    documents = _json_documents(rows, columns)
+    if documents is None:
+        return False
+    # the dialect's quoting doubles a % in a name, as PyMySQL's format string needs
+    preparer = conn.dialect.identifier_preparer
+    quote = preparer.quote
+    shape = ", ".join(f"c{i} LONGTEXT CHARACTER SET utf8mb4 PATH '$[{i}]'" for i in range(len(columns)))
+    statement = (f"INSERT INTO {preparer.format_table(table)} "
+                 f"({', '.join(quote(c) for c in columns)}) SELECT "
+                 + ", ".join(f"batch.c{i}" for i in range(len(columns)))
+                 + f" FROM JSON_TABLE(CONVERT(%s USING utf8mb4), '$[*]' COLUMNS (n FOR ORDINALITY, {shape})) AS batch ORDER BY batch.n")
+    if key:
+        rest = [c for c in columns if c not in key] or key[:1]
+        statement += " ON DUPLICATE KEY UPDATE " + ", ".join(f"{quote(c)} = VALUES({quote(c)})" for c in rest)
+    for document in documents:
+        conn.exec_driver_sql(statement, (document,))
+    return True
