@@ -1,4 +1,4 @@
-"""On MariaDB (10.6+; MySQL 8.0.4+) the applier sends a batch as one ``INSERT ... SELECT FROM
+"""On MariaDB 10.6+ the applier sends a batch as one ``INSERT ... SELECT FROM
 JSON_TABLE(...)`` whose one parameter is the whole batch as a JSON document, instead of
 PyMySQL's executemany, which escapes every value in Python. These tests hold it to what
 executemany stores and refuses, on the real server: the same rows, byte for byte, for every

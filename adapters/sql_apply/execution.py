@@ -1,7 +1,7 @@
 """How the ``sql_apply`` sink sends a batch's planned statements, in order, inside the
 apply transaction: consecutive statements of one kind on one table as one ``executemany``,
 or, for upserts where ``statements.batch_fits``, as one ``INSERT ... SELECT`` per run of
-distinct keys (from ``unnest`` arrays on PostgreSQL, a ``JSON_TABLE`` on MariaDB/MySQL)."""
+distinct keys (from ``unnest`` arrays on PostgreSQL, a ``JSON_TABLE`` on MariaDB)."""
 from __future__ import annotations
 
 from adapters.sql_apply import statements as sql
