@@ -14,7 +14,7 @@ same one. Deleted child rows are invisible to polling, as deleted parents are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import sqlalchemy as sa
 
