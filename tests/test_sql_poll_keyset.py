@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from adapters.sql_poll.source import (SqlPollSource, align_clock, decode_value, encode_value,
-                                      keyset_after, row_position)
+from adapters.sql_poll.keyset import keyset_after
+from adapters.sql_poll.source import SqlPollSource, align_clock, decode_value, encode_value, row_position
 from agent.contracts import AdapterContext
 from tests.support.route import create_tables
 
