@@ -32,7 +32,7 @@ from agent.contracts import (AdapterContext, ConfigError, Source, SourceBatch, S
 from . import columns, inspection, rollups
 from .driver import PageReader
 from .keyset import (ROW_VALUE_DIALECTS, plain, align_clock, decode_value, encode_value,  # noqa: F401
-                     row_position, row_position_utc, to_utc)   # align_clock: re-exported
+                     row_position, row_position_utc, to_utc)
 from .pages import PageQueries
 from .spec import SourceOptions
 
