@@ -311,3 +311,33 @@ def test_a_conflict_is_found_when_the_key_column_is_fixed_width_char(any_db_url,
     assert not report.delivered and "later than the event's base" in report.rejected[stale["metadata"]["event_id"]]
     assert [(k.strip(), n) for k, n in rows(engine, "SELECT cust_no, cust_name FROM erp_customer")] == [
         ("C-1", "Edited locally")]
+
+
+DISCOUNTS = {"Customer": {"tables": [{"table": "erp_discount", "key": "cust_no",
+                                      "columns": {"cust_no": "customer_number", "Discount %": "credit_limit"}}]}}
+SURROGATE = {"mysql": ", row_id INT AUTO_INCREMENT, KEY (row_id)", "postgresql": ", row_id INT GENERATED ALWAYS AS IDENTITY",
+             "sqlite": ""}
+
+
+def test_a_legacy_column_named_with_a_percent_sign_is_written(any_db_url, tmp_path):
+    """Tables migrated from Access carry names such as "Discount %". The drivers read the
+    statement as a format string, so a % in a name must reach them doubled once: SQLAlchemy's
+    ON DUPLICATE KEY UPDATE doubled it twice in ``VALUES(...)`` (MariaDB: "Unknown column
+    'Discount %%'"), an error retried for ever. With a surrogate AUTO_INCREMENT column the
+    upsert goes as parameters, where that statement is used."""
+    engine = sa.create_engine(any_db_url)
+    name = engine.dialect.name
+    quoted = "`Discount %%`" if name == "mysql" else '"Discount %%"' if name == "postgresql" else '"Discount %"'
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE erp_discount (cust_no VARCHAR(20) PRIMARY KEY, {quoted} NUMERIC(5,2)"
+                             f"{SURROGATE[name]})")
+    sink = make_sink(any_db_url, tmp_path, entities=DISCOUNTS)
+    try:
+        for i, limit in enumerate(("12.50", "7.25", "7.30")):
+            report = sink.write(queued([event(customer(f"C-{k}", limit=limit), operation="CREATE" if i == 0 else "UPDATE")
+                                        for k in range(3)]))
+            assert len(report.delivered) == 3 and report.transient_error is None, report
+    finally:
+        sink.close()
+    assert rows(engine, f"SELECT cust_no, {quoted} FROM erp_discount ORDER BY cust_no") == [
+        (f"C-{k}", Decimal("7.30") if name != "sqlite" else 7.3) for k in range(3)]     # SQLite: REAL

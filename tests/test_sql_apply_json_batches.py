@@ -111,11 +111,14 @@ def test_tables_the_batch_statement_would_lock_or_cannot_carry_go_as_parameters(
     engine = sa.create_engine(mariadb_url)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE counted (n INT AUTO_INCREMENT PRIMARY KEY, code VARCHAR(10))")
+        conn.exec_driver_sql("CREATE TABLE numbered (k VARCHAR(10) PRIMARY KEY, row_id INT AUTO_INCREMENT, KEY (row_id))")
         conn.exec_driver_sql("CREATE TABLE blobs (k VARCHAR(10) PRIMARY KEY, data VARBINARY(10))")
         counted = sa.Table("counted", sa.MetaData(), autoload_with=conn)
+        numbered = sa.Table("numbered", sa.MetaData(), autoload_with=conn)
         blobs = sa.Table("blobs", sa.MetaData(), autoload_with=conn)
         # INSERT ... SELECT would hold the AUTO-INC lock against the application's own inserts
         assert not sql.batch_fits(conn, counted, ["code"])
+        assert not sql.batch_fits(conn, numbered, ["k"])        # a surrogate counter beside the key
         assert not sql.batch_fits(conn, blobs, ["k", "data"])
         sql.insert_rows(conn, blobs, [{"k": "a", "data": b"\x00\xff'"}], key=["k"])
         assert conn.exec_driver_sql("SELECT data FROM blobs").scalar() == b"\x00\xff'"

@@ -79,9 +79,10 @@ def upsert(dialect: sa.Dialect, table: sa.Table, key: list[str], columns: list[s
             stmt = stmt.on_conflict_do_nothing(index_elements=[table.c[k] for k in key])
         return stmt, _identity
     if name in ("mysql", "mariadb"):
-        stmt = mysql.insert(table)
-        update = {c: stmt.inserted[c] for c in (rest or key[:1])}
-        return stmt.on_duplicate_key_update(update), _identity
+        # VALUES(col) as a function of the column: ``stmt.inserted[c]`` doubles a % in the
+        # name twice (SQLAlchemy 2.0), so MariaDB looked for a column "Discount %%"
+        update = {c: sa.func.values(table.c[c]) for c in (rest or key[:1])}
+        return mysql.insert(table).on_duplicate_key_update(update), _identity
     return _merge(dialect, table, key, columns)
 
 
@@ -240,8 +241,10 @@ def batch_fits(conn, table: sa.Table, columns) -> bool:
         return arrays_fit(table, columns)
     if name in ("mysql", "mariadb") and _has_json_table(conn.dialect):
         # INSERT ... SELECT holds a table's AUTO-INC lock to the end of the statement (lock
-        # mode 1, MariaDB's default): the local application's own inserts would wait for it
-        return (table.autoincrement_column is None
+        # mode 1, MariaDB's default): the local application's own inserts would wait for it.
+        # (Reflection marks an AUTO_INCREMENT column True; ``autoincrement_column`` names a
+        # primary key column only, and a surrogate counter beside a natural key is common.)
+        return (not any(column.autoincrement is True for column in table.columns)
                 and all(isinstance(table.c[c].type, _PLAIN_TYPES + (sa.Float,)) for c in columns))
     return False
 
