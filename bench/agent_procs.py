@@ -12,6 +12,11 @@ rows) is kept out of the agent's figure by leaving that thread's CPU out.
     ...timed window...
     used = meter.read()          # {"capture_cpu_s", "delivery_cpu_s", "cpu_s", "harness_cpu_s"}
     rss = peak_rss(agent)        # {"capture_mb", "delivery_mb", "tracker_mb"}, before agent.stop()
+
+A sum of RSS counts every page the processes share (the interpreter, librdkafka, OpenSSL)
+once per process. ``PssSampler``, run from outside the agent (the bench's parent), gives the
+peak of their summed PSS instead: each shared page divided among the processes that map it,
+so what the agent costs the machine.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import time
 
 import psutil
 
-__all__ = ["AgentMeter", "agent_processes", "cpu_s", "peak_rss", "peak_rss_mb", "thread_cpu_s",
+__all__ = ["AgentMeter", "PssSampler", "agent_processes", "cpu_s", "peak_rss", "peak_rss_mb", "thread_cpu_s",
            "wait_delivery_ready"]
 
 
@@ -122,6 +127,46 @@ def peak_rss(agent) -> dict:
     return {"capture_mb": peak_rss_mb(os.getpid()),
             "delivery_mb": sum(peak_rss_mb(p.pid) for p in procs["delivery"]),
             "tracker_mb": sum(peak_rss_mb(p.pid) for p in procs["capture"][1:])}
+
+
+class PssSampler:
+    """The peak, over the run, of the summed PSS (MB) of a process and all its descendants,
+    read from /proc/<pid>/smaps_rollup every ``every`` seconds by a thread of the caller
+    (the kernel walks each process's page tables: run it outside the agent's processes)."""
+
+    def __init__(self, pid: int, every: float = 0.25):
+        self.root, self.every, self.peak_mb = pid, every, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pss-sampler", daemon=True)
+
+    def start(self) -> "PssSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                root = psutil.Process(self.root)
+                pids = [root.pid] + [child.pid for child in root.children(recursive=True)]
+            except psutil.Error:
+                return
+            self.peak_mb = max(self.peak_mb, sum(_pss_kib(pid) for pid in pids) / 1024)
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def main_thread_id() -> int:
