@@ -294,8 +294,8 @@ def _unnest_insert(conn, table: sa.Table, rows: list[dict], columns: list[str], 
 # A typed JSON_TABLE column would convert first, by JSON_TABLE's own rules (an overlong
 # string cut, a bad value NULL "ON ERROR").
 
-# the statement stays under 1 MB, as PyMySQL's executemany keeps its own (max_stmt_length):
-# a server's max_allowed_packet may be that small
+# A document travels as hex, twice its size: the statement stays under 1 MB, as PyMySQL's
+# executemany keeps its own (max_stmt_length), for a server's max_allowed_packet may be that small.
 _DOCUMENT_BYTES = 480_000
 
 
@@ -353,10 +353,9 @@ def _json_table_insert(conn, table: sa.Table, rows: list[dict], columns: list[st
     preparer = conn.dialect.identifier_preparer
     quote = preparer.quote
     shape = ", ".join(f"c{i} LONGTEXT CHARACTER SET utf8mb4 PATH '$[{i}]'" for i in range(len(columns)))
-    statement = (f"INSERT INTO {preparer.format_table(table)} "
-                 f"({', '.join(quote(c) for c in columns)}) SELECT "
-                 + ", ".join(f"batch.c{i}" for i in range(len(columns)))
-                 + f" FROM JSON_TABLE(CONVERT(%s USING utf8mb4), '$[*]' COLUMNS (n FOR ORDINALITY, {shape})) AS batch ORDER BY batch.n")
+    statement = (f"INSERT INTO {preparer.format_table(table)} ({', '.join(quote(c) for c in columns)})"
+                 f" SELECT {', '.join(f'batch.c{i}' for i in range(len(columns)))} FROM JSON_TABLE("
+                 f"CONVERT(%s USING utf8mb4), '$[*]' COLUMNS (n FOR ORDINALITY, {shape})) AS batch ORDER BY batch.n")
     if key:
         rest = [c for c in columns if c not in key] or key[:1]
         statement += " ON DUPLICATE KEY UPDATE " + ", ".join(f"{quote(c)} = VALUES({quote(c)})" for c in rest)
