@@ -254,7 +254,7 @@ def insert_rows(conn, table: sa.Table, rows: list[dict], key: Optional[list[str]
     (a key that repeats ends as its last row, as one upsert per row would). Where
     ``batch_fits``, one statement per batch: PostgreSQL's executemany would send and the
     server execute one INSERT per row, and PyMySQL's escapes every value in Python (about
-    a third of the applier's CPU on MariaDB, cProfile of bench/bench_inbound.py)."""
+    a fifth of the applier's CPU on MariaDB: docs/benchmarks.md)."""
     if not rows:
         return
     columns = list(rows[0])
