@@ -76,7 +76,7 @@ def test_a_batch_sent_as_one_document_stores_what_executemany_stores(mariadb_url
                                            ("whole", 2 ** 40), ("day", "not a date")],
                          ids=["too long", "out of range", "int overflow", "bad date"])
 def test_a_value_the_column_refuses_is_refused_as_a_parameter_is(mariadb_url, monkeypatch, column, value):
-    """Strict mode refuses it; a typed JSON_TABLE column would have cut it or made it NULL."""
+    """Strict mode refuses it; a typed JSON_TABLE column would have cut, clamped or zeroed it."""
     engine = sa.create_engine(mariadb_url)
     with engine.begin() as conn:
         table = _table(conn, "t")

@@ -291,8 +291,9 @@ def _unnest_insert(conn, table: sa.Table, rows: list[dict], columns: list[str], 
 # Every value travels as the text PyMySQL would have put in its literal, and every column
 # of the JSON_TABLE is LONGTEXT: the assignment to the real column then converts (and
 # refuses: too long, out of range, in strict mode) exactly as it does a bound parameter.
-# A typed JSON_TABLE column would convert first, by JSON_TABLE's own rules (an overlong
-# string cut, a bad value NULL "ON ERROR").
+# A typed JSON_TABLE column would convert first, by its own rules and with a warning only
+# (MariaDB 10.11: a long text cut, an out-of-range number clamped to its type's limit, a
+# bad date made 0000-00-00).
 
 # A document travels as hex, twice its size: the statement stays under 1 MB, as PyMySQL's
 # executemany keeps its own (max_stmt_length), for a server's max_allowed_packet may be that small.
