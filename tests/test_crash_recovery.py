@@ -5,6 +5,7 @@ PostgreSQL is the legacy database, tansu the broker, the registry is the HTTP do
 ``tests/support/registry_double.py`` (no registry server can run here). Killed at random
 points while an ERP inserts, then once exactly between capture and publish (events queued,
 broker unreachable); an independent consumer checks every insert and update arrived once.
+The same route again with its delivery process killed alone and with the agent, in turn.
 """
 import sqlalchemy as sa
 
@@ -53,3 +54,21 @@ class TestSqlPollToKafkaRecovery(RecoveryContract):
     def landed(self):
         return kafka_changes(self.broker, self.registry, self.topic)
 
+
+
+class TestDeliveryProcessKilledAloneAndWithTheAgent(TestSqlPollToKafkaRecovery):
+    """The delivery process SIGKILLed alone (capture runs on; the agent restarts it, with
+    backoff) and with the agent, in turn: what a killed delivery process had in flight is
+    sent again under the same ids, nothing is lost, each key stays in order."""
+    kill_process = "alternate"
+    min_kills = 4
+
+    def run(self):
+        RecoveryContract.run(self)
+        # and last, the delivery process alone: what is still queued arrives only if the
+        # running agent starts a new one
+        assert self.kill_delivery_process(), self.agent.log(3000)
+
+    def check(self, landed):
+        assert len(self.killed_deliveries) >= 3, self.killed_deliveries
+        assert "the delivery process exited unexpectedly" in self.agent.log(), self.agent.log(3000)

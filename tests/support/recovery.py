@@ -14,7 +14,9 @@ defaults: ``sql_poll`` on PostgreSQL into ``avro_files``), and gets the whole ru
 
 The default run writes ``rounds`` transactions of ``chunk`` new rows while the agent is
 killed every ``kill_every`` seconds (at least ``min_kills`` times); while it is down after
-every other kill, ``update_while_down`` rows get a new version (sources with updates). A
+every other kill, ``update_while_down`` rows get a new version (sources with updates).
+``kill_process`` says which process: the agent's main process (its delivery process exits
+with it), the delivery process alone (the agent restarts it), or the two in turn. A
 route with a scenario of its own (where to kill, what to write, what else to check) overrides
 the hooks ``prepare``, ``ready``, ``run``, ``landed`` and ``check``, and keeps the rest.
 
@@ -31,6 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+import psutil
 import pytest
 import yaml
 
@@ -92,6 +95,10 @@ class RecoveryContract:
     kill_every = (0.4, 1.6)           # seconds between interruptions, drawn at random
     update_while_down = 20
     interrupt_with = signal.SIGKILL   # SIGTERM: graceful stops, after which nothing may arrive twice
+    # SIGKILL "agent": the main process, whose delivery process then exits (the pipe's end);
+    # "delivery": the delivery process alone, which the running agent restarts; "alternate":
+    # the delivery process first, then the agent, and so on
+    kill_process = "agent"
     exact = False                     # see assert_delivered_once
     grace = 0.0                       # after everything arrived: time for a double delivery to show
     stop_within = 30.0                # the final SIGTERM ends the agent within this
@@ -195,11 +202,16 @@ class RecoveryContract:
             except NotImplementedError:       # a source without updates (new files only)
                 pass
 
-    def interrupt(self) -> None:
-        """SIGKILL (no handler runs, nothing is flushed), or a graceful stop within its bound."""
+    def interrupt(self) -> bool:
+        """SIGKILL (no handler runs, nothing is flushed), or a graceful stop within its bound.
+        Returns whether the agent itself is down (not when only its delivery process was killed)."""
         if self.interrupt_with == signal.SIGKILL:
+            self.kills = getattr(self, "kills", 0) + 1
+            target = ("agent", "delivery")[self.kills % 2] if self.kill_process == "alternate" else self.kill_process
+            if target == "delivery" and self.kill_delivery_process():
+                return False
             self.agent.kill()
-            return
+            return True
         # a stop during a stream, not during the interpreter's start (SIGTERM's default action)
         assert self.agent.until(lambda: "agent running" in self.agent.log()[self._started_at:], 60), \
             self.agent.log(3000)
@@ -208,6 +220,27 @@ class RecoveryContract:
         assert code == 0, f"exit code {code} after SIGTERM: {self.agent.log(3000)}"
         took = time.monotonic() - started
         assert took < self.stop_within, f"a graceful stop took {took:.1f}s"
+        return True
+
+    def kill_delivery_process(self, timeout: float = 30.0) -> bool:
+        """SIGKILL the agent's delivery process (its child that is not multiprocessing's
+        resource tracker), waiting for it while the agent (re)starts it; False if none came."""
+        killed = getattr(self, "killed_deliveries", set())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.agent.alive():
+            try:       # not one killed before and not yet reaped
+                children = [c for c in psutil.Process(self.agent.pid).children() if c.pid not in killed
+                            and c.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(c.cmdline())]
+            except psutil.Error:
+                children = []
+            if children:
+                for child in children:
+                    child.send_signal(signal.SIGKILL)
+                    killed.add(child.pid)
+                self.killed_deliveries = killed
+                return True
+            time.sleep(0.05)
+        return False
 
     def interrupt_until(self, done: Callable[[], bool], while_down: Optional[Callable[[int], None]] = None) -> int:
         """Interrupt at random points until ``done()`` and at least ``min_kills`` times,
@@ -215,11 +248,12 @@ class RecoveryContract:
         interruptions = 0
         while not done() or interruptions < self.min_kills:
             time.sleep(self.rng.uniform(*self.kill_every))
-            self.interrupt()
+            agent_down = self.interrupt()
             interruptions += 1
             if while_down:
                 while_down(interruptions)
-            self.start_agent()
+            if agent_down:
+                self.start_agent()
         return interruptions
 
     def start_agent(self) -> None:
