@@ -25,8 +25,12 @@ import gc
 import logging
 import logging.handlers
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Optional
@@ -149,13 +153,16 @@ class DeliveryProcess:
 
     def _spawn(self) -> None:
         self._generation += 1
-        parent, child = self._ctx.Pipe()
-        self._process = self._ctx.Process(
-            target=delivery_main, name="outpost-delivery", daemon=False,
-            args=(self.config, child, logging.getLogger().level, self.drain_timeout))
-        self._process.start()
-        child.close()
-        self._conn = parent
+        args = (self.config, logging.getLogger().level, self.drain_timeout)
+        if _PLAIN_POSIX:
+            self._process, self._conn = _Child.start(args)
+        else:       # Windows, or a frozen build (packaging/outpost_entry.py calls freeze_support)
+            parent, child = self._ctx.Pipe()
+            self._process = self._ctx.Process(target=delivery_main, name="outpost-delivery", daemon=False,
+                                              args=(args[0], child, *args[1:]))
+            self._process.start()
+            child.close()
+            self._conn = parent
         log.info("delivery process started (PID %d)", self._process.pid)
         if self._active is not None:
             self._send(("active", self._active))
@@ -191,6 +198,54 @@ class DeliveryProcess:
                 self._backoff.succeeded()
             elif kind == "stopped":
                 self._stopped_clean = message[1]
+
+
+_PLAIN_POSIX = os.name == "posix" and not getattr(sys, "frozen", False)
+
+
+class _Child:
+    """The delivery process as ``python -m agent.delivery_child FD`` (POSIX, not frozen), its
+    control pipe a socket pair, what multiprocessing's Pipe() is there. "spawn" would also
+    start multiprocessing's resource tracker (a third process, 13 MB, for semaphores the
+    agent never makes) and re-import the parent's ``__main__`` in the child (under ``outpost
+    run``, the whole CLI). The interface is the part of ``multiprocessing.Process`` used here."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self._popen, self.pid = popen, popen.pid
+
+    @classmethod
+    def start(cls, args: tuple) -> tuple["_Child", multiprocessing.connection.Connection]:
+        ours, theirs = socket.socketpair()
+        try:
+            # the child imports what this process can: the same sys.path (a source checkout,
+            # a test's support modules), as "spawn" would give it
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+            popen = subprocess.Popen([sys.executable, "-m", "agent.delivery_child", str(theirs.fileno())],
+                                     pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()       # the child's end: only the child holds it, so its EOF means we died
+        conn = multiprocessing.connection.Connection(ours.detach())
+        try:
+            conn.send(args)
+        except OSError:      # it died at start: the watcher reads the pipe's end and restarts it
+            pass
+        return cls(popen), conn
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+    @property
+    def exitcode(self) -> Optional[int]:
+        return self._popen.poll()
 
 
 def _write_here(record: logging.LogRecord) -> None:
@@ -231,7 +286,8 @@ class _PipeHandler(logging.handlers.QueueHandler):
 # ---- the delivery process ---------------------------------------------------------------
 
 def delivery_main(config, conn, level: int, drain_timeout: float) -> None:
-    """Entry point of the delivery process (``spawn``: a fresh interpreter)."""
+    """Entry point of the delivery process, a fresh interpreter (``agent.delivery_child``, or
+    "spawn" on Windows and in frozen builds)."""
     # The capture process owns the lifecycle: a terminal's Ctrl-C or systemd's SIGTERM to
     # the whole group must not stop delivery halfway; "stop" comes through the pipe.
     for sig in (signal.SIGINT, signal.SIGTERM):

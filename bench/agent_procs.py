@@ -2,9 +2,9 @@
 CPU, read their peak RSS.
 
 `Agent(..., separate_delivery=True)` captures in the process that built it and delivers in
-a child spawned by `agent.worker.DeliveryProcess` (multiprocessing "spawn", which also
-starts multiprocessing's resource tracker: counted with capture, it is part of any
-`outpost run`). A bench runs the agent in a child process of its own; harness work done
+a child started by `agent.worker.DeliveryProcess` (`python -m agent.delivery_child`; on
+Windows and in frozen builds multiprocessing's "spawn", which also starts multiprocessing's
+resource tracker: counted with capture where it runs). A bench runs the agent in a child process of its own; harness work done
 inside that process (its main thread writing changes, polling the queue's status, counting
 rows) is kept out of the agent's figure by leaving that thread's CPU out.
 
@@ -65,7 +65,7 @@ def agent_processes(agent) -> dict:
 
     With delivery in this process (``separate_delivery=False``) the delivery list is empty.
     The helpers are this process's other children that are not harness subprocesses the
-    caller started: multiprocessing's resource tracker."""
+    caller started: multiprocessing's resource tracker, where "spawn" starts one."""
     me = psutil.Process()
     delivery_pid = getattr(getattr(agent.delivery, "_process", None), "pid", None)
     capture, delivery = [me], []

@@ -48,7 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-# The delivery process ("spawn") runs this file again as __mp_main__: it loads nothing of the harness.
+# Where the delivery process is started with "spawn" (Windows, frozen builds) it runs this file
+# again as __mp_main__: it loads nothing of the harness.
 if __name__ != "__mp_main__":
     from agent_procs import AgentMeter, cpu_s, peak_rss, thread_cpu_s, wait_delivery_ready  # noqa: E402
 

@@ -52,8 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-# The delivery process ("spawn") runs this file again as __mp_main__: it loads nothing of the
-# harness; the agent's child (--child) loads only the agent and psutil (see child_e2e).
+# Where the delivery process is started with "spawn" (Windows, frozen builds) it runs this file
+# again as __mp_main__: it loads nothing of the harness; the agent's child (--child) loads only the agent and psutil (see child_e2e).
 if __name__ != "__mp_main__":
     import psutil  # noqa: E402
 if __name__ == "__main__" and "--child" not in sys.argv:

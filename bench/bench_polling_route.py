@@ -54,8 +54,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# The delivery process (multiprocessing "spawn") runs this file again as __mp_main__:
-# it must not pay for the harness's SQLAlchemy, which `outpost run`'s delivery never loads.
+# Where the delivery process is started with "spawn" (Windows, frozen builds) it runs this file
+# again as __mp_main__: it must not pay for the harness's SQLAlchemy, which `outpost run`'s delivery never loads.
 if __name__ != "__mp_main__":
     import sqlalchemy as sa  # noqa: E402
     sys.path.insert(0, str(ROOT / "bench"))

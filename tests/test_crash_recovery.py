@@ -7,6 +7,7 @@ points while an ERP inserts, then once exactly between capture and publish (even
 broker unreachable); an independent consumer checks every insert and update arrived once.
 The same route again with its delivery process killed alone and with the agent, in turn.
 """
+import psutil
 import sqlalchemy as sa
 
 from tests.support.agent_process import queue_depth, route_status, wait_for
@@ -65,6 +66,10 @@ class TestDeliveryProcessKilledAloneAndWithTheAgent(TestSqlPollToKafkaRecovery):
 
     def run(self):
         RecoveryContract.run(self)
+        # the agent's only other process is its delivery process (no multiprocessing
+        # resource tracker: agent.delivery_child is started without "spawn")
+        children = [" ".join(c.cmdline()) for c in psutil.Process(self.agent.pid).children()]
+        assert all("agent.delivery_child" in c for c in children), children
         # and last, the delivery process alone: what is still queued arrives only if the
         # running agent starts a new one
         assert self.kill_delivery_process(), self.agent.log(3000)
