@@ -205,7 +205,7 @@ _PLAIN_POSIX = os.name == "posix" and not getattr(sys, "frozen", False)
 
 class _Child:
     """The delivery process as ``python -m agent.delivery_child FD`` (POSIX, not frozen), its
-    control pipe a socket pair, what multiprocessing's Pipe() is there. "spawn" would also
+    control pipe a socket pair (as multiprocessing's Pipe() is on POSIX). "spawn" would also
     start multiprocessing's resource tracker (a third process, 13 MB, for semaphores the
     agent never makes) and re-import the parent's ``__main__`` in the child (under ``outpost
     run``, the whole CLI). The interface is the part of ``multiprocessing.Process`` used here."""
