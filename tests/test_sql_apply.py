@@ -149,27 +149,31 @@ def test_check_explains_privileges(sqlite_url, tmp_path):
 
 
 PROCEDURES = {
-    "postgres": ["CREATE PROCEDURE sp_apply_customer(no TEXT, name TEXT, company TEXT) LANGUAGE sql AS $$"
+    "postgres": ["CREATE PROCEDURE {apply}(no TEXT, name TEXT, company TEXT) LANGUAGE sql AS $$"
                  " INSERT INTO erp_customer (cust_no, cust_name, company) VALUES (no, name, company)"
                  " ON CONFLICT (cust_no) DO UPDATE SET cust_name = excluded.cust_name $$",
                  "CREATE PROCEDURE sp_delete_customer(no TEXT, name TEXT, company TEXT) LANGUAGE sql AS $$"
                  " DELETE FROM erp_customer WHERE cust_no = no $$"],
-    "mariadb": ["CREATE PROCEDURE sp_apply_customer(no VARCHAR(20), name VARCHAR(60), company VARCHAR(4))"
+    "mariadb": ["CREATE PROCEDURE {apply}(no VARCHAR(20), name VARCHAR(60), company VARCHAR(4))"
                 " INSERT INTO erp_customer (cust_no, cust_name, company) VALUES (no, name, company)"
                 " ON DUPLICATE KEY UPDATE cust_name = VALUES(cust_name)",
                 "CREATE PROCEDURE sp_delete_customer(no VARCHAR(20), name VARCHAR(60), company VARCHAR(4))"
                 " DELETE FROM erp_customer WHERE cust_no = no"]}
 
 
+@pytest.mark.parametrize("apply", ["sp_apply_customer", "sp_apply%customer"], ids=["plain name", "a % in the name"])
 @pytest.mark.parametrize("server", ["postgres", "mariadb"])
-def test_stored_procedure_target(request, tmp_path, server):
+def test_stored_procedure_target(request, tmp_path, server, apply):
+    """A % in a procedure's name used to reach the database doubled ("sp_apply%%customer"):
+    the dialect's quoting doubles it for the driver's format string, and ``sa.text`` again."""
     url = request.getfixturevalue({"postgres": "pg_url", "mariadb": "mariadb_url"}[server])
     engine = sa.create_engine(url)
     create_local(engine, with_audit=False)
+    quoted = engine.dialect.identifier_preparer.quote(apply)     # %% for exec_driver_sql's format string
     with engine.begin() as conn:
         for ddl in PROCEDURES[server]:
-            conn.exec_driver_sql(ddl)
-    entities = {"Customer": {"procedure": {"name": "sp_apply_customer", "delete_name": "sp_delete_customer",
+            conn.exec_driver_sql(ddl.replace("{apply}", quoted))
+    entities = {"Customer": {"procedure": {"name": apply, "delete_name": "sp_delete_customer",
                                            "args": ["customer_number", "name",
                                                     {"field": "legal_entity", "lookup": "legal_entity"}]}}}
     sink = make_sink(url, tmp_path, entities=entities)

@@ -136,7 +136,11 @@ def soft_delete(table: sa.Table, key: list[str], column: str) -> tuple[sa.Execut
 def procedure_call(dialect: sa.Dialect, schema: Optional[str], name: str, arity: int) -> sa.TextClause:
     """CALL / EXEC of a configured procedure, its name quoted by the dialect."""
     q = dialect.identifier_preparer
-    qualified = ".".join(q.quote(part) for part in ([schema] if schema else []) + [name])
+    # For a driver that reads a format string the dialect's quoting doubles a % in a name,
+    # and compiling ``sa.text`` doubles it again: undo the first, or "%" arrives as "%%"
+    doubled = q.quote("%").count("%") == 2
+    qualified = ".".join(q.quote(part).replace("%%", "%") if doubled else q.quote(part)
+                         for part in ([schema] if schema else []) + [name])
     binds = ", ".join(f":a{i}" for i in range(arity))
     if dialect.name == "mssql":
         return sa.text(f"EXEC {qualified} {binds}")
