@@ -14,6 +14,7 @@ import logging
 import struct
 import time
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import fastavro
@@ -287,3 +288,70 @@ def test_check_names_a_sasl_refusal_and_a_registry_401_as_such(make_sink):
     assert "sasl.username and sasl.password" in broker and "wrong-pw" not in broker
     (registry,) = [p for p in problems if p.startswith("schema registry")]
     assert "refused the credentials (HTTP 401" in registry and "basic.auth.user.info" in registry, registry
+
+
+def test_delivering_never_loads_the_registry_client_into_the_process(broker, registry, tmp_path):
+    """The registry client (HTTP, OAuth, JOSE: ~20 MB resident) is imported only by the
+    short-lived lookup helper; a process that writes events stays without it."""
+    import subprocess
+    import sys
+    script = f"""
+import json, logging, sys
+from adapters.kafka.sink import KafkaSink
+from agent.contracts import AdapterContext
+from tests.test_kafka_sink import CUSTOMER, MILESTONE, Events, StandInCatalog
+catalog = StandInCatalog(CUSTOMER, MILESTONE)
+fabric = {{"kafka": {{"bootstrap.servers": {broker.bootstrap!r}}}, "schema_registry": {{"url": {registry.url!r}}},
+          "topic_template": "nohelper.{{entity}}"}}
+sink = KafkaSink({{}}, AdapterContext(name="fabric", state_dir={str(tmp_path)!r}, schemas=catalog, fabric=fabric,
+                                    log=logging.getLogger("t")))
+ev = Events(catalog)
+events = [ev("Customer", "C1", {{"number": "C1", "name": "x"}}), ev("BillingMilestone", "M1", {{"code": "M1", "amount_cents": 1}})]
+sink.screen(events)
+report = sink.write(events)
+sink.close()
+print(json.dumps({{"delivered": len(report.delivered), "loaded": "confluent_kafka.schema_registry" in sys.modules}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"delivered": 2, "loaded": False}
+    assert sorted(registry.subjects) == ["nohelper.billing_milestone-value", "nohelper.customer-value"]
+
+
+def test_a_registry_that_never_answers_keeps_events_queued_instead_of_hanging(make_sink, catalog):
+    """The registry client has no request timeout by default: an accepted connection that
+    never answers used to hold the delivery loop forever."""
+    import socket
+    import threading
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    held = []
+    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
+    sink, ev = make_sink({"delivery_timeout_s": 2}, registry_conf={
+        "url": f"http://127.0.0.1:{silent.getsockname()[1]}", "max.retries": 0}), Events(catalog)
+    outcome = []
+    writer = threading.Thread(target=lambda: outcome.append(sink.write([ev("Customer", "C1", {"number": "C1",
+                                                                                          "name": "x"})])),
+                              daemon=True)
+    try:
+        writer.start()
+        writer.join(60)
+        assert not writer.is_alive(), "write() still waits for a registry that never answers"
+    finally:
+        silent.close()
+    (report,) = outcome
+    assert report.delivered == set() and report.rejected == {}
+    assert "schema registry unreachable: no answer within 2s" in report.transient_error
+
+
+def test_registry_settings_the_client_refuses_keep_events_queued_and_are_named(make_sink, catalog):
+    sink, ev = make_sink(registry_conf={"no.such.setting": "1"}), Events(catalog)
+
+    report = sink.write([ev("Customer", "C1", {"number": "C1", "name": "x"})])
+
+    assert report.delivered == set() and report.rejected == {}
+    assert "fabric.schema_registry is refused by the client" in report.transient_error
+    assert "no.such.setting" in report.transient_error
+    assert any("no.such.setting" in p for p in sink.check())

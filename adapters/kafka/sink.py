@@ -28,11 +28,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
-
 from adapters.kafka.diagnose import broker_problem, registry_problem
 from adapters.kafka.fabric import connection
+from adapters.kafka.schema_ids import Refusal, SchemaIds
 from adapters.kafka.spec import DEFAULTS, SinkOptions
 from adapters.kafka.transactions import Transactions
 from agent import contracts
@@ -89,7 +87,7 @@ class KafkaSink(contracts.Sink):
                                    else self.spec.delivery_timeout_s)
         self._producer: Optional[Producer] = None
         self._admin: Optional[AdminClient] = None
-        self._registry: Optional[SchemaRegistryClient] = None
+        self._schema_ids = SchemaIds(self._registry_conf, self.auto_register, self._message_timeout_s)
         self._ids: dict[tuple[str, str], int] = {}      # (subject, fingerprint) -> schema id
         self._topics: set[str] = set()                  # created or known to exist
         self._topic_names: dict[str, str] = {}
@@ -114,7 +112,6 @@ class KafkaSink(contracts.Sink):
         try:
             self._producer = self._new_producer()
             self._admin = AdminClient(self._client_conf()) if self.create_topics else None
-            self._registry = SchemaRegistryClient(dict(self._registry_conf))
         except (KafkaException, ValueError, TypeError) as exc:
             self.close()
             raise ConfigError([f"sink {self.context.name}: {self._scrub(exc)}"]) from None
@@ -152,9 +149,7 @@ class KafkaSink(contracts.Sink):
             if left:
                 self.context.log.warning("kafka sink %s: closed with %d message(s) unacknowledged; "
                                          "they stay in the local queue", self.context.name, left)
-        registry, self._registry, self._admin = self._registry, None, None
-        if registry is not None and hasattr(registry, "close"):   # close() is recent in 2.x
-            registry.close()
+        self._admin = None
 
     # ------------------------------------------------------------------ writing
 
@@ -172,6 +167,8 @@ class KafkaSink(contracts.Sink):
         # One failure per registry, topic or (subject, schema) per batch: a thousand events
         # of a rejected entity must not mean a thousand registry calls or topic timeouts.
         failures: dict[tuple, _Resolution] = {}
+        self._look_up_ids({self._subject_key(e) for e in events
+                           if (e.entity, e.schema_fingerprint) not in self._resolved}, failures)
         verdicts = {}
         for event in events:
             try:
@@ -218,22 +215,21 @@ class KafkaSink(contracts.Sink):
             batch.report.transient_error = f"{pending} event(s) still queued: {batch.transient[0]}"
         return batch.report
 
+    def _subject_key(self, event: QueuedEvent) -> tuple[str, str]:
+        # TopicNameStrategy, what Confluent consumers expect
+        return f"{self.topic_for(event.entity)}-value", event.schema_fingerprint
+
     def _resolve(self, event: QueuedEvent, failures: dict[tuple, _Resolution]) -> tuple[str, int]:
         known = self._resolved.get((event.entity, event.schema_fingerprint))
         if known is not None:
             return known
-        topic = self.topic_for(event.entity)
-        subject = f"{topic}-value"   # TopicNameStrategy, what Confluent consumers expect
-        cache_key = (subject, event.schema_fingerprint)
+        cache_key = self._subject_key(event)
         if cache_key not in self._ids:
+            self._look_up_ids({cache_key}, failures)
             for scope in (("schema",) + cache_key, ("registry",)):
                 if scope in failures:
                     raise failures[scope]
-            try:
-                self._ids[cache_key] = self._schema_id(subject, event.schema_fingerprint)
-            except _Resolution as why:
-                failures[("schema",) + cache_key if why.terminal else ("registry",)] = why
-                raise
+        topic = self.topic_for(event.entity)
         if self.create_topics and topic not in self._topics:
             if ("topic", topic) in failures:
                 raise failures[("topic", topic)]
@@ -245,29 +241,36 @@ class KafkaSink(contracts.Sink):
         known = self._resolved[(event.entity, event.schema_fingerprint)] = (topic, self._ids[cache_key])
         return known
 
-    def _schema_id(self, subject: str, fingerprint: str) -> int:
-        try:
-            schema_json = self.context.schemas.by_fingerprint(fingerprint).schema_json
-        except (KeyError, LookupError, AttributeError):
-            raise _Resolution(f"unknown schema fingerprint {fingerprint}", terminal=True) from None
-        schema = Schema(schema_json, "AVRO")
-        try:
-            if self.auto_register:
-                return self._registry.register_schema(subject, schema)
-            return self._registry.lookup_schema(subject, schema).schema_id
-        except SchemaRegistryError as exc:
-            status = exc.http_status_code
-            if status in (409, 422):
-                raise _Resolution(f"schema registry rejected the schema for subject {subject}: "
-                                  f"{self._scrub(exc.error_message)}", terminal=True) from None
-            if status == 404 and not self.auto_register:
-                raise _Resolution(f"schema not registered under subject {subject} (auto_register "
-                                  f"is off; register it first)", terminal=True) from None
-            raise _Resolution(f"schema registry error for subject {subject}: "
-                              f"{self._scrub(exc)}", terminal=False) from None
-        except Exception as exc:  # transport errors: unknown means transient
-            raise _Resolution(f"schema registry unreachable: {self._scrub(exc)}",
-                              terminal=False) from None
+    def _look_up_ids(self, wanted: set[tuple[str, str]], failures: dict[tuple, _Resolution]) -> None:
+        """Ask the registry, in one go, for every (subject, fingerprint) not known or
+        already refused in this batch; a refusal is recorded in ``failures``."""
+        asks = []
+        for cache_key in sorted(wanted):
+            if cache_key in self._ids or ("registry",) in failures or ("schema",) + cache_key in failures:
+                continue
+            try:
+                asks.append((cache_key, self.context.schemas.by_fingerprint(cache_key[1]).schema_json))
+            except (KeyError, LookupError, AttributeError):
+                failures[("schema",) + cache_key] = _Resolution(f"unknown schema fingerprint {cache_key[1]}",
+                                                                terminal=True)
+        answers = self._schema_ids.ids([(subject, schema_json) for (subject, _), schema_json in asks])
+        for (cache_key, _), answer in zip(asks, answers):
+            if isinstance(answer, int):
+                self._ids[cache_key] = answer
+                continue
+            why = self._refusal(cache_key[0], answer)
+            failures[("schema",) + cache_key if why.terminal else ("registry",)] = why
+
+    def _refusal(self, subject: str, refusal: Refusal) -> _Resolution:
+        message = self._scrub(refusal.message)
+        if refusal.status is None:
+            return _Resolution(f"schema registry unreachable: {message}", terminal=False)
+        if refusal.status in (409, 422):
+            return _Resolution(f"schema registry rejected the schema for subject {subject}: {message}", terminal=True)
+        if refusal.status == 404 and not self.auto_register:
+            return _Resolution(f"schema not registered under subject {subject} (auto_register "
+                               f"is off; register it first)", terminal=True)
+        return _Resolution(f"schema registry error for subject {subject}: {message}", terminal=False)
 
     def _create_topic(self, topic: str) -> None:
         futures = self._admin.create_topics(
@@ -368,8 +371,23 @@ class KafkaSink(contracts.Sink):
         bootstrap = self._kafka_conf["bootstrap.servers"]
         broker = broker_problem(self._kafka_conf, bootstrap, min(self._message_timeout_s, 10), self._scrub)
         problems += [broker] if broker else []
+        from confluent_kafka.schema_registry import SchemaRegistryClient   # heavy: only here (schema_ids)
         try:
-            self._registry.get_subjects()
+            registry = SchemaRegistryClient(dict(self._registry_conf))
+        except (ValueError, TypeError) as exc:
+            return problems + [f"sink {self.context.name}: fabric.schema_registry: {self._scrub(exc)}"]
+        try:
+            return problems + self._check_registry(registry)
+        finally:
+            if hasattr(registry, "close"):   # close() is recent in 2.x
+                registry.close()
+
+    def _check_registry(self, registry) -> list[str]:
+        from confluent_kafka.schema_registry import Schema
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+        problems: list[str] = []
+        try:
+            registry.get_subjects()
         except Exception as exc:
             url = re.sub(r"//[^/@,]*@", "//", str(self._registry_conf["url"]))   # drop user:pass@
             problems.append(registry_problem(exc, url, self._scrub))
@@ -381,11 +399,11 @@ class KafkaSink(contracts.Sink):
             subject = self.topic_for(name) + "-value"
             schema = Schema(catalog.entity(name).schema_json, "AVRO")
             try:
-                if not self._registry.test_compatibility(subject, schema):
+                if not registry.test_compatibility(subject, schema):
                     problems.append(f"schema of {name} is not compatible with the latest version "
                                     f"under subject {subject} (registry's compatibility level)")
                 elif not self.auto_register:
-                    self._registry.lookup_schema(subject, schema)
+                    registry.lookup_schema(subject, schema)
             except SchemaRegistryError as exc:
                 if exc.http_status_code != 404:
                     problems.append(f"cannot check subject {subject}: {self._scrub(exc)}")
