@@ -3,8 +3,9 @@
 The kafka sink needs the registry once per (subject, schema) and process lifetime, but
 confluent-kafka's registry client brings an HTTP, OAuth and JOSE stack with it (about
 20 MB resident, more than a fifth of the delivery process) that would then stay for the
-life of the service. So the sink starts ``python -m adapters.kafka.schema_ids``, which
-imports the client, answers every lookup of one batch and exits. The settings, secrets
+life of the service. So the sink runs this file as a script (``python -I .../schema_ids.py``:
+not as a module, which would import the adapter packages first), and it imports the
+client, answers every lookup of one batch and exits. The settings, secrets
 included, go to it through a pipe, never its command line. A frozen build has no
 interpreter to start and asks in process.
 
@@ -76,11 +77,10 @@ class SchemaIds:
             return []
         if _IN_PROCESS:
             return ask(self.conf, self.register, asks)
-        request = json.dumps({"conf": self.conf, "register": self.register, "asks": list(asks)})
-        # the helper imports what this process can (a source checkout, a test's modules)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        # the helper finds what this process can (its sys.path)
+        request = json.dumps({"conf": self.conf, "register": self.register, "asks": list(asks), "path": sys.path})
         try:
-            done = subprocess.run([sys.executable, "-m", __name__], input=request.encode(), env=env,
+            done = subprocess.run([sys.executable, "-I", os.path.abspath(__file__)], input=request.encode(),
                                   capture_output=True, timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
             return [Refusal(f"no answer within {self.timeout_s:.0f}s")] * len(asks)
@@ -98,6 +98,7 @@ class SchemaIds:
 
 def main() -> None:
     request = json.load(sys.stdin)
+    sys.path[:] = request["path"]
     answers = ask(request["conf"], request["register"], [tuple(a) for a in request["asks"]])
     json.dump([a if isinstance(a, int) else {"message": a.message, "status": a.status} for a in answers],
               sys.stdout)
