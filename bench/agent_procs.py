@@ -33,7 +33,7 @@ __all__ = ["AgentMeter", "PssSampler", "agent_processes", "cpu_s", "peak_rss", "
 
 def cpu_s(processes) -> float:
     """user+sys seconds of ``processes`` and of the children they have reaped (the kafka
-    sink's schema-id helper); one that ended counts 0: it can no longer be read."""
+    sink's registry helper); one that ended counts 0: it can no longer be read."""
     total = 0.0
     for process in processes:
         try:
@@ -132,12 +132,12 @@ def peak_rss(agent) -> dict:
 
 
 def schema_helper_peak_rss_mb(registry_url: str) -> float:
-    """Peak RSS of the kafka sink's schema-id helper (adapters/kafka/schema_ids.py) asked for
-    one id, as the sink starts it: a process that lives about 0.2 s per new schema."""
+    """Peak RSS of the kafka adapters' registry helper (adapters/kafka/registry_helper.py)
+    asked for one id, as the sink starts it: a process that lives about 0.2 s per new schema."""
     import subprocess
     import sys
-    script = ("import json, resource; from adapters.kafka.schema_ids import SchemaIds; "
-              f"SchemaIds({{'url': {registry_url!r}}}, True, 30).ids([('helper-probe-value', "
+    script = ("import json, resource; from adapters.kafka.registry_helper import RegistryHelper; "
+              f"RegistryHelper({{'url': {registry_url!r}}}, True, 30).ids([('helper-probe-value', "
               "json.dumps({'type': 'record', 'name': 'Probe', 'fields': []}))]); "
               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
@@ -149,7 +149,7 @@ class PssSampler:
     """The peak, over the run, of the summed PSS (MB) of a process and all its descendants,
     read from /proc/<pid>/smaps_rollup every ``every`` seconds by a thread of the caller
     (the kernel walks each process's page tables: run it outside the agent's processes).
-    ``lasting_peak_mb`` leaves out the short-lived schema-id helper."""
+    ``lasting_peak_mb`` leaves out the short-lived registry helper."""
 
     def __init__(self, pid: int, every: float = 0.25):
         self.root, self.every, self.peak_mb, self.lasting_peak_mb = pid, every, 0.0, 0.0
@@ -175,7 +175,7 @@ class PssSampler:
             lasting = helpers = 0
             for process in processes:
                 try:
-                    transient = "schema_ids.py" in " ".join(process.cmdline())
+                    transient = "registry_helper.py" in " ".join(process.cmdline())
                 except psutil.Error:
                     continue
                 pss = _pss_kib(process.pid) / 1024

@@ -407,8 +407,8 @@ def report(a, R, work) -> None:
                   f"resource tracker {e.get('tracker_peak_rss_mb', 0):.0f})"),
                  ("  peak PSS, all processes (MB)", f"{e['peak_pss_mb']:.0f}",
                   f"shared pages counted once (agent_procs.PssSampler); {e['lasting_peak_pss_mb']:.0f} "
-                  "without the schema-id helper"),
-                 ("  schema-id helper's own peak RSS (MB)", f"{R['schema_helper_rss_mb']:.0f}",
+                  "without the registry helper"),
+                 ("  registry helper's own peak RSS (MB)", f"{R['schema_helper_rss_mb']:.0f}",
                   "alive ~0.2 s per new schema, not in the RSS sum above"),
                  ("  captured / exceptions / left in queue", f"{e['captured']} / {e['exceptions']} / {e['left']}", "")]
     if "split" in R:

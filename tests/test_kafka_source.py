@@ -16,10 +16,10 @@ from agent.contracts import AdapterContext
 from tests.support.inbound import CATALOG, CUSTOMER, TANSU_CONSUMER, FabricProducer, customer, event
 
 
-def source(broker, registry, topic, group):
+def source(broker, registry, topic, group, registry_url=None):
     context = AdapterContext(name="fabric_in", state_dir=None, schemas=CATALOG, log=logging.getLogger("test.src"),
                              fabric={"kafka": {"bootstrap.servers": broker.bootstrap},
-                                     "schema_registry": {"url": registry.url}})
+                                     "schema_registry": {"url": registry_url or registry.url}})
     return KafkaSource({"topics": [topic], "group_id": group, "poll_timeout_s": 0.5, "consumer": TANSU_CONSUMER},
                        context)
 
@@ -87,3 +87,81 @@ def test_an_older_writer_schema_is_resolved_to_the_current_one(broker, registry)
     assert carried["error"] is None and carried["entity"] == "Customer"
     assert carried["event"]["after"]["status"] is None, "the new field gets its default"
     assert "body" not in carried, "written with another schema: re-encoded, not kept"
+
+
+def test_a_registry_that_never_answers_is_transient_instead_of_hanging(broker, registry, monkeypatch):
+    """The registry client has no request timeout by default: a registry that accepts a
+    connection and never answers used to hold the route's loop forever."""
+    import socket
+    import threading
+
+    import pytest
+
+    import adapters.kafka.source as source_module
+    from agent.contracts import TransientError
+
+    topic = f"src{uuid.uuid4().hex[:8]}.customer"
+    broker.create_topic(topic, partitions=1)
+    FabricProducer(broker.bootstrap, registry.url, topic).send([event(customer("C-1"), operation="CREATE")])
+    silent = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=silent.accept, daemon=True).start()
+    monkeypatch.setattr(source_module, "_REGISTRY_TIMEOUT_S", 2.0, raising=False)
+    src = source(broker, registry, topic, f"g{uuid.uuid4().hex[:8]}",
+                 registry_url=f"http://127.0.0.1:{silent.getsockname()[1]}")
+    raised = []
+
+    def consume():
+        try:
+            first_batch(src, None)
+        except TransientError as exc:
+            raised.append(exc)
+
+    reader = threading.Thread(target=consume, daemon=True)
+    try:
+        reader.start()
+        reader.join(60)
+        assert not reader.is_alive(), "the source still waits for a registry that never answers"
+    finally:
+        silent.close()
+        src.close()
+    if not raised:
+        pytest.fail("no TransientError")
+    assert "schema registry unreachable: no answer within 2s" in str(raised[0])
+
+
+def test_consuming_never_loads_the_registry_client_into_the_process(broker, registry):
+    """The writer schemas come from the short-lived registry helper: the process that
+    consumes stays without the client's HTTP, OAuth and JOSE stack."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    topic = f"src{uuid.uuid4().hex[:8]}.customer"
+    broker.create_topic(topic, partitions=1)
+    FabricProducer(broker.bootstrap, registry.url, topic).send([event(customer("C-1"), operation="CREATE")])
+    # not through this module or tests.support: they import the client themselves
+    script = f"""
+import json, logging, sys
+from adapters.kafka.source import KafkaSource
+from agent.contracts import AdapterContext
+from agent.schemas import SchemaCatalog
+context = AdapterContext(name="fabric_in", state_dir=None, schemas=SchemaCatalog.load(), log=logging.getLogger("t"),
+                         fabric={{"kafka": {{"bootstrap.servers": {broker.bootstrap!r}}},
+                                 "schema_registry": {{"url": {registry.url!r}}}}})
+src = KafkaSource({{"topics": [{topic!r}], "group_id": "g-{uuid.uuid4().hex[:8]}", "poll_timeout_s": 0.5,
+                   "consumer": {TANSU_CONSUMER!r}}}, context)
+batch = None
+for _ in range(20):
+    batches = src.batches(None)
+    batch = next((b for b in batches if b.records), None)
+    if batch is not None:
+        batches.close()
+        break
+src.close()
+print(json.dumps({{"read": [r.after["event"]["after"]["customer_number"] for r in batch.records],
+                  "loaded": "confluent_kafka.schema_registry" in sys.modules}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"read": ["C-1"], "loaded": False}

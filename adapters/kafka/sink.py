@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from adapters.kafka.diagnose import broker_problem, registry_problem
 from adapters.kafka.fabric import connection
-from adapters.kafka.schema_ids import Refusal, SchemaIds
+from adapters.kafka.registry_helper import RegistryHelper, Refusal
 from adapters.kafka.spec import DEFAULTS, SinkOptions
 from adapters.kafka.transactions import Transactions
 from agent import contracts
@@ -87,7 +87,7 @@ class KafkaSink(contracts.Sink):
                                    else self.spec.delivery_timeout_s)
         self._producer: Optional[Producer] = None
         self._admin: Optional[AdminClient] = None
-        self._schema_ids = SchemaIds(self._registry_conf, self.auto_register, self._message_timeout_s)
+        self._registry = RegistryHelper(self._registry_conf, self.auto_register, self._message_timeout_s)
         self._ids: dict[tuple[str, str], int] = {}      # (subject, fingerprint) -> schema id
         self._topics: set[str] = set()                  # created or known to exist
         self._topic_names: dict[str, str] = {}
@@ -253,7 +253,7 @@ class KafkaSink(contracts.Sink):
             except (KeyError, LookupError, AttributeError):
                 failures[("schema",) + cache_key] = _Resolution(f"unknown schema fingerprint {cache_key[1]}",
                                                                 terminal=True)
-        answers = self._schema_ids.ids([(subject, schema_json) for (subject, _), schema_json in asks])
+        answers = self._registry.ids([(subject, schema_json) for (subject, _), schema_json in asks])
         for (cache_key, _), answer in zip(asks, answers):
             if isinstance(answer, int):
                 self._ids[cache_key] = answer
@@ -371,7 +371,7 @@ class KafkaSink(contracts.Sink):
         bootstrap = self._kafka_conf["bootstrap.servers"]
         broker = broker_problem(self._kafka_conf, bootstrap, min(self._message_timeout_s, 10), self._scrub)
         problems += [broker] if broker else []
-        from confluent_kafka.schema_registry import SchemaRegistryClient   # heavy: only here (schema_ids)
+        from confluent_kafka.schema_registry import SchemaRegistryClient   # heavy: only here (registry_helper)
         try:
             registry = SchemaRegistryClient(dict(self._registry_conf))
         except (ValueError, TypeError) as exc:

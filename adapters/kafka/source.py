@@ -33,11 +33,10 @@ import threading
 from typing import Any, Iterator, Mapping, Optional
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader
 
 from adapters.kafka.fabric import connection
+from adapters.kafka.registry_helper import RegistryHelper
 from adapters.kafka.spec import SourceOptions
 from agent import contracts
 from agent.client_logs import attach
@@ -49,6 +48,7 @@ __all__ = ["KafkaSource", "Source"]
 CHECKPOINT_VERSION = 1
 _ERROR_HEADER_BYTES = 4096
 _DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+_REGISTRY_TIMEOUT_S = 30.0
 
 
 class _Writer:
@@ -91,7 +91,7 @@ class KafkaSource(contracts.Source):
         self._pinned = dict(self.spec.topics) if isinstance(self.spec.topics, dict) else {}
         self._topics = list(self.spec.topics)
         self._consumer: Optional[Consumer] = None
-        self._registry: Optional[SchemaRegistryClient] = None
+        self._registry = RegistryHelper(self._registry_conf, False, _REGISTRY_TIMEOUT_S)
         self._dlq: Optional[Producer] = None
         self._writers: dict[int, _Writer] = {}
         self._dropped: dict[int, int] = {}      # writer schema id -> events that lost unknown fields
@@ -114,8 +114,6 @@ class KafkaSource(contracts.Source):
                 "enable.auto.offset.store": False, "error_cb": self._on_error}
         try:
             consumer = Consumer(conf)
-            if self._registry is None:
-                self._registry = SchemaRegistryClient(dict(self._registry_conf))
         except (KafkaException, ValueError, TypeError) as exc:
             raise ConfigError([f"source {self.context.name}: {self._scrub(exc)}"]) from None
         self._consumer, self._assigned, self._pending, self._subscribed = consumer, set(), None, False
@@ -139,9 +137,6 @@ class KafkaSource(contracts.Source):
         dlq, self._dlq = self._dlq, None
         if dlq is not None:
             dlq.flush(5)
-        registry, self._registry = self._registry, None     # its keep-alive connection too
-        if registry is not None and hasattr(registry, "close"):
-            registry.close()
 
     def _on_assign(self, _consumer, partitions) -> None:
         with self._lock:
@@ -181,6 +176,8 @@ class KafkaSource(contracts.Source):
                     return          # caught up (or no partitions yet): the scheduler calls again
                 continue
             records, ends, poison = [], {}, []
+            self._learn_writers({struct.unpack(">I", v[1:5])[0] for v in (m.value() for m in messages)
+                                 if v and len(v) >= 5 and v[0] == 0})
             for message in messages:
                 if message.error() is not None:
                     if message.error().code() != KafkaError._PARTITION_EOF:
@@ -293,36 +290,40 @@ class KafkaSource(contracts.Source):
         return self._readers[entity]
 
     def _writer(self, schema_id: int) -> _Writer:
-        if schema_id in self._writers:
-            return self._writers[schema_id]
+        if schema_id not in self._writers:
+            self._learn_writers({schema_id})
+        return self._writers[schema_id]
+
+    def _learn_writers(self, schema_ids: set[int]) -> None:
+        """Fetch the writer schemas not known yet, in one go (TransientError if the registry
+        cannot tell: nothing of the batch is yielded)."""
+        unknown = sorted(schema_ids - self._writers.keys())
+        for schema_id, found in zip(unknown, self._registry.schemas(unknown)):
+            if isinstance(found, str):
+                self._writers[schema_id] = self._parsed_writer(schema_id, found)
+            elif found.status == 404:
+                self._writers[schema_id] = _Writer(None, None, f"schema id {schema_id} is unknown to the registry")
+            elif found.status is None:
+                raise TransientError(f"schema registry unreachable: {self._scrub(found.message)}")
+            else:
+                raise TransientError(f"schema registry error for id {schema_id}: {self._scrub(found.message)}")
+
+    def _parsed_writer(self, schema_id: int, schema_str: str) -> _Writer:
         try:
-            schema = self._registry.get_schema(schema_id)
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                writer = _Writer(None, None, f"schema id {schema_id} is unknown to the registry")
-                self._writers[schema_id] = writer
-                return writer
-            raise TransientError(f"schema registry error for id {schema_id}: {self._scrub(exc)}") from None
-        except Exception as exc:   # transport errors: unknown means transient
-            raise TransientError(f"schema registry unreachable: {self._scrub(exc)}") from None
-        try:
-            document = json.loads(schema.schema_str)
+            document = json.loads(schema_str)
             parsed = parse_schema(document)
         except Exception as exc:
-            writer = _Writer(None, None, f"schema id {schema_id} does not parse: {exc}")
-        else:
-            entity = self._entity_of(document)
-            current = self.context.schemas.entity(entity) if entity else None
-            dropped = unknown_fields(document, current.schema) if current is not None else ()
-            if current is not None and json.loads(current.schema_json) == document:
-                parsed = current.parsed    # the current schema itself: no resolution needed (faster)
-            elif dropped:
-                self.context.log.warning("kafka source %s: writer schema %d (%s) has field(s) the canonical schema "
-                                         "lacks: %s; they are dropped from every event it wrote (counted in status)",
-                                         self.context.name, schema_id, entity, ", ".join(dropped))
-            writer = _Writer(parsed, entity, dropped=dropped)
-        self._writers[schema_id] = writer
-        return writer
+            return _Writer(None, None, f"schema id {schema_id} does not parse: {exc}")
+        entity = self._entity_of(document)
+        current = self.context.schemas.entity(entity) if entity else None
+        dropped = unknown_fields(document, current.schema) if current is not None else ()
+        if current is not None and json.loads(current.schema_json) == document:
+            parsed = current.parsed    # the current schema itself: no resolution needed (faster)
+        elif dropped:
+            self.context.log.warning("kafka source %s: writer schema %d (%s) has field(s) the canonical schema "
+                                     "lacks: %s; they are dropped from every event it wrote (counted in status)",
+                                     self.context.name, schema_id, entity, ", ".join(dropped))
+        return _Writer(parsed, entity, dropped=dropped)
 
     def _entity_of(self, document: Any) -> Optional[str]:
         if not isinstance(document, dict):
@@ -365,10 +366,18 @@ class KafkaSource(contracts.Source):
         if metadata is not None:
             problems += [f"warning: topic {t} does not exist (yet)" for t in self._topics
                          if t not in metadata.topics]
+        from confluent_kafka.schema_registry import SchemaRegistryClient   # heavy: only here (registry_helper)
         try:
-            self._registry.get_subjects()
+            registry = SchemaRegistryClient(dict(self._registry_conf))
+        except (ValueError, TypeError) as exc:
+            return problems + [f"source {self.context.name}: fabric.schema_registry: {self._scrub(exc)}"]
+        try:
+            registry.get_subjects()
         except Exception as exc:
             problems.append(f"schema registry unreachable: {self._scrub(exc)}")
+        finally:
+            if hasattr(registry, "close"):
+                registry.close()
         return problems
 
 
