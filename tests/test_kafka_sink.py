@@ -355,3 +355,27 @@ def test_registry_settings_the_client_refuses_keep_events_queued_and_are_named(m
     assert "fabric.schema_registry is refused by the client" in report.transient_error
     assert "no.such.setting" in report.transient_error
     assert any("no.such.setting" in p for p in sink.check())
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["helper", "frozen build, in process"])
+def test_the_registry_helper_gives_up_on_a_registry_that_never_answers(in_process, monkeypatch):
+    """Also without the parent's guard: the frozen build asks in process, and a helper
+    whose parent was killed has nobody to stop it."""
+    import socket
+    import threading
+
+    import adapters.kafka.registry_helper as helper
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    held = []          # the accepted connection stays open, unanswered
+    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
+    monkeypatch.setattr(helper, "_IN_PROCESS", in_process)
+    asking = helper.RegistryHelper({"url": f"http://127.0.0.1:{silent.getsockname()[1]}", "max.retries": 0},
+                                   True, 2.0)
+    asking.timeout_s = 60        # the parent's guard out of the way: the request timeout must end it
+    try:
+        (answer,) = asking.ids([("s-value", json.dumps(CUSTOMER))])
+    finally:
+        silent.close()
+    assert isinstance(answer, helper.Refusal) and answer.status is None
+    assert "timed out" in answer.message.lower() or "timeout" in answer.message.lower(), answer.message

@@ -104,7 +104,8 @@ def test_a_registry_that_never_answers_is_transient_instead_of_hanging(broker, r
     broker.create_topic(topic, partitions=1)
     FabricProducer(broker.bootstrap, registry.url, topic).send([event(customer("C-1"), operation="CREATE")])
     silent = socket.create_server(("127.0.0.1", 0))
-    threading.Thread(target=silent.accept, daemon=True).start()
+    held = []          # the accepted connection stays open, unanswered
+    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
     monkeypatch.setattr(source_module, "_REGISTRY_TIMEOUT_S", 2.0, raising=False)
     src = source(broker, registry, topic, f"g{uuid.uuid4().hex[:8]}",
                  registry_url=f"http://127.0.0.1:{silent.getsockname()[1]}")

@@ -72,10 +72,13 @@ def answer(conf: Mapping[str, Any], register: bool, asks: Sequence[Sequence]) ->
 
 class RegistryHelper:
     """``answer`` in a helper process (in process in a frozen build). A helper that fails
-    or outlives ``timeout_s`` refuses every ask with status None."""
+    or outlives ``timeout_s`` refuses every ask with status None; so does each request the
+    registry does not answer within ``timeout_s`` (unless ``timeout`` is set)."""
 
     def __init__(self, conf: Mapping[str, Any], register: bool, timeout_s: float):
-        self.conf, self.register, self.timeout_s = dict(conf), register, timeout_s
+        # The client waits forever by default. Its own request timeout also bounds a helper
+        # whose parent died, and the in-process asking of a frozen build.
+        self.conf, self.register, self.timeout_s = {"timeout": timeout_s, **conf}, register, timeout_s
 
     def ids(self, asks: Sequence[tuple[str, str]]) -> list[Answer]:
         """Schema id of each (subject, schema JSON)."""
