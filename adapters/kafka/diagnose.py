@@ -9,14 +9,15 @@ registry that answers 401/403 is reachable: it refused the credentials.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional
+import re
+from typing import Any, Callable, Optional, Sequence
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from agent.client_logs import advice
 
-__all__ = ["broker_problem", "registry_problem"]
+__all__ = ["broker_problem", "registry_problems"]
 
 _AUTH_WORDS = ("sasl", "authentication", "authenticat")
 
@@ -58,7 +59,46 @@ def broker_problem(conf: dict[str, Any], bootstrap: str, timeout: float, scrub: 
         logger.removeHandler(heard)
 
 
-def registry_problem(exc: Exception, url: str, scrub: Callable[[Any], str]) -> str:
+def registry_problems(conf: dict[str, Any], scrub: Callable[[Any], str], subjects: Sequence[tuple] = (),
+                      registered: bool = False, timeout_s: float = 10.0) -> list[str]:
+    """What the registry says: reachable, and each ``(name, subject, schema JSON)``
+    compatible with its latest version there (and already registered, if ``registered``).
+    Each request is given ``timeout_s`` unless the settings say otherwise (the client's
+    default is to wait forever)."""
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient   # heavy: only here (registry_helper)
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+    try:
+        registry = SchemaRegistryClient({"timeout": timeout_s, **conf})
+    except (ValueError, TypeError) as exc:
+        return [f"fabric.schema_registry: {scrub(exc)}"]
+    try:
+        registry.get_subjects()
+    except Exception as exc:
+        return [_unreachable(exc, re.sub(r"//[^/@,]*@", "//", str(conf["url"])), scrub)]   # no user:pass@
+    problems = []
+    try:
+        for name, subject, schema_json in subjects:
+            schema = Schema(schema_json, "AVRO")
+            try:
+                if not registry.test_compatibility(subject, schema):
+                    problems.append(f"schema of {name} is not compatible with the latest version "
+                                    f"under subject {subject} (registry's compatibility level)")
+                elif registered:
+                    registry.lookup_schema(subject, schema)
+            except SchemaRegistryError as exc:
+                if exc.http_status_code != 404:
+                    problems.append(f"cannot check subject {subject}: {scrub(exc)}")
+                elif registered:
+                    problems.append(f"schema of {name} is not registered under subject {subject} "
+                                    f"and auto_register is off; register it (outpost schemas export DIR "
+                                    f"--subject -c CONFIG writes the file) or set fabric.auto_register: true")
+    finally:
+        if hasattr(registry, "close"):   # close() is recent in 2.x
+            registry.close()
+    return problems
+
+
+def _unreachable(exc: Exception, url: str, scrub: Callable[[Any], str]) -> str:
     status = getattr(exc, "http_status_code", None)
     if status in (401, 403):
         return (f"schema registry {url} refused the credentials (HTTP {status}: {scrub(exc)}); check "

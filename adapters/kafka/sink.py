@@ -20,7 +20,6 @@ de-duplicate on the ``event_id`` header (delivery invariant 4).
 from __future__ import annotations
 
 import logging
-import re
 import struct
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from adapters.kafka.diagnose import broker_problem, registry_problem
+from adapters.kafka.diagnose import broker_problem, registry_problems
 from adapters.kafka.fabric import connection
 from adapters.kafka.registry_helper import RegistryHelper, Refusal
 from adapters.kafka.spec import DEFAULTS, SinkOptions
@@ -371,47 +370,10 @@ class KafkaSink(contracts.Sink):
         bootstrap = self._kafka_conf["bootstrap.servers"]
         broker = broker_problem(self._kafka_conf, bootstrap, min(self._message_timeout_s, 10), self._scrub)
         problems += [broker] if broker else []
-        from confluent_kafka.schema_registry import SchemaRegistryClient   # heavy: only here (registry_helper)
-        try:
-            registry = SchemaRegistryClient(dict(self._registry_conf))
-        except (ValueError, TypeError) as exc:
-            return problems + [f"sink {self.context.name}: fabric.schema_registry: {self._scrub(exc)}"]
-        try:
-            return problems + self._check_registry(registry)
-        finally:
-            if hasattr(registry, "close"):   # close() is recent in 2.x
-                registry.close()
-
-    def _check_registry(self, registry) -> list[str]:
-        from confluent_kafka.schema_registry import Schema
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-        problems: list[str] = []
-        try:
-            registry.get_subjects()
-        except Exception as exc:
-            url = re.sub(r"//[^/@,]*@", "//", str(self._registry_conf["url"]))   # drop user:pass@
-            problems.append(registry_problem(exc, url, self._scrub))
-            return problems
         catalog = self.context.schemas
-        if not (hasattr(catalog, "names") and hasattr(catalog, "entity")):
-            return problems
-        for name in catalog.names():
-            subject = self.topic_for(name) + "-value"
-            schema = Schema(catalog.entity(name).schema_json, "AVRO")
-            try:
-                if not registry.test_compatibility(subject, schema):
-                    problems.append(f"schema of {name} is not compatible with the latest version "
-                                    f"under subject {subject} (registry's compatibility level)")
-                elif not self.auto_register:
-                    registry.lookup_schema(subject, schema)
-            except SchemaRegistryError as exc:
-                if exc.http_status_code != 404:
-                    problems.append(f"cannot check subject {subject}: {self._scrub(exc)}")
-                elif not self.auto_register:
-                    problems.append(f"schema of {name} is not registered under subject {subject} "
-                                    f"and auto_register is off; register it (outpost schemas export DIR "
-                                    f"--subject -c CONFIG writes the file) or set fabric.auto_register: true")
-        return problems
-
+        subjects = ([(name, self.topic_for(name) + "-value", catalog.entity(name).schema_json) for name in catalog.names()]
+                    if hasattr(catalog, "names") and hasattr(catalog, "entity") else [])
+        return problems + registry_problems(self._registry_conf, self._scrub, subjects,
+                                            registered=not self.auto_register)
 
 Sink = KafkaSink

@@ -35,6 +35,7 @@ from typing import Any, Iterator, Mapping, Optional
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from fastavro import parse_schema, schemaless_reader
 
+from adapters.kafka.diagnose import registry_problems
 from adapters.kafka.fabric import connection
 from adapters.kafka.registry_helper import RegistryHelper
 from adapters.kafka.spec import SourceOptions
@@ -366,19 +367,7 @@ class KafkaSource(contracts.Source):
         if metadata is not None:
             problems += [f"warning: topic {t} does not exist (yet)" for t in self._topics
                          if t not in metadata.topics]
-        from confluent_kafka.schema_registry import SchemaRegistryClient   # heavy: only here (registry_helper)
-        try:
-            registry = SchemaRegistryClient(dict(self._registry_conf))
-        except (ValueError, TypeError) as exc:
-            return problems + [f"source {self.context.name}: fabric.schema_registry: {self._scrub(exc)}"]
-        try:
-            registry.get_subjects()
-        except Exception as exc:
-            problems.append(f"schema registry unreachable: {self._scrub(exc)}")
-        finally:
-            if hasattr(registry, "close"):
-                registry.close()
-        return problems
+        return problems + registry_problems(self._registry_conf, self._scrub)
 
 
 def _partitions(partitions) -> str:
