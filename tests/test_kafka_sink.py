@@ -22,6 +22,7 @@ import pytest
 
 from adapters.kafka.sink import KafkaSink
 from agent.contracts import AdapterContext, QueuedEvent
+from tests.support.registry_double import returns_within, silent_registry
 
 CUSTOMER = {"type": "record", "name": "Customer", "namespace": "outpost.test",
             "fields": [{"name": "number", "type": "string"}, {"name": "name", "type": "string"}]}
@@ -323,25 +324,9 @@ print(json.dumps({{"delivered": len(report.delivered), "loaded": "confluent_kafk
 def test_a_registry_that_never_answers_keeps_events_queued_instead_of_hanging(make_sink, catalog):
     """The registry client has no request timeout by default: an accepted connection that
     never answers used to hold the delivery loop forever."""
-    import socket
-    import threading
-
-    silent = socket.create_server(("127.0.0.1", 0))
-    held = []
-    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
-    sink, ev = make_sink({"delivery_timeout_s": 2}, registry_conf={
-        "url": f"http://127.0.0.1:{silent.getsockname()[1]}", "max.retries": 0}), Events(catalog)
-    outcome = []
-    writer = threading.Thread(target=lambda: outcome.append(sink.write([ev("Customer", "C1", {"number": "C1",
-                                                                                          "name": "x"})])),
-                              daemon=True)
-    try:
-        writer.start()
-        writer.join(60)
-        assert not writer.is_alive(), "write() still waits for a registry that never answers"
-    finally:
-        silent.close()
-    (report,) = outcome
+    with silent_registry() as url:
+        sink, ev = make_sink({"delivery_timeout_s": 2}, registry_conf={"url": url, "max.retries": 0}), Events(catalog)
+        report = returns_within(60, lambda: sink.write([ev("Customer", "C1", {"number": "C1", "name": "x"})]))
     assert report.delivered == set() and report.rejected == {}
     assert "schema registry unreachable: no answer within 2s" in report.transient_error
 
@@ -361,21 +346,12 @@ def test_registry_settings_the_client_refuses_keep_events_queued_and_are_named(m
 def test_the_registry_helper_gives_up_on_a_registry_that_never_answers(in_process, monkeypatch):
     """Also without the parent's guard: the frozen build asks in process, and a helper
     whose parent was killed has nobody to stop it."""
-    import socket
-    import threading
-
     import adapters.kafka.registry_helper as helper
 
-    silent = socket.create_server(("127.0.0.1", 0))
-    held = []          # the accepted connection stays open, unanswered
-    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
     monkeypatch.setattr(helper, "_IN_PROCESS", in_process)
-    asking = helper.RegistryHelper({"url": f"http://127.0.0.1:{silent.getsockname()[1]}", "max.retries": 0},
-                                   True, 2.0)
-    asking.timeout_s = 60        # the parent's guard out of the way: the request timeout must end it
-    try:
-        (answer,) = asking.ids([("s-value", json.dumps(CUSTOMER))])
-    finally:
-        silent.close()
+    with silent_registry() as url:
+        asking = helper.RegistryHelper({"url": url, "max.retries": 0}, True, 2.0)
+        asking.timeout_s = 60        # the parent's guard out of the way: the request timeout must end it
+        (answer,) = returns_within(60, lambda: asking.ids([("s-value", json.dumps(CUSTOMER))]))
     assert isinstance(answer, helper.Refusal) and answer.status is None
     assert "timed out" in answer.message.lower() or "timeout" in answer.message.lower(), answer.message

@@ -14,6 +14,7 @@ from fastavro import parse_schema, schemaless_writer
 from adapters.kafka.source import KafkaSource
 from agent.contracts import AdapterContext
 from tests.support.inbound import CATALOG, CUSTOMER, TANSU_CONSUMER, FabricProducer, customer, event
+from tests.support.registry_double import returns_within, silent_registry
 
 
 def source(broker, registry, topic, group, registry_url=None):
@@ -92,9 +93,6 @@ def test_an_older_writer_schema_is_resolved_to_the_current_one(broker, registry)
 def test_a_registry_that_never_answers_is_transient_instead_of_hanging(broker, registry, monkeypatch):
     """The registry client has no request timeout by default: a registry that accepts a
     connection and never answers used to hold the route's loop forever."""
-    import socket
-    import threading
-
     import pytest
 
     import adapters.kafka.source as source_module
@@ -103,31 +101,14 @@ def test_a_registry_that_never_answers_is_transient_instead_of_hanging(broker, r
     topic = f"src{uuid.uuid4().hex[:8]}.customer"
     broker.create_topic(topic, partitions=1)
     FabricProducer(broker.bootstrap, registry.url, topic).send([event(customer("C-1"), operation="CREATE")])
-    silent = socket.create_server(("127.0.0.1", 0))
-    held = []          # the accepted connection stays open, unanswered
-    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
     monkeypatch.setattr(source_module, "_REGISTRY_TIMEOUT_S", 2.0, raising=False)
-    src = source(broker, registry, topic, f"g{uuid.uuid4().hex[:8]}",
-                 registry_url=f"http://127.0.0.1:{silent.getsockname()[1]}")
-    raised = []
-
-    def consume():
+    with silent_registry() as url:
+        src = source(broker, registry, topic, f"g{uuid.uuid4().hex[:8]}", registry_url=url)
         try:
-            first_batch(src, None)
-        except TransientError as exc:
-            raised.append(exc)
-
-    reader = threading.Thread(target=consume, daemon=True)
-    try:
-        reader.start()
-        reader.join(60)
-        assert not reader.is_alive(), "the source still waits for a registry that never answers"
-    finally:
-        silent.close()
-        src.close()
-    if not raised:
-        pytest.fail("no TransientError")
-    assert "schema registry unreachable: no answer within 2s" in str(raised[0])
+            with pytest.raises(TransientError, match="schema registry unreachable: no answer within 2s"):
+                returns_within(60, lambda: first_batch(src, None))
+        finally:
+            src.close()
 
 
 def test_consuming_never_loads_the_registry_client_into_the_process(broker, registry):

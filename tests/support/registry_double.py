@@ -15,14 +15,17 @@ Behaviour kept deliberately close to Confluent's defaults:
   checked with the ``avro`` package;
 - AVRO responses omit ``schemaType`` (as Confluent does), other types include it.
 
-Tests control failures through ``reject_subjects`` (any register there answers HTTP 409).
+Tests control failures through ``reject_subjects`` (any register there answers HTTP 409);
+``silent_registry`` is a registry that accepts connections and never answers.
 """
 from __future__ import annotations
 
 import json
+import socket
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import avro.compatibility
@@ -222,3 +225,46 @@ class RegistryDouble:
                 pass
 
         return Handler
+
+
+@contextmanager
+def silent_registry() -> Iterator[str]:
+    """The URL of a server that accepts every connection and never answers: a hung registry."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []         # the accepted connections stay open, unanswered
+
+    def accept():
+        try:
+            while True:
+                held.append(server.accept()[0])
+        except OSError:       # closed
+            pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def returns_within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()``'s result, raised exception included, or AssertionError if it is still
+    waiting after ``seconds`` (it runs on in a daemon thread)."""
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:     # handed to the caller
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert outcome, f"still waiting after {seconds}s"
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return value
