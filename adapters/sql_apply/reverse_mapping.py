@@ -99,7 +99,10 @@ def fit(column: Column, value: Any, zone: ZoneInfo) -> Any:
         if not column.nullable:
             raise ApplyRejected(f"column {column.name} is NOT NULL but the event has no value for it")
         return None
-    kind, where = column.kind, f"column {column.name}"
+    kind = column.kind
+    if kind == "string" and type(value) is str and (column.length is None or len(value) <= column.length):
+        return value        # per column and event: the common case, before anything else is built
+    where = f"column {column.name}"
     if kind == "string":
         if isinstance(value, (dt.datetime, dt.date, Decimal, int)) and not isinstance(value, bool):
             value = value.isoformat() if isinstance(value, (dt.datetime, dt.date)) else str(value)
