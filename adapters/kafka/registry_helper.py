@@ -8,7 +8,7 @@ the service. So they run this file as a script (``python -I .../registry_helper.
 as a module, which would import the adapter packages first); it imports the client,
 answers every question of one batch and exits. The settings, secrets included, go to it
 through a pipe, never its command line. A frozen build has no interpreter to start and
-asks in process.
+asks in process (as does a Python without an executable, or this file inside a zip).
 
 An answer is the schema id (``ids``) or the schema's text (``schemas``), or a ``Refusal``:
 what the registry answered (its HTTP status) or, with ``status`` None, why it could not be
@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 __all__ = ["RegistryHelper", "Refusal", "answer"]
 
-_IN_PROCESS = getattr(sys, "frozen", False)
+_IN_PROCESS = getattr(sys, "frozen", False) or not sys.executable or not os.path.isfile(__file__)
 
 
 @dataclass(frozen=True)
