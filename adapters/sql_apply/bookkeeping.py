@@ -58,13 +58,14 @@ class Bookkeeping:
 
     def record(self, conn, applied: list, touched: dict, stamps: dict, now: dt.datetime) -> None:
         """Ledger rows, row versions and each key's last applied change, in the caller's transaction."""
+        applied_at = _naive(now)      # once per transaction, not per row
         sql.insert_rows(conn, self.ledger, [
             {"event_id": e.event_id, "entity": e.entity, "entity_key": e.key[:255],
-             "correlation_id": (e.correlation_id or "")[:64], "applied_at": _naive(now)} for e in applied])
-        self._record_versions(conn, touched, now)
+             "correlation_id": (e.correlation_id or "")[:64], "applied_at": applied_at} for e in applied])
+        self._record_versions(conn, touched, applied_at)
         sql.insert_rows(conn, self.keys, [       # one row per key: ``stamps`` is keyed by it
             {"entity": entity, "entity_key": key[:255], "event_id": s.event_id, "version": s.version,
-             "occurred_us": s.occurred_us, "captured_us": s.captured_us, "applied_at": _naive(now)}
+             "occurred_us": s.occurred_us, "captured_us": s.captured_us, "applied_at": applied_at}
             for (entity, key), s in stamps.items()], ["entity", "entity_key"])
 
     def mark(self, conn, now: dt.datetime) -> None:
@@ -74,7 +75,7 @@ class Bookkeeping:
             stmt, params = self._upsert(conn, self.marker, ["applier"], ["applier", "txn_id", "applied_at"])
             conn.execute(stmt, params({"applier": self.applier, "txn_id": uuid.uuid4().hex, "applied_at": _naive(now)}))
 
-    def _record_versions(self, conn, touched: dict, now: dt.datetime) -> None:
+    def _record_versions(self, conn, touched: dict, applied_at: dt.datetime) -> None:
         """(table, pk@cursor) of every row version this transaction wrote, as the sql_poll
         source computes it, so capture of the same table skips exactly these versions."""
         versions = []
@@ -86,7 +87,7 @@ class Bookkeeping:
                 if key in by_key:       # the position as sql_poll reads the row: the key as stored
                     stored = [row[k] for k in plan.key]
                     versions.append({"object": name, "position": row_position(stored, row[cursor])[:500],
-                                     "event_id": by_key[key][1], "applied_at": _naive(now)})
+                                     "event_id": by_key[key][1], "applied_at": applied_at})
         sql.insert_rows(conn, self.rows, versions, ["object", "position"])   # one per row written
 
     def _upsert(self, conn, table, key, columns):
