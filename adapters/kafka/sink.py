@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from adapters.kafka.diagnose import broker_problem, registry_problems
 from adapters.kafka.fabric import connection
 from adapters.kafka.registry_helper import RegistryHelper, Refusal

@@ -2,7 +2,7 @@
 
 A consumer group on the configured topics (connection properties from ``fabric.kafka``).
 Each value is Confluent-framed Avro (magic byte 0, 4-byte registry id, body): the writer
-schema is fetched from the registry by id (cached) and the body is read with the
+schema is fetched from the registry by id (cached; ``registry_helper``) and the body is read with the
 *current canonical schema* of its entity as the reader schema, so schema evolution is
 resolved and anything that does not fit the canonical schema is caught here.
 
@@ -177,8 +177,7 @@ class KafkaSource(contracts.Source):
                     return          # caught up (or no partitions yet): the scheduler calls again
                 continue
             records, ends, poison = [], {}, []
-            self._learn_writers({struct.unpack(">I", v[1:5])[0] for v in (m.value() for m in messages)
-                                 if v and len(v) >= 5 and v[0] == 0})
+            self._learn_writers(_framed_ids(messages))
             for message in messages:
                 if message.error() is not None:
                     if message.error().code() != KafkaError._PARTITION_EOF:
@@ -368,6 +367,16 @@ class KafkaSource(contracts.Source):
             problems += [f"warning: topic {t} does not exist (yet)" for t in self._topics
                          if t not in metadata.topics]
         return problems + registry_problems(self._registry_conf, self._scrub)
+
+
+def _framed_ids(messages) -> set[int]:
+    """The registry ids in the Confluent frames of these messages."""
+    ids = set()
+    for message in messages:
+        value = message.value()
+        if message.error() is None and value and len(value) >= 5 and value[0] == 0:
+            ids.add(struct.unpack(">I", value[1:5])[0])
+    return ids
 
 
 def _partitions(partitions) -> str:
