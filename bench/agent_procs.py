@@ -27,8 +27,8 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["AgentMeter", "PssSampler", "agent_processes", "cpu_s", "peak_rss", "peak_rss_mb", "thread_cpu_s",
-           "wait_delivery_ready"]
+__all__ = ["AgentMeter", "PssSampler", "agent_processes", "cpu_s", "peak_rss", "peak_rss_mb",
+           "registry_helper_peak_rss_mb", "thread_cpu_s", "wait_delivery_ready"]
 
 
 def cpu_s(processes) -> float:
@@ -131,7 +131,7 @@ def peak_rss(agent) -> dict:
             "tracker_mb": sum(peak_rss_mb(p.pid) for p in procs["capture"][1:])}
 
 
-def schema_helper_peak_rss_mb(registry_url: str) -> float:
+def registry_helper_peak_rss_mb(registry_url: str) -> float:
     """Peak RSS of the kafka adapters' registry helper (adapters/kafka/registry_helper.py)
     asked for one id, as the sink starts it: a process that lives about 0.2 s per new schema."""
     import subprocess

@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 if __name__ != "__mp_main__":
     import sqlalchemy as sa  # noqa: E402
     sys.path.insert(0, str(ROOT / "bench"))
-    from agent_procs import PssSampler, agent_processes, cpu_s, peak_rss_mb, schema_helper_peak_rss_mb  # noqa: E402
+    from agent_procs import PssSampler, agent_processes, cpu_s, peak_rss_mb, registry_helper_peak_rss_mb  # noqa: E402
     from latency_probes import AckSpy, paced_inserts  # noqa: E402
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -364,7 +364,7 @@ def main() -> None:
             R[mode] = json.load(open(out))
             R[mode]["peak_pss_mb"], R[mode]["lasting_peak_pss_mb"] = pss.stop(), pss.lasting_peak_mb
             R[mode]["tansu_cpu_s"] = sum(tansu.cpu_times()[:2]) - c0
-        R["schema_helper_rss_mb"] = schema_helper_peak_rss_mb(registry.url)
+        R["registry_helper_rss_mb"] = registry_helper_peak_rss_mb(registry.url)
         if "ceilings" not in skip:
             R["ceil"] = ceilings(a, "postgresql+psycopg://postgres@127.0.0.1:5432/" + dbs[0], work)
         if "latency" not in skip:
@@ -408,7 +408,7 @@ def report(a, R, work) -> None:
                  ("  peak PSS, all processes (MB)", f"{e['peak_pss_mb']:.0f}",
                   f"shared pages counted once (agent_procs.PssSampler); {e['lasting_peak_pss_mb']:.0f} "
                   "without the registry helper"),
-                 ("  registry helper's own peak RSS (MB)", f"{R['schema_helper_rss_mb']:.0f}",
+                 ("  registry helper's own peak RSS (MB)", f"{R['registry_helper_rss_mb']:.0f}",
                   "alive ~0.2 s per new schema, not in the RSS sum above"),
                  ("  captured / exceptions / left in queue", f"{e['captured']} / {e['exceptions']} / {e['left']}", "")]
     if "split" in R:
