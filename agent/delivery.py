@@ -46,7 +46,11 @@ class SinkDelivery(threading.Thread):
 
     def set_active(self, active: bool) -> None:
         if active:
-            self._reopen = True
+            # Only a passive agent becoming active reopens (claims the pair's ids again):
+            # "active" told again while active (the delivery process at its start) must not
+            # open every sink twice.
+            if not self.gate.is_set():
+                self._reopen = True
             self.gate.set()
         else:
             self.gate.clear()

@@ -368,3 +368,34 @@ def test_a_batch_delivered_around_a_waiting_event_never_removes_it(queue):
     assert [e.event_id for e in batch] == ["id-1", "id-6"], "id-1 woken, id-3 still waits between them"
     queue.settle("s", batch, DeliveryReport(delivered={"id-1", "id-6"}))
     assert queue.depth("s") == 1 and queue.status()["r"]["waiting"] == 1, "id-3 is still queued"
+
+
+class _CountingSink(_ScreeningSink):
+    """Counts its opens and closes (a real sink's open may reflect a database or claim a
+    transactional id: a second one at every start is work, and for a pair a fence)."""
+
+    def __init__(self):
+        super().__init__()
+        self.opens = self.closes = 0
+
+    def open(self):
+        self.opens += 1
+
+    def close(self):
+        self.closes += 1
+
+
+def test_a_sink_is_opened_once_at_start_and_reopened_only_when_a_passive_agent_becomes_active(queue):
+    from agent.delivery import SinkDelivery
+    sink = _CountingSink()
+    delivery = SinkDelivery("s", sink, queue, threading.Event())
+    delivery.set_active(True)         # what the delivery process is told at its start, already active
+    delivery._open_at_start()
+    queue.commit_capture("r", [event(1)], [], None)
+    assert delivery.deliver_once() == 1
+    assert (sink.opens, sink.closes) == (1, 0), "told 'active' while active: nothing to reopen"
+    delivery.set_active(False)        # the pair's other agent took over
+    delivery.set_active(True)         # and handed back: the sink claims its ids again
+    queue.commit_capture("r", [event(2)], [], None)
+    assert delivery.deliver_once() == 1
+    assert (sink.opens, sink.closes) == (2, 1)
