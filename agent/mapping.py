@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .coercion import CONVERSIONS, coercer, is_iso4217
 from .expressions import ExpressionError, MissingReference, compile_expression
 from .lookups import LookupTable
+from .mapping_plan import FieldStep, generate
 
 __all__ = ["Problem", "EntityMapping", "check_mapping", "gate_problems", "known_codes", "CONVERSIONS",
            "CODE_RULES"]
@@ -57,7 +58,8 @@ class _CodeSets:
 
 
 class EntityMapping:
-    """A compiled mapping: ``apply(row)`` returns ``(payload, problems)``.
+    """A compiled mapping: ``apply(row)`` returns ``(payload, problems)``; a ``None`` row gives
+    ``(None, [])``.
 
     ``lookups``: name -> ``LookupTable`` (or a plain dict of codes); a table's codes are
     read per row, so a refreshed SQL lookup takes effect without recompiling."""
@@ -72,7 +74,8 @@ class EntityMapping:
         self._known_codes = _CodeSets({rule: self.lookups[rule] for rule in CODE_RULES if rule in self.lookups})
         self._expressions = {field: compile_expression(rule.expr, self.lookups)
                              for field, rule in config.fields.items() if rule.expr is not None}
-        self._plan = self._compile()
+        self.steps = self._compile()
+        self._apply = generate(name, self.steps, self._known_codes, Problem, MissingReference)
 
     @property
     def entity(self) -> str:
@@ -100,9 +103,9 @@ class EntityMapping:
         return {"name": self.name, "entity": self.entity,
                 "fields": {k: v.model_dump(exclude_defaults=True) for k, v in self.config.fields.items()}}
 
-    def _compile(self) -> list[tuple]:
-        """One plan per field, built once: ``apply`` runs for every captured row."""
-        plan = []
+    def _compile(self) -> list[FieldStep]:
+        """One step per canonical field, resolved once: ``apply`` runs for every captured row."""
+        steps = []
         for spec in self.schema.fields:
             rule = self.config.fields.get(spec.name)
             converters = tuple(CONVERSIONS[name] for name in rule.convert) if rule else ()
@@ -110,65 +113,16 @@ class EntityMapping:
             # "" is missing for every non-string field, and for a required string too
             # (17 invoices once went out with customer_number "")
             blank_is_missing = spec.avro_type != "string" or not spec.nullable
-            expression = self._expressions.get(spec.name)
             missing = frozenset(str(m) for m in rule.missing) if rule and rule.missing else None
-            plan.append((spec, rule.column if rule else None, expression, rule.const if rule else None, converters,
-                         missing, lookup, rule.default if rule else None, blank_is_missing,
-                         coercer(spec, self.zone)))
-        return plan
+            steps.append(FieldStep(spec, rule.column if rule else None, self._expressions.get(spec.name),
+                                   rule.const if rule else None, converters, missing, lookup,
+                                   rule.default if rule else None, blank_is_missing, coercer(spec, self.zone)))
+        return steps
 
     def apply(self, row: Optional[Mapping[str, Any]]) -> tuple[Optional[dict], list[Problem]]:
-        if row is None:
-            return None, []
-        payload: dict[str, Any] = {}
-        problems: list[Problem] = []
-        known_codes = self._known_codes
-        for (spec, column, expression, const, converters, missing, lookup, default, blank_is_missing,
-             coerced) in self._plan:
-            if column is not None:
-                value = row.get(column)
-            elif expression is None:
-                value = const                   # a constant, or None for a field without a rule
-            else:
-                try:
-                    value = expression(row)
-                except MissingReference as reference:
-                    problems.append(Problem(spec.name, reference.lookup, f"{reference} (in {expression.text!r})",
-                                            None, reference.code))
-                    continue
-                except (ValueError, TypeError) as exc:
-                    problems.append(Problem(spec.name, "expr", f"{exc} (in {expression.text!r})"))
-                    continue
-            try:
-                for convert in converters:
-                    value = convert(value)
-                if missing is not None and value is not None and str(value) in missing:
-                    value = None
-                if lookup is not None and value is not None and value != "":
-                    name, table = lookup
-                    codes = table.codes
-                    code = str(value)
-                    if code not in codes:
-                        problems.append(Problem(spec.name, name, f"unknown {name} code {value!r}", column, value))
-                        continue
-                    value = codes[code]
-                if default is not None and (value is None or value == ""):
-                    value = default
-                if value is None or (blank_is_missing and isinstance(value, str) and not value.strip()):
-                    if not spec.nullable:
-                        problems.append(Problem(spec.name, "required", "is required but missing", column, value))
-                    payload[spec.name] = None
-                    continue
-                value = coerced(value)
-            except (ValueError, TypeError, OverflowError) as exc:
-                problems.append(Problem(spec.name, "type", f"{exc}", column, value))
-                continue
-            if spec.rules:
-                broken = gate_problems(spec, value, known_codes)
-                if broken:
-                    problems.extend(Problem(spec.name, rule, message, column, value) for rule, message in broken)
-            payload[spec.name] = value
-        return payload, problems
+        """The payload of every field that mapped, and every problem of every field
+        (agent.mapping_plan wrote the function for this mapping's steps)."""
+        return self._apply(row)
 
 
 def known_codes(lookups: Mapping[str, Mapping[str, Any]]) -> dict[str, set[str]]:
