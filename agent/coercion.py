@@ -10,7 +10,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any, Callable
 
-from .contracts import Approximate
+from .contracts import AMOUNTS, Approximate
 from .schemas import decimal_misfit
 from .textforms import DATE_TEXT as _DATE_TEXT
 from .textforms import DECIMAL_TEXT as _DECIMAL_TEXT
@@ -64,7 +64,12 @@ def _to_decimal(value, scale: int, precision: int) -> Decimal:
         number = value if isinstance(value, Decimal) else Decimal(repr(value))
         if not number.is_finite():
             raise ValueError(f"expected a finite amount, found {value!r}")
-        number = number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN) + 0
+        try:
+            number = number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN, context=AMOUNTS)
+        except InvalidOperation:      # more digits than even AMOUNTS holds: far beyond any precision
+            raise ValueError(f"{value!r} does not fit decimal({precision},{scale})") from None
+        if not number:
+            number = number.copy_abs()
     else:
         if isinstance(value, str):
             if not _DECIMAL_TEXT.fullmatch(value.strip()):
@@ -79,7 +84,7 @@ def _to_decimal(value, scale: int, precision: int) -> Decimal:
         misfit = decimal_misfit(number, precision, scale)
         if misfit:
             raise ValueError(misfit)
-        number = number.quantize(Decimal(1).scaleb(-scale))
+        number = number.quantize(Decimal(1).scaleb(-scale), context=AMOUNTS)
     if len(number.as_tuple().digits) > precision:
         raise ValueError(decimal_misfit(number, precision, scale) or f"does not fit decimal({precision},{scale})")
     return number
@@ -165,7 +170,7 @@ def _decimal_coercer(scale: int, precision: int) -> Callable[[Any], Decimal]:
         # within precision). Anything else, and any doubt, takes the full path and its messages.
         if type(value) is Decimal:
             try:
-                number = value.quantize(quantum)
+                number = value.quantize(quantum, context=AMOUNTS)
             except InvalidOperation:
                 number = None
             if number is not None and number == value and len(number.as_tuple().digits) <= precision \

@@ -19,7 +19,7 @@ import logging
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -93,6 +93,10 @@ class Approximate(Decimal):
     __slots__ = ()
 
 
+# What amounts are quantised in. Python's default context keeps 28 digits and raises
+# InvalidOperation beyond them, but a DECIMAL(38,4) column is common in an ERP; the
+# generated Avro encoder uses the same 100 digits. Only quantize and exact sums run in it.
+AMOUNTS = Context(prec=100, rounding=ROUND_HALF_EVEN)
 _QUANTUMS: dict = {}     # declared scale -> Decimal('1e-scale'), built once
 
 
@@ -111,7 +115,7 @@ def approximate(value: Any, declared_scale: Optional[int] = None) -> Any:
     if declared_scale is not None and value.is_finite():
         quantum = _QUANTUMS.get(declared_scale) or _QUANTUMS.setdefault(declared_scale,
                                                                        Decimal(1).scaleb(-declared_scale))
-        value = value.quantize(quantum, rounding=ROUND_HALF_EVEN)
+        value = value.quantize(quantum, rounding=ROUND_HALF_EVEN, context=AMOUNTS)
     return Approximate(value)
 
 

@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Iterable, Mapping, Optional, Sequence
 from zoneinfo import ZoneInfo
 
+from .contracts import AMOUNTS
 from .sql_in import rows_in
 
 __all__ = ["DDL", "Facts", "day_label", "add_sums", "sums_text", "sums_of", "note_captured", "note_filtered",
@@ -64,7 +65,8 @@ def sums_of(text: str) -> dict[str, Decimal]:
 def add_sums(total: dict[str, Decimal], more: Mapping[str, Decimal], sign: int = 1) -> dict[str, Decimal]:
     result = dict(total)
     for name, value in more.items():
-        result[name] = result.get(name, Decimal(0)) + sign * value
+        # exact: the default context would round a sum beyond 28 digits
+        result[name] = AMOUNTS.add(result.get(name, Decimal(0)), AMOUNTS.multiply(sign, value))
     return result
 
 

@@ -15,6 +15,8 @@ from decimal import Decimal
 from typing import Mapping, Optional
 from zoneinfo import ZoneInfo
 
+from .contracts import AMOUNTS
+
 __all__ = ["Window", "Side", "Evidence", "CAUSES", "differing_keys", "explain", "result", "render", "KEY_LIST_LIMIT"]
 
 KEY_LIST_LIMIT = 100          # keys listed per result and per cause; the counts are always whole
@@ -109,7 +111,7 @@ def explain(keys: list[str], evidence: Evidence) -> tuple[list[dict], list[str]]
 
 
 def _exact(sums: Mapping[str, Decimal], fields) -> dict[str, Decimal]:
-    return {f: Decimal(sums.get(f, 0)).quantize(SUM_SCALE) for f in fields}
+    return {f: Decimal(sums.get(f, 0)).quantize(SUM_SCALE, context=AMOUNTS) for f in fields}
 
 
 def result(route: str, entity: str, window: Window, source: Side, published: Side, keys: list[str],

@@ -27,7 +27,7 @@ from fastavro.schema import parse_schema
 from fastavro.validation import ValidationError, validate
 
 from agent.avro_codegen import GENERATED_MODULE, load_entity_schemas, schema_fingerprint
-from agent.contracts import ConfigError, TerminalError
+from agent.contracts import AMOUNTS, ConfigError, TerminalError
 
 __all__ = ["find_schema_dir", "FieldSpec", "EntitySchema", "SchemaCatalog", "decimal_misfit"]
 
@@ -262,7 +262,7 @@ class EntitySchema:
         if misfit:
             raise TerminalError(f"{where}: {misfit}")
         if value.as_tuple().exponent < -scale:
-            value = value.quantize(Decimal(1).scaleb(-scale))     # only zeros beyond the scale (100.0000)
+            value = value.quantize(Decimal(1).scaleb(-scale), context=AMOUNTS)   # only zeros beyond the scale
         return value
 
     def _explain(self, event: dict, exc: Exception) -> str:

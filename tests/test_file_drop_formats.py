@@ -269,3 +269,13 @@ def test_plain_amounts_take_a_shortcut_to_the_same_value_and_problems(options, t
         return
     assert row.problems == [] and repr(row.values["net"]) == repr(expected)
     assert row.values.get("net_currency") == (mark if typing.currency_marks else None)
+
+
+def test_an_implied_decimal_amount_keeps_every_digit():
+    """Python's default decimal context keeps 28 digits: scaling and signing the amount in it
+    rounded a 34-digit amount silently (to 1.234567890123456789012345679E+29)."""
+    from adapters.file_drop.values import implied_decimal
+    digits = "1234567890123456789012345678901234"
+    assert str(implied_decimal(digits, 4)) == "123456789012345678901234567890.1234"
+    assert str(implied_decimal(digits + "-", 4)) == "-123456789012345678901234567890.1234"
+    assert str(implied_decimal("-0001234", 2)) == "-12.34" and str(implied_decimal("000", 2)) == "0.00"

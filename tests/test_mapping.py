@@ -168,3 +168,51 @@ def test_whole_numbers_are_never_truncated():
         with pytest.raises(ValueError):
             _to_int(bad)
     assert [_to_int(v) for v in (" 12 ", Decimal("12"), 12.0, -3)] == [12, 12, 12, -3]
+
+
+def _wide_customer_schema():
+    """Customer with credit_limit as decimal(38,4), as a custom schema may declare it (SQL
+    Server money columns are often DECIMAL(38,4)): more digits than Python's default 28."""
+    import copy
+
+    from agent.schemas import EntitySchema
+    raw = copy.deepcopy(CATALOG.entity("Customer").schema)
+    image = next(f for f in raw["fields"] if f["name"] == "before")["type"][1]
+    next(f for f in image["fields"] if f["name"] == "credit_limit")["type"][1].update(precision=38, scale=4)
+    return EntitySchema(raw)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (Decimal("1234567890123456789012345678.1234"), "1234567890123456789012345678.1234"),
+    ("1234567890123456789012345678.12", "1234567890123456789012345678.1200"),
+    (Decimal("1234567890123456789012345678.123400"), "1234567890123456789012345678.1234"),
+    (1e27, "1000000000000000000000000000.0000"),
+])
+def test_an_amount_of_more_than_28_digits_maps_exactly_into_a_wide_decimal(value, expected):
+    """Python's default decimal context holds 28 digits; a wider amount that fits the schema
+    used to raise InvalidOperation out of the mapping (the route's batch failed, not the row)."""
+    schema = _wide_customer_schema()
+    config = MappingConfig.model_validate({"entity": "Customer", "fields": {
+        "customer_number": "NO", "name": "NO", "legal_entity": {"const": "US01"}, "currency": {"const": "USD"},
+        "tax_jurisdiction": {"const": "GB"}, "credit_limit": "AMT"}})
+    mapping = EntityMapping("wide", config, schema, LOOKUPS)
+    payload, problems = mapping.apply({"NO": "W-1", "AMT": value})
+    assert problems == [] and str(payload["credit_limit"]) == expected
+    event = {"metadata": {"event_id": "e", "correlation_id": "e", "causation_id": None,
+                          "source": {"system": "s", "object": "o", "position": "p"}, "operation": "CREATE",
+                          "occurred_at": None, "captured_at": dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc),
+                          "schema_version": schema.version},
+             "key": "W-1", "before": None, "after": payload}
+    assert str(schema.decode(schema.encode(event))["after"]["credit_limit"]) == expected
+
+
+def test_an_amount_too_wide_for_its_decimal_is_a_problem_of_its_row():
+    schema = _wide_customer_schema()
+    config = MappingConfig.model_validate({"entity": "Customer", "fields": {
+        "customer_number": "NO", "name": "NO", "legal_entity": {"const": "US01"}, "currency": {"const": "USD"},
+        "tax_jurisdiction": {"const": "GB"}, "credit_limit": "AMT"}})
+    mapping = EntityMapping("wide", config, schema, LOOKUPS)
+    for value in (Decimal("1" * 35), "1" * 35, 1e300):
+        _, problems = mapping.apply({"NO": "W-1", "AMT": value})
+        assert [(p.field, p.rule) for p in problems] == [("credit_limit", "type")], value
+        assert "does not fit decimal(38,4)" in problems[0].message

@@ -87,3 +87,12 @@ def test_a_discarded_record_explains_its_key():
     explanations, unexplained = explain(["A", "B"], Evidence(discarded={"A": [9]}))
     assert explanations == [{"cause": "discarded", "key_count": 1, "keys": ["A"], "exception_ids": [9]}]
     assert unexplained == ["B"]
+
+
+def test_sums_of_amounts_wider_than_28_digits_stay_exact():
+    """Python's default decimal context rounds a sum to 28 digits: the ledger's totals must not."""
+    from agent.ledger import add_sums
+    wide = Decimal("123456789012345678901234567890.12")
+    total = add_sums(add_sums({}, {"net": wide}), {"net": Decimal("0.01")})
+    assert str(total["net"]) == "123456789012345678901234567890.13"
+    assert str(add_sums(total, {"net": wide}, sign=-1)["net"]) == "0.01"

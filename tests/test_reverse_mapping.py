@@ -125,3 +125,17 @@ def test_money_is_compared_at_the_schema_scale():
     assert comparable(Decimal("2040563.5700000001"), UTC, 2) == comparable(Decimal("2040563.57"), UTC, 2)
     assert comparable(0.30000000000000004, UTC, 2) == comparable(Decimal("0.30"), UTC, 2)
     assert comparable(Decimal("2040563.571"), UTC, 3) != comparable(Decimal("2040563.57"), UTC, 3)
+
+
+def test_an_amount_of_more_than_28_digits_fits_a_wide_numeric_column_and_compares_exactly():
+    """NUMERIC(38,4) holds 34 integer digits; Python's default decimal context only 28, so the
+    fit used to refuse such an amount as not fitting, and the conflict check's normal form
+    rounded two different amounts to one."""
+    from adapters.sql_apply.reverse_mapping import comparable
+    wide = Column("amount", "numeric", precision=38, scale=4)
+    amount = Decimal("1234567890123456789012345678.1234")
+    assert fit(wide, amount, UTC) == amount and str(fit(wide, amount, UTC)) == str(amount)
+    assert str(fit(wide, Decimal("1234567890123456789012345678.12"), UTC)) == "1234567890123456789012345678.1200"
+    with pytest.raises(ApplyRejected, match="numeric"):
+        fit(wide, Decimal("1" * 35), UTC)
+    assert comparable(amount, UTC, 4) != comparable(amount + Decimal("0.0001"), UTC, 4)

@@ -10,6 +10,8 @@ import json
 from decimal import Decimal
 from typing import Any, Optional
 
+from agent.contracts import AMOUNTS
+
 from .formats import Row, problem
 from .values import implied_decimal, parse_decimal
 from .spec import Checks, Typing
@@ -51,8 +53,9 @@ class Controls:
         for column in self.totals:
             value = row.values.get(column)
             try:
-                self.totals[column] += value if isinstance(value, Decimal) else \
-                    parse_decimal(str(value), self.typing)
+                # summed exactly: the default context would round a total beyond 28 digits
+                self.totals[column] = AMOUNTS.add(self.totals[column], value if isinstance(value, Decimal) else
+                                                  parse_decimal(str(value), self.typing))
             except (ValueError, TypeError):
                 pass   # already a row problem if the column is typed; the total will not match
 

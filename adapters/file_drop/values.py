@@ -11,6 +11,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
 
+from agent.contracts import AMOUNTS
 from agent.textforms import strict_date
 
 from .spec import SignedAmount, Typing
@@ -96,7 +97,8 @@ def implied_decimal(text: str, decimals: int) -> Decimal:
         sign, s = s[-1], s[:-1]
     if not s.isdigit() or not s.isascii():
         raise ValueError(f"expected digits with {decimals} implied decimal(s)")
-    return Decimal(int(s)).scaleb(-decimals) * (-1 if sign == "-" else 1)
+    # read from text, which is exact: arithmetic would round to the context's 28 digits
+    return Decimal(f"{'-' if sign == '-' else ''}{s}E-{decimals}")
 
 
 def parse_date(text: str, typing: Typing):
@@ -140,7 +142,7 @@ def signed_amount(values: dict, column: str, rule: SignedAmount, typing: Typing)
             raise ValueError(f"both {rule.debit} ({debit}) and {rule.credit} ({credit}) are filled")
         if debit is None and credit is None:
             return None
-        return (credit or Decimal(0)) - (debit or Decimal(0))
+        return AMOUNTS.subtract(credit or Decimal(0), debit or Decimal(0))     # exact, not to 28 digits
     amount = _amount(values.get(rule.amount or column), typing)
     flag = str(values.get(rule.indicator) or "").strip().upper()
     if amount is None:

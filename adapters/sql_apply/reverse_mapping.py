@@ -15,6 +15,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Callable, Mapping, Optional
 from zoneinfo import ZoneInfo
 
+from agent.contracts import AMOUNTS
 from agent.schemas import decimal_misfit
 
 __all__ = ["ApplyRejected", "Column", "TablePlan", "ProcedurePlan", "rule_value", "reverse_lookups", "fit", "side_by_side", "CONVERSIONS"]
@@ -127,12 +128,13 @@ def fit(column: Column, value: Any, zone: ZoneInfo) -> Any:
         if column.precision is not None and value.is_finite():
             scale = column.scale or 0
             try:
-                exact = value.quantize(_STEPS[scale] if scale < len(_STEPS) else Decimal(1).scaleb(-scale))
+                exact = value.quantize(_STEPS[scale] if scale < len(_STEPS) else Decimal(1).scaleb(-scale),
+                                       context=AMOUNTS)
             except InvalidOperation:
                 exact = None
             # integer digits checked by magnitude: cheaper than counting digits (hot path);
             # the digits are counted only to say what does not fit
-            if exact is None or exact != value or abs(exact) >= _LIMITS[column.precision - scale]:
+            if exact is None or exact != value or exact.copy_abs() >= _LIMITS[column.precision - scale]:
                 raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); "
                                     f"{decimal_misfit(value, column.precision, scale) or f'{value:f} does not fit'}")
             value = exact
@@ -188,8 +190,8 @@ def comparable(value: Any, zone: ZoneInfo, scale: Optional[int] = None) -> Any:
         number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
         if scale is not None and number.is_finite():
             number = number.quantize(_STEPS[scale] if scale < len(_STEPS) else Decimal(1).scaleb(-scale),
-                                     rounding=ROUND_HALF_EVEN)
-        return number.normalize()
+                                     rounding=ROUND_HALF_EVEN, context=AMOUNTS)
+        return number.normalize(AMOUNTS)
     if isinstance(value, dt.datetime):
         return (value if value.tzinfo else value.replace(tzinfo=zone)).astimezone(dt.timezone.utc)
     if isinstance(value, str):

@@ -23,6 +23,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import sqlalchemy as sa
 
+from agent.contracts import AMOUNTS
+
 from .keyset import decode_value, keyset_after, to_utc
 
 __all__ = ["SqlPollReconciler", "key_hash"]
@@ -91,7 +93,7 @@ class SqlPollReconciler:
             for row in rows:
                 for field, column in columns.items():
                     if row[column] is not None:       # str() of what SQLite stored: its own digits
-                        sums[field] += Decimal(str(row[column]))
+                        sums[field] = AMOUNTS.add(sums[field], Decimal(str(row[column])))
         return count, sums
 
     def rows(self, start: Optional[datetime], end: Optional[datetime]) -> Iterator[dict]:
