@@ -163,6 +163,9 @@ def _to_str(value):
 
 def _decimal_coercer(scale: int, precision: int) -> Callable[[Any], Decimal]:
     quantum = Decimal(1).scaleb(-scale)
+    # a quantised number has ``precision`` digits at most exactly when it is below this in
+    # magnitude: cheaper than counting its digits (as_tuple is half of this function's cost)
+    limit = Decimal(10) ** (precision - scale)
 
     def to_decimal(value):
         # What drivers give is a plain Decimal that fits: one quantize then, the same result
@@ -173,7 +176,7 @@ def _decimal_coercer(scale: int, precision: int) -> Callable[[Any], Decimal]:
                 number = value.quantize(quantum, context=AMOUNTS)
             except InvalidOperation:
                 number = None
-            if number is not None and number == value and len(number.as_tuple().digits) <= precision \
+            if number is not None and number == value and -limit < number < limit \
                     and (value or value.as_tuple().exponent >= -scale):   # _to_decimal refuses 0.00 for scale 0
                 return number
         return _to_decimal(value, scale, precision)

@@ -3,7 +3,10 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from agent.coercion import _decimal_coercer, _to_decimal
 from agent.config import MappingConfig
 from agent.contracts import SourceRecord
 from agent.mapping import EntityMapping
@@ -168,6 +171,21 @@ def test_whole_numbers_are_never_truncated():
         with pytest.raises(ValueError):
             _to_int(bad)
     assert [_to_int(v) for v in (" 12 ", Decimal("12"), 12.0, -3)] == [12, 12, 12, -3]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.decimals(allow_nan=True, allow_infinity=True), st.decimals(places=2)), st.integers(0, 6),
+       st.integers(1, 40))
+def test_the_decimal_fast_path_gives_what_the_full_conversion_gives(value, scale, precision):
+    """The coercer chosen per field takes a short cut for driver Decimals: same number, same refusal."""
+    precision = max(precision, scale)
+
+    def outcome(convert):
+        try:
+            return repr(convert(value))
+        except ValueError as exc:
+            return f"ValueError: {exc}"
+    assert outcome(_decimal_coercer(scale, precision)) == outcome(lambda v: _to_decimal(v, scale, precision))
 
 
 def _wide_customer_schema():
