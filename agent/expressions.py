@@ -20,11 +20,12 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import threading
-from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, localcontext
 from typing import Any, Callable, Mapping, Optional
 
 from simpleeval import FeatureNotAvailable, SimpleEval
 
+from .contracts import AMOUNTS
 from .textforms import INTEGER_TEXT, plain_decimal, strict_date, strict_timestamp
 
 __all__ = ["Expression", "ExpressionError", "MissingReference", "compile_expression", "FUNCTIONS"]
@@ -268,7 +269,9 @@ class Expression:
         evaluator = self._evaluator()
         evaluator.row = row
         try:
-            result = evaluator._eval(self._tree)
+            # in AMOUNTS: the thread's default context would round every sum to 28 digits
+            with localcontext(AMOUNTS):
+                result = evaluator._eval(self._tree)
         except ArithmeticError as exc:      # division by zero, an invalid decimal operation
             raise ValueError(f"{type(exc).__name__} in {self.text!r}") from None
         except FeatureNotAvailable as exc:

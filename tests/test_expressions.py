@@ -190,3 +190,15 @@ def test_a_broken_lookup_is_reported_once_not_again_by_each_mapping(tmp_path):
         load(tmp_path / "c.yaml")
     assert raised.value.problems == ['lookups.invoice_status.8: found 010 unquoted; YAML reads the unquoted 010 as '
                                      'a number: write "010" in quotes if you mean the text']
+
+
+def test_arithmetic_on_amounts_wider_than_28_digits_is_exact():
+    """Python's default decimal context rounds every sum and product to 28 digits: a
+    DECIMAL(38,4) net + tax came out rounded, and then passed the field's checks as it was."""
+    net, tax = Decimal("1234567890123456789012345678.1234"), Decimal("0.0001")
+    assert str(compile_expression("net + tax")({"net": net, "tax": tax})) == "1234567890123456789012345678.1235"
+    assert str(compile_expression("net - tax")({"net": net, "tax": tax})) == "1234567890123456789012345678.1233"
+    assert str(compile_expression("net * 2")({"net": net})) == "2469135780246913578024691356.2468"
+    assert str(compile_expression("-net")({"net": net})) == "-1234567890123456789012345678.1234"
+    assert str(compile_expression("round_half_even(net / 2, 2)")({"net": net})) == \
+        "617283945061728394506172839.06"
