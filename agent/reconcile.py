@@ -125,7 +125,8 @@ def result(route: str, entity: str, window: Window, source: Side, published: Sid
             "window_start": window.start, "window_end": window.end, "up_to_position": up_to_position,
             "source_count": source.count, "source_sums": src, "published_count": published.count,
             "published_sums": pub, "count_difference": source.count - published.count,
-            "sum_differences": {f: src[f] - pub[f] for f in fields}, "differing_keys": keys[:KEY_LIST_LIMIT],
+            "sum_differences": {f: AMOUNTS.subtract(src[f], pub[f]) for f in fields},
+            "differing_keys": keys[:KEY_LIST_LIMIT],
             "differing_key_count": len(keys), "explanations": explanations,
             # totals that differ although no key does: nothing can explain that
             "unexplained_key_count": len(unexplained) if keys or not totals_differ else max(1, len(unexplained)),
@@ -135,9 +136,12 @@ def result(route: str, entity: str, window: Window, source: Side, published: Sid
 def render(r: dict) -> str:
     """The result as the table ``outpost reconcile`` prints."""
     def num(value) -> str:
-        return f"{value.normalize():f}" if isinstance(value, Decimal) and value == value.to_integral() \
-            else (f"{value.quantize(Decimal('0.01')) if value == value.quantize(Decimal('0.01')) else value:f}"
-                  if isinstance(value, Decimal) else str(value))
+        if not isinstance(value, Decimal):
+            return str(value)
+        if value == value.to_integral():
+            return f"{value.normalize(AMOUNTS):f}"
+        cents = value.quantize(Decimal("0.01"), context=AMOUNTS)
+        return f"{cents if value == cents else value:f}"
     rows = [("", "source", "published", "difference"),
             ("rows", str(r["source_count"]), str(r["published_count"]), str(r["count_difference"]))]
     rows += [(f, num(r["source_sums"][f]), num(r["published_sums"][f]), num(r["sum_differences"][f]))

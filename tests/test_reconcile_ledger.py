@@ -96,3 +96,16 @@ def test_sums_of_amounts_wider_than_28_digits_stay_exact():
     total = add_sums(add_sums({}, {"net": wide}), {"net": Decimal("0.01")})
     assert str(total["net"]) == "123456789012345678901234567890.13"
     assert str(add_sums(total, {"net": wide}, sign=-1)["net"]) == "0.01"
+
+
+def test_a_reconciliation_of_sums_wider_than_28_digits_differs_and_renders_exactly():
+    """decimal(38,6) sums hold 32 integer digits; Python's default context rounds their
+    difference to 28 digits and cannot quantise them for the table at all."""
+    import datetime as dt
+
+    from agent.reconcile import Side, Window, render, result
+    source = Side(2, {"net": Decimal("123456789012345678901234567890.02")})
+    published = Side(1, {"net": Decimal("123456789012345678901234567890.01")})
+    out = result("r", "Invoice", Window("all"), source, published, [], [], [], dt.datetime.now(dt.timezone.utc))
+    assert str(out["sum_differences"]["net"]) == "0.010000"
+    assert "123456789012345678901234567890.02" in render(out)
