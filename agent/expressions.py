@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import threading
-from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal
 from typing import Any, Callable, Mapping, Optional
 
 from simpleeval import FeatureNotAvailable, SimpleEval
@@ -56,18 +56,30 @@ def _number(value: Any) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(value)
 
 
+# Decimal arithmetic runs in contracts.AMOUNTS: Python's default context rounds every sum
+# and product to 28 digits, and a DECIMAL(38,4) amount has more. A quotient is rarely exact:
+# it keeps 40 digits (any decimal(38, s) amount and two more), as the rounding functions need.
+_QUOTIENTS = Context(prec=40, rounding=ROUND_HALF_EVEN)
+
+
 def _divide(a, b):
-    return _number(a) / _number(b)
+    return _QUOTIENTS.divide(_number(a), _number(b))
 
 
 def _power(a, b):
     if isinstance(b, bool) or not isinstance(b, int) or abs(b) > 100:
         raise TypeError(f"expected a whole exponent between -100 and 100, found {b!r}")
-    return _number(a) ** b
+    return AMOUNTS.power(_number(a), b)
 
 
-def _arith(operator):
+def _arith(operator, exact):
+    """``operator``, or ``exact`` (in AMOUNTS) when a Decimal takes part: ints, dates and
+    texts keep Python's own operators."""
     def apply(a, b):
+        if isinstance(a, Decimal) or isinstance(b, Decimal):
+            if isinstance(a, str) or isinstance(b, str):
+                raise TypeError(f"cannot combine {a!r} and {b!r} (use concat() or text())")
+            return exact(a, b)
         if isinstance(a, str) or isinstance(b, str):
             if operator is _ADD and isinstance(a, str) and isinstance(b, str):
                 return a + b
@@ -80,10 +92,16 @@ def _ADD(a, b):
     return a + b
 
 
+def _unary(operator, exact):
+    return lambda a: exact(a) if isinstance(a, Decimal) else operator(a)
+
+
 _OPERATORS = {
-    ast.Add: _arith(_ADD), ast.Sub: _arith(lambda a, b: a - b), ast.Mult: _arith(lambda a, b: a * b),
-    ast.Div: _divide, ast.FloorDiv: _arith(lambda a, b: a // b), ast.Mod: _arith(lambda a, b: a % b),
-    ast.Pow: _power, ast.USub: lambda a: -a, ast.UAdd: lambda a: +a, ast.Not: lambda a: not a,
+    ast.Add: _arith(_ADD, AMOUNTS.add), ast.Sub: _arith(lambda a, b: a - b, AMOUNTS.subtract),
+    ast.Mult: _arith(lambda a, b: a * b, AMOUNTS.multiply), ast.Div: _divide,
+    ast.FloorDiv: _arith(lambda a, b: a // b, AMOUNTS.divide_int), ast.Mod: _arith(lambda a, b: a % b, AMOUNTS.remainder),
+    ast.Pow: _power, ast.USub: _unary(lambda a: -a, AMOUNTS.minus), ast.UAdd: _unary(lambda a: +a, AMOUNTS.plus),
+    ast.Not: lambda a: not a,
     ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
     ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
     ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
@@ -105,7 +123,7 @@ def _rounded(mode):
     def rounding(value, places=0):
         if value is None:
             return None
-        return _number(value).quantize(Decimal(1).scaleb(-int(places)), rounding=mode)
+        return _number(value).quantize(Decimal(1).scaleb(-int(places)), rounding=mode, context=AMOUNTS)
     return rounding
 
 
@@ -192,7 +210,7 @@ def _is_blank(value):
 FUNCTIONS: dict[str, Callable] = {
     "coalesce": _coalesce, "nullif": _nullif, "is_blank": _is_blank,
     "round_half_even": _rounded(ROUND_HALF_EVEN), "round_half_up": _rounded(ROUND_HALF_UP),
-    "abs": lambda v: None if v is None else abs(_number(v)), "min": min, "max": max,
+    "abs": lambda v: None if v is None else AMOUNTS.abs(_number(v)), "min": min, "max": max,
     "decimal": _decimal, "int": _integer, "text": _text, "len": lambda v: None if v is None else len(_text(v)),
     "upper": _strings(str.upper), "lower": _strings(str.lower), "strip": _strings(str.strip),
     "replace": _strings(str.replace), "left": _strings(lambda s, n: s[:int(n)]),
@@ -269,9 +287,7 @@ class Expression:
         evaluator = self._evaluator()
         evaluator.row = row
         try:
-            # in AMOUNTS: the thread's default context would round every sum to 28 digits
-            with localcontext(AMOUNTS):
-                result = evaluator._eval(self._tree)
+            result = evaluator._eval(self._tree)
         except ArithmeticError as exc:      # division by zero, an invalid decimal operation
             raise ValueError(f"{type(exc).__name__} in {self.text!r}") from None
         except FeatureNotAvailable as exc:
