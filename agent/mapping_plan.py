@@ -1,10 +1,10 @@
 """One Python function per mapping, written when the mapping is compiled.
 
 ``EntityMapping.apply`` runs for every captured row, and file_drop runs it twice. Walking
-a per-field plan cost about 6.5 µs per Customer row on the 2-core reference machine:
-half of it the loop itself (unpacking each field's plan, testing for steps the field does
-not have), a quarter the generic rule gates. A function written for one mapping does only
-the steps each field has, in the same order, with the same problems (docs/benchmarks.md).
+a per-field plan, half of its cost was the loop itself (unpacking each field's plan,
+testing for steps the field does not have) and a quarter the generic rule gates. A
+function written for one mapping does only the steps each field has, in the same order,
+with the same problems: about 40 % less CPU per Customer row (docs/benchmarks.md).
 
 Why it is safe to generate at run time: the source text holds only identifiers made here
 (``n3``, ``c3``, ...) and this module's own literals. Every value that comes from the
