@@ -139,3 +139,11 @@ def test_an_amount_of_more_than_28_digits_fits_a_wide_numeric_column_and_compare
     with pytest.raises(ApplyRejected, match="numeric"):
         fit(wide, Decimal("1" * 35), UTC)
     assert comparable(amount, UTC, 4) != comparable(amount + Decimal("0.0001"), UTC, 4)
+
+
+def test_a_numeric_column_wider_than_80_digits_takes_an_amount():
+    """PostgreSQL allows NUMERIC(1000, s); the fit's table of limits stopped at 80 digits and
+    raised IndexError for every value written to such a column."""
+    assert str(fit(Column("amount", "numeric", precision=100, scale=2), Decimal("12.50"), UTC)) == "12.50"
+    with pytest.raises(ApplyRejected, match="numeric"):
+        fit(Column("amount", "numeric", precision=100, scale=2), Decimal("1.001"), UTC)

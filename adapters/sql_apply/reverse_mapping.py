@@ -134,7 +134,9 @@ def fit(column: Column, value: Any, zone: ZoneInfo) -> Any:
                 exact = None
             # integer digits checked by magnitude: cheaper than counting digits (hot path);
             # the digits are counted only to say what does not fit
-            if exact is None or exact != value or exact.copy_abs() >= _LIMITS[column.precision - scale]:
+            digits = column.precision - scale     # PostgreSQL allows NUMERIC(1000, s)
+            limit = _LIMITS[digits] if digits < len(_LIMITS) else Decimal(10) ** digits
+            if exact is None or exact != value or exact.copy_abs() >= limit:
                 raise ApplyRejected(f"{where} is numeric({column.precision},{scale}); "
                                     f"{decimal_misfit(value, column.precision, scale) or f'{value:f} does not fit'}")
             value = exact
