@@ -188,16 +188,20 @@ def test_the_decimal_fast_path_gives_what_the_full_conversion_gives(value, scale
     assert outcome(_decimal_coercer(scale, precision)) == outcome(lambda v: _to_decimal(v, scale, precision))
 
 
-def _wide_customer_schema():
-    """Customer with credit_limit as decimal(38,4), as a custom schema may declare it (SQL
-    Server money columns are often DECIMAL(38,4)): more digits than Python's default 28."""
+def _wide_customer_mapping():
+    """A Customer mapping whose credit_limit is decimal(38,4), as a custom schema may declare it
+    (SQL Server money columns are often DECIMAL(38,4)): more digits than Python's default 28."""
     import copy
 
     from agent.schemas import EntitySchema
     raw = copy.deepcopy(CATALOG.entity("Customer").schema)
     image = next(f for f in raw["fields"] if f["name"] == "before")["type"][1]
     next(f for f in image["fields"] if f["name"] == "credit_limit")["type"][1].update(precision=38, scale=4)
-    return EntitySchema(raw)
+    schema = EntitySchema(raw)
+    config = MappingConfig.model_validate({"entity": "Customer", "fields": {
+        "customer_number": "NO", "name": "NO", "legal_entity": {"const": "US01"}, "currency": {"const": "USD"},
+        "tax_jurisdiction": {"const": "GB"}, "credit_limit": "AMT"}})
+    return schema, EntityMapping("wide", config, schema, LOOKUPS)
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -209,11 +213,7 @@ def _wide_customer_schema():
 def test_an_amount_of_more_than_28_digits_maps_exactly_into_a_wide_decimal(value, expected):
     """Python's default decimal context holds 28 digits; a wider amount that fits the schema
     used to raise InvalidOperation out of the mapping (the route's batch failed, not the row)."""
-    schema = _wide_customer_schema()
-    config = MappingConfig.model_validate({"entity": "Customer", "fields": {
-        "customer_number": "NO", "name": "NO", "legal_entity": {"const": "US01"}, "currency": {"const": "USD"},
-        "tax_jurisdiction": {"const": "GB"}, "credit_limit": "AMT"}})
-    mapping = EntityMapping("wide", config, schema, LOOKUPS)
+    schema, mapping = _wide_customer_mapping()
     payload, problems = mapping.apply({"NO": "W-1", "AMT": value})
     assert problems == [] and str(payload["credit_limit"]) == expected
     event = {"metadata": {"event_id": "e", "correlation_id": "e", "causation_id": None,
@@ -225,11 +225,7 @@ def test_an_amount_of_more_than_28_digits_maps_exactly_into_a_wide_decimal(value
 
 
 def test_an_amount_too_wide_for_its_decimal_is_a_problem_of_its_row():
-    schema = _wide_customer_schema()
-    config = MappingConfig.model_validate({"entity": "Customer", "fields": {
-        "customer_number": "NO", "name": "NO", "legal_entity": {"const": "US01"}, "currency": {"const": "USD"},
-        "tax_jurisdiction": {"const": "GB"}, "credit_limit": "AMT"}})
-    mapping = EntityMapping("wide", config, schema, LOOKUPS)
+    _, mapping = _wide_customer_mapping()
     for value in (Decimal("1" * 35), "1" * 35, 1e300):
         _, problems = mapping.apply({"NO": "W-1", "AMT": value})
         assert [(p.field, p.rule) for p in problems] == [("credit_limit", "type")], value
