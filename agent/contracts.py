@@ -95,7 +95,8 @@ class Approximate(Decimal):
 
 # What amounts are quantised in. Python's default context keeps 28 digits and raises
 # InvalidOperation beyond them, but a DECIMAL(38,4) column is common in an ERP; the
-# generated Avro encoder uses the same 100 digits. Only quantize and exact sums run in it.
+# generated Avro encoder uses the same 100 digits. Quantising, sums and expression
+# arithmetic on amounts run in it.
 AMOUNTS = Context(prec=100, rounding=ROUND_HALF_EVEN)
 _QUANTUMS: dict = {}     # declared scale -> Decimal('1e-scale'), built once
 

@@ -76,14 +76,12 @@ def _arith(operator, exact):
     """``operator``, or ``exact`` (in AMOUNTS) when a Decimal takes part: ints, dates and
     texts keep Python's own operators."""
     def apply(a, b):
-        if isinstance(a, Decimal) or isinstance(b, Decimal):
-            if isinstance(a, str) or isinstance(b, str):
-                raise TypeError(f"cannot combine {a!r} and {b!r} (use concat() or text())")
-            return exact(a, b)
         if isinstance(a, str) or isinstance(b, str):
             if operator is _ADD and isinstance(a, str) and isinstance(b, str):
                 return a + b
             raise TypeError(f"cannot combine {a!r} and {b!r} (use concat() or text())")
+        if isinstance(a, Decimal) or isinstance(b, Decimal):
+            return exact(a, b)
         return operator(a, b)
     return apply
 
